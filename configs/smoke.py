@@ -1,0 +1,20 @@
+r"""Smoke scale: tiny networks on a few PolyMNIST tuples, seconds per run (tests, CI).
+
+  python main.py --config=configs/smoke.py:moe_ebm --workdir=/tmp/smoke
+"""
+
+from moe_ebm_jax import config_lib
+
+
+def get_config(model=None):
+  config = config_lib.base_config(model)
+  config.batch_size = 8
+  config.eval_batch_size = 16
+  config.data.train_subset = 64
+  config.data.test_subset = 32
+  config.data.num_threads = 1
+  config.data.prefetch_batches = 2
+  config.model.widths = (4, 8, 8)
+  config.model.latent_w = 4
+  config.model.latent_z = 4
+  return config

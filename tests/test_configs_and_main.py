@@ -1,0 +1,78 @@
+"""Configs load for every model and scale, bad values fail fast, and main.py's prepare mode."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from moe_ebm_jax import config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = ('polymnist', 'polymnist_cpu', 'smoke')
+
+
+def load_config(name, arg=None):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs', f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg is not None else module.get_config()
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+@pytest.mark.parametrize('model', config_lib.MODELS)
+def test_every_config_and_model_validates(name, model):
+  config = load_config(name, model)
+  config_lib.validate(config)
+  assert config.model.name == model
+
+
+def test_default_model_and_scales():
+  assert load_config('polymnist').model.name == config_lib.DEFAULT_MODEL
+  paper, cpu, smoke = (load_config(n) for n in CONFIGS)
+  assert paper.model.widths == (64, 128, 256) and paper.batch_size == 128
+  assert paper.data.train_subset is None
+  assert smoke.model.widths < cpu.model.widths < paper.model.widths
+  assert smoke.data.train_subset <= 100
+
+
+def test_unknown_model_is_rejected():
+  with pytest.raises(ValueError, match="unknown model 'mmvae_plus'"):
+    load_config('smoke', 'mmvae_plus')
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('data.num_modalities', 1, 'num_modalities=1'),
+    ('batch_size', 0, 'batch_size=0'),
+    ('data.train_subset', 4, 'smaller than one batch'),
+    ('data.name', 'mnist', 'data.name'),
+    ('model.widths', (8, 8), 'model.widths'),
+])
+def test_bad_values_fail_validation(field, value, message):
+  config = load_config('smoke')
+  section, _, key = field.rpartition('.')
+  (config[section] if section else config)[key] = value
+  with pytest.raises(ValueError, match=message):
+    config_lib.validate(config)
+
+
+def run_main(*args):
+  return subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *args],
+                        capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
+
+
+def test_main_prepare_uses_the_built_dataset(polymnist_dir):
+  proc = run_main('--config=configs/smoke.py:mmvaeplus', f'--config.data.data_dir={polymnist_dir}',
+                  '--mode=prepare')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'is ready in' in proc.stderr and 'fingerprint' in proc.stderr
+
+
+def test_main_rejects_unknown_keys_and_bad_values(tmp_path):
+  proc = run_main('--config=configs/smoke.py', '--config.data.bogus=1', '--mode=prepare')
+  assert proc.returncode != 0 and 'bogus' in proc.stderr
+  proc = run_main('--config=configs/smoke.py', '--config.data.num_modalities=1',
+                  f'--config.data.data_dir={tmp_path}', '--mode=prepare')
+  assert proc.returncode != 0 and 'num_modalities=1 must be' in proc.stderr
+  assert not os.listdir(tmp_path)  # Failed before touching the data dir.

@@ -1,0 +1,120 @@
+"""The grain pipeline: shapes and ranges, seeded shuffling, per-process sharding, checkpointable
+position, subsets, and the errors."""
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from moe_ebm_jax import config_lib
+from moe_ebm_jax import input_pipeline
+
+M = 5
+
+
+@pytest.fixture(scope='module')
+def config(polymnist_dir):
+  c = config_lib.base_config('moe_ebm')
+  c.data.data_dir = polymnist_dir
+  c.batch_size = 32
+  c.eval_batch_size = 64
+  c.data.train_subset = 320
+  c.data.test_subset = 100
+  return c
+
+
+@pytest.fixture(scope='module')
+def train_source(polymnist_dir):
+  return tfds.data_source('polymnist', data_dir=polymnist_dir, split='train', download=False)
+
+
+def first_index(batch):
+  return batch['mnist_index'][:, 0].tolist()
+
+
+def test_batches_are_float_images_in_unit_range_matching_the_source(config, train_source):
+  it = input_pipeline.train_iterator(config)
+  batch = next(it)
+  assert batch['images'].shape == (32, M, 28, 28, 3) and batch['images'].dtype == np.float32
+  assert batch['label'].shape == (32,) and batch['label'].dtype == np.int32
+  assert batch['mnist_index'].shape == (32, M)
+  assert 0.0 <= batch['images'].min() and batch['images'].max() <= 1.0
+  # Each row is the stored tuple, scaled by 1/255: find it by its modality-0 index.
+  by_index = {int(train_source[i]['mnist_index'][0]): i for i in range(320)}
+  for row in (0, 7, 31):
+    example = train_source[by_index[int(batch['mnist_index'][row, 0])]]
+    stored = np.stack([example[f'm{m}'] for m in range(M)]).astype(np.float32) / 255
+    np.testing.assert_allclose(batch['images'][row], stored, atol=1e-6)
+    assert batch['label'][row] == example['label']
+
+
+def epoch(ds, num_batches):
+  it = iter(ds)
+  return [first_index(next(it)) for _ in range(num_batches)]
+
+
+def test_shuffling_is_seeded_covers_each_example_once_and_reshuffles_per_epoch(train_source):
+  kwargs = dict(num_modalities=M, batch_size=32, subset=320)
+  ds = input_pipeline.make_dataset(train_source, seed=0, **kwargs)
+  two_epochs = epoch(ds, 20)
+  first, second = sum(two_epochs[:10], []), sum(two_epochs[10:], [])
+  subset_ids = sorted(int(train_source[i]['mnist_index'][0]) for i in range(320))
+  assert sorted(first) == subset_ids and sorted(second) == subset_ids
+  assert first != second  # A new permutation every epoch.
+  assert epoch(input_pipeline.make_dataset(train_source, seed=0, **kwargs), 20) == two_epochs
+  assert epoch(input_pipeline.make_dataset(train_source, seed=1, **kwargs), 10)[0] != two_epochs[0]
+  stored_order = epoch(input_pipeline.make_dataset(train_source, shuffle=False, **kwargs), 1)[0]
+  assert stored_order == [int(train_source[i]['mnist_index'][0]) for i in range(32)]
+
+
+def test_process_shards_are_disjoint_and_cover_the_data(train_source):
+  kwargs = dict(num_modalities=M, batch_size=32, subset=320, num_epochs=1, shuffle=True)
+  shards = []
+  for p in range(2):
+    ds = input_pipeline.make_dataset(train_source, process_index=p, process_count=2, **kwargs)
+    batches = list(ds)
+    assert len(batches) == 10 and all(b['images'].shape[0] == 16 for b in batches)
+    shards.append({i for b in batches for i in first_index(b)})
+  assert not shards[0] & shards[1]
+  assert len(shards[0] | shards[1]) == 320
+
+
+def test_iterator_position_restores_exactly(config):
+  it = input_pipeline.train_iterator(config)
+  for _ in range(13):  # Past one epoch of 10 batches.
+    next(it)
+  state = it.get_state()
+  expected = [first_index(next(it)) for _ in range(3)]
+  resumed = input_pipeline.train_iterator(config)
+  resumed.set_state(state)
+  assert [first_index(next(resumed)) for _ in range(3)] == expected
+
+
+def test_subset_and_drop_remainder(train_source):
+  ds = input_pipeline.make_dataset(train_source, num_modalities=M, batch_size=32, subset=100,
+                                   num_epochs=1)
+  assert [b['images'].shape[0] for b in ds] == [32, 32, 32]
+  ds = input_pipeline.make_dataset(train_source, num_modalities=M, batch_size=32, subset=100,
+                                   num_epochs=1, drop_remainder=False, shuffle=False)
+  assert [b['images'].shape[0] for b in ds] == [32, 32, 32, 4]
+
+
+def test_eval_dataset_is_one_ordered_pass(config):
+  batches = list(input_pipeline.eval_dataset(config))
+  assert [b['images'].shape[0] for b in batches] == [64, 36]
+  again = list(input_pipeline.eval_dataset(config))
+  assert [first_index(b) for b in batches] == [first_index(b) for b in again]
+
+
+def test_errors(train_source, config):
+  with pytest.raises(ValueError, match='does not divide over 3 processes'):
+    input_pipeline.make_dataset(train_source, num_modalities=M, batch_size=32, process_count=3)
+  with pytest.raises(ValueError, match='subset=0'):
+    input_pipeline.make_dataset(train_source, num_modalities=M, batch_size=32, subset=0)
+  with pytest.raises(ValueError, match='fewer than one batch'):
+    input_pipeline.make_dataset(train_source, num_modalities=M, batch_size=64, subset=40)
+  with pytest.raises(ValueError, match='has 5 modalities, the config says 3'):
+    input_pipeline.check_modalities(train_source, 3)
+  bad = config.copy_and_resolve_references()
+  bad.data.name = 'mnist'
+  with pytest.raises(ValueError, match="only 'polymnist'"):
+    input_pipeline.builder(bad.data)
