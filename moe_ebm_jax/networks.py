@@ -1,0 +1,193 @@
+"""Networks: the MMVAE+ PolyMNIST encoder and decoder, and the latent energy MLP.
+
+The conv nets follow the MMVAE+ reference for PolyMNIST (../shared/docs/method.md section 3),
+in NHWC layout: images are float32 (B, 28, 28, C). At widths (64, 128, 256), latent 32 + 32 and
+3 channels one `Encoder` has 2,946,048 parameters and one `Decoder` 1,485,251, as in the
+reference. Narrower widths (e.g. (8, 16, 32)) give the same architecture for CPU and smoke runs.
+
+The energy network (section 1) is Pang et al.'s MLP: Dense-act-Dense-act-Dense(1), whose output
+f_a(z) is the negative energy.
+
+Initialisation is Flax's default (LeCun-normal kernels, zero biases), not PyTorch's.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+Array = jax.Array
+
+IMAGE_SIZE = 28
+BASE_SIZE = 7  # Spatial size at the bottom of the towers: 28 -> 14 -> 7.
+LEAKY_SLOPE = 0.2
+
+
+def leaky_relu(x: Array) -> Array:
+  return nn.leaky_relu(x, negative_slope=LEAKY_SLOPE)
+
+
+def avg_pool_3x3_s2(x: Array) -> Array:
+  """Average pool, kernel 3, stride 2, padding 1, padding counted: (B, H, W, C) -> (B, H', W', C).
+
+  As PyTorch's AvgPool2d(3, 2, 1) (count_include_pad=True): every window divides by 9, so the
+  zero padding darkens border outputs. H' = (H - 1) // 2 + 1, so 28 -> 14 -> 7.
+  """
+  return nn.avg_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
+                     count_include_pad=True)
+
+
+def upsample_nearest_2x(x: Array) -> Array:
+  """Nearest-neighbour upsampling by 2: (B, H, W, C) -> (B, 2H, 2W, C)."""
+  return jnp.repeat(jnp.repeat(x, 2, axis=-3), 2, axis=-2)
+
+
+def _conv3x3(features: int, name: str, dtype: Dtype | None) -> nn.Conv:
+  # Explicit padding 1 (== 'SAME' for a 3x3 stride-1 conv), with bias as in the reference.
+  return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), dtype=dtype, name=name)
+
+
+class ResBlock(nn.Module):
+  """Pre-activation residual block without normalisation: (B, H, W, fin) -> (B, H, W, fout).
+
+  residual = conv3x3(lrelu(conv3x3(lrelu(x)))) with widths fin -> min(fin, fout) -> fout;
+  shortcut = x if fin == fout else a bias-free 1x1 conv; out = shortcut + 0.1 * residual.
+  fin is read from the input.
+  """
+  features_out: int
+  residual_scale: float = 0.1
+  dtype: Dtype | None = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    features_in = x.shape[-1]
+    hidden = min(features_in, self.features_out)
+    dx = _conv3x3(hidden, 'conv_0', self.dtype)(leaky_relu(x))
+    dx = _conv3x3(self.features_out, 'conv_1', self.dtype)(leaky_relu(dx))
+    if features_in == self.features_out:
+      shortcut = x
+    else:
+      shortcut = nn.Conv(self.features_out, (1, 1), use_bias=False, dtype=self.dtype,
+                         name='shortcut')(x)
+    return shortcut + self.residual_scale * dx
+
+
+class ConvTower(nn.Module):
+  """One encoder tower: images (B, 28, 28, C) -> (loc, scale_logits), each (B, latent_dim).
+
+  conv3x3 C -> w0; ResBlock(w0, w0); pool -> 14x14; ResBlock(w0, w1); pool -> 7x7;
+  ResBlock(w1, w2); flatten (B, 49 * w2); two Dense heads.
+  """
+  widths: Sequence[int] = (64, 128, 256)
+  latent_dim: int = 32
+  dtype: Dtype | None = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> tuple[Array, Array]:
+    w0, w1, w2 = self.widths
+    h = _conv3x3(w0, 'conv_in', self.dtype)(x)
+    h = ResBlock(w0, dtype=self.dtype, name='block_0')(h)
+    h = avg_pool_3x3_s2(h)
+    h = ResBlock(w1, dtype=self.dtype, name='block_1')(h)
+    h = avg_pool_3x3_s2(h)
+    h = ResBlock(w2, dtype=self.dtype, name='block_2')(h)
+    h = h.reshape(h.shape[:-3] + (-1,))
+    loc = nn.Dense(self.latent_dim, dtype=self.dtype, name='loc')(h)
+    scale_logits = nn.Dense(self.latent_dim, dtype=self.dtype, name='scale_logits')(h)
+    return loc, scale_logits
+
+
+class Encoder(nn.Module):
+  """One modality's encoder: two separate towers, one for w (private) and one for z (shared).
+
+  images (B, 28, 28, C) -> (w_loc, w_scale_logits, z_loc, z_scale_logits), shapes (B, latent_w)
+  twice then (B, latent_z) twice. Turning logits into scales is the model's job.
+  """
+  widths: Sequence[int] = (64, 128, 256)
+  latent_w: int = 32
+  latent_z: int = 32
+  dtype: Dtype | None = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> tuple[Array, Array, Array, Array]:
+    w_loc, w_scale_logits = ConvTower(self.widths, self.latent_w, self.dtype, name='tower_w')(x)
+    z_loc, z_scale_logits = ConvTower(self.widths, self.latent_z, self.dtype, name='tower_z')(x)
+    return w_loc, w_scale_logits, z_loc, z_scale_logits
+
+
+class Decoder(nn.Module):
+  """One modality's decoder: latents (..., latent_w + latent_z) -> means (..., 28, 28, C).
+
+  The input is concat([w, z], -1); any leading batch shape (e.g. (K, B)) is flattened and restored.
+  Dense -> (7, 7, w2); ResBlock(w2, w1); upsample 2x; ResBlock(w1, w0); upsample 2x;
+  ResBlock(w0, w0); LeakyReLU; conv3x3 w0 -> C. The output is the Laplace mean (no sigmoid).
+  """
+  widths: Sequence[int] = (64, 128, 256)
+  out_channels: int = 3
+  dtype: Dtype | None = None
+
+  @nn.compact
+  def __call__(self, latent: Array) -> Array:
+    w0, w1, w2 = self.widths
+    lead = latent.shape[:-1]
+    h = latent.reshape((-1, latent.shape[-1]))
+    h = nn.Dense(BASE_SIZE * BASE_SIZE * w2, dtype=self.dtype, name='dense_in')(h)
+    h = h.reshape((-1, BASE_SIZE, BASE_SIZE, w2))
+    h = ResBlock(w1, dtype=self.dtype, name='block_0')(h)
+    h = upsample_nearest_2x(h)
+    h = ResBlock(w0, dtype=self.dtype, name='block_1')(h)
+    h = upsample_nearest_2x(h)
+    h = ResBlock(w0, dtype=self.dtype, name='block_2')(h)
+    h = _conv3x3(self.out_channels, 'conv_out', self.dtype)(leaky_relu(h))
+    return h.reshape(lead + h.shape[1:])
+
+
+def _exact_gelu(x: Array) -> Array:
+  # PyTorch's nn.GELU default (used by Pang et al.) is the erf form, not the tanh approximation.
+  return nn.gelu(x, approximate=False)
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    'gelu': _exact_gelu,
+    'leaky_relu': leaky_relu,  # Slope 0.2.
+    'swish': nn.swish,
+    'silu': nn.silu,
+    'elu': nn.elu,
+    'tanh': jnp.tanh,
+    'relu': nn.relu,
+}
+
+
+def get_activation(name: str) -> Callable[[Array], Array]:
+  try:
+    return ACTIVATIONS[name]
+  except KeyError:
+    raise ValueError(f'unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}.') from None
+
+
+class EnergyMLP(nn.Module):
+  """Negative energy f_a: latents (..., D) -> scalars (...,).
+
+  Dense(h_1) - act - ... - Dense(h_n) - act - Dense(1), biases throughout.
+  """
+  hidden: Sequence[int] = (200, 200)
+  activation: str = 'gelu'
+  dtype: Dtype | None = None
+
+  @nn.compact
+  def __call__(self, z: Array) -> Array:
+    act = get_activation(self.activation)
+    h = z
+    for i, width in enumerate(self.hidden):
+      h = act(nn.Dense(width, dtype=self.dtype, name=f'dense_{i}')(h))
+    return nn.Dense(1, dtype=self.dtype, name='dense_out')(h)[..., 0]
+
+
+def count_params(params: Any) -> int:
+  """Number of scalars in a pytree of arrays or jax.ShapeDtypeStructs (e.g. from eval_shape)."""
+  return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
