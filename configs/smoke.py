@@ -17,4 +17,13 @@ def get_config(model=None):
   config.model.widths = (4, 8, 8)
   config.model.latent_w = 4
   config.model.latent_z = 4
+  config.model.modality_loop = 'map'  # Compile time dominates at this scale.
+  config.ebm.hidden = (16, 16)
+  config.ebm.prior_steps = 5
+  config.ebm.posterior_steps = 3
+  config.num_train_steps = 20
+  config.log_every_steps = 5
+  config.eval_every_steps = 10
+  config.checkpoint_every_steps = 5
+  config.num_image_samples = 4
   return config

@@ -42,6 +42,52 @@ def base_config(model: str | None) -> ml_collections.ConfigDict:
   c.model.widths = (64, 128, 256)  # Conv widths of encoder towers and decoders (MMVAE+).
   c.model.latent_w = 32  # Modality-specific latent w_m.
   c.model.latent_z = 32  # Shared latent z.
+  c.model.modality_loop = 'unroll'  # Or 'map': compiles faster, runs slower (models.py).
+  c.model.likelihood_scale = 0.75  # Laplace scale of p(x | w, z) (MMVAE+).
+  c.model.beta = 2.5
+  c.model.num_samples = 1  # K importance samples per source.
+  c.model.estimator = 'elbo'  # 'elbo' (K = 1 is the published setting), 'iwae', 'dreg'.
+  # The ablations are config choices: prior on z and where the EBM's posterior samples come from.
+  c.model.prior = 'ebm' if model.startswith(('ebm_', 'moe_')) else 'laplace'
+  c.model.posterior_sampler = 'langevin' if model == 'moe_ebm' else 'q'
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.learning_rate = 1e-3  # MMVAE+: Adam with amsgrad, lr 1e-3.
+  c.optim.amsgrad = True
+  c.optim.grad_clip_norm = config_dict.placeholder(float)  # None: no clipping (as MMVAE+).
+
+  # EBM prior and Langevin. The paper gives no values: these start from Pang et al. 2020.
+  c.ebm = ml_collections.ConfigDict()
+  c.ebm.hidden = (200, 200)
+  c.ebm.activation = 'gelu'
+  c.ebm.learning_rate = 2e-5
+  c.ebm.b1 = 0.5
+  c.ebm.b2 = 0.999
+  c.ebm.prior_steps = 60
+  c.ebm.prior_step_size = 0.4
+  c.ebm.posterior_steps = 20
+  c.ebm.posterior_step_size = 0.1
+  c.ebm.noise_scale = 1.0  # Multiplies the Langevin noise (1 = exact Langevin).
+  c.ebm.posterior_latents = 'z'  # Paper silent: move only the shared z ('z') or also w ('zw').
+  c.ebm.max_abs_energy = 1e4  # An |energy| above this counts as an explosion (step skipped).
+
+  c.num_train_steps = 250 * 468  # 250 epochs of 60,000 / 128 (the MMVAE+ schedule).
+  c.log_every_steps = 50
+  c.eval_every_steps = 2000
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3  # Latest N, plus the best by test loss.
+  c.keep_best_checkpoints = 1
+  c.num_eval_batches = config_dict.placeholder(int)  # None: the whole (subset of the) test split.
+  c.num_image_samples = 8  # Rows of the sample grids written to TensorBoard.
+  c.max_consecutive_bad_steps = 20  # Non-finite or exploding steps in a row before acting.
+  c.on_divergence = 'restore'  # 'restore' the last good checkpoint, or 'stop'.
+  # Multi-host: jax.distributed.initialize() when enabled or JAX_COORDINATOR_ADDRESS is set.
+  # Leave the fields None on TPU pods, Slurm and Open MPI (JAX detects them).
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.enabled = False
+  c.distributed.coordinator_address = config_dict.placeholder(str)
+  c.distributed.num_processes = config_dict.placeholder(int)
+  c.distributed.process_id = config_dict.placeholder(int)
   return c
 
 
@@ -64,5 +110,24 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(config.data.train_subset is None or config.data.train_subset >= config.batch_size,
         f'data.train_subset={config.data.train_subset} is smaller than one batch '
         f'({config.batch_size})')
+  check(config.model.modality_loop in ('unroll', 'map'),
+        f"model.modality_loop={config.model.modality_loop!r}, expected 'unroll' or 'map'")
+  check(config.model.estimator in ('elbo', 'iwae', 'dreg'),
+        f"model.estimator={config.model.estimator!r}, expected 'elbo', 'iwae' or 'dreg'")
+  check(config.model.num_samples >= 1, f'model.num_samples={config.model.num_samples} < 1')
+  check(config.model.estimator == 'elbo' or config.model.num_samples > 1,
+        f'model.estimator={config.model.estimator!r} needs model.num_samples > 1')
+  check(config.model.prior in ('laplace', 'ebm'), f'model.prior={config.model.prior!r}')
+  check(config.model.posterior_sampler in ('q', 'langevin'),
+        f'model.posterior_sampler={config.model.posterior_sampler!r}')
+  check(config.model.prior == 'ebm' or config.model.posterior_sampler == 'q',
+        'model.posterior_sampler=langevin needs model.prior=ebm')
+  check(config.ebm.posterior_latents in ('z', 'zw'),
+        f"ebm.posterior_latents={config.ebm.posterior_latents!r}, expected 'z' or 'zw'")
+  for key in ('prior_steps', 'posterior_steps'):
+    check(config.ebm[key] >= 0, f'ebm.{key}={config.ebm[key]} < 0')
+  check(config.on_divergence in ('restore', 'stop'),
+        f"on_divergence={config.on_divergence!r}, expected 'restore' or 'stop'")
+  check(config.num_train_steps > 0, f'num_train_steps={config.num_train_steps}')
   check(len(config.model.widths) == 3 and all(w > 0 for w in config.model.widths),
         f'model.widths={config.model.widths!r} must be three positive channel counts')

@@ -6,9 +6,9 @@ Batches are dicts of numpy arrays:
   'mnist_index': int32 (B, M)
 where B is the per-process batch (config.batch_size // jax.process_count()).
 
-Each process reads its own shard (examples process_index::process_count) so a multi-host run
-feeds every host different data; shuffling is seeded and reshuffles every epoch; the iterator's
-position is a small dict (get_state / set_state) that goes into checkpoints.
+Each process reads only its rows of every global batch, and the global batches are the same
+whatever the number of processes; shuffling is seeded and reshuffles every epoch; the
+iterator's position is a small dict (get_state / set_state) that goes into checkpoints.
 """
 
 from __future__ import annotations
@@ -94,18 +94,23 @@ def make_dataset(source,
                  subset: int | None = None,
                  process_index: int = 0,
                  process_count: int = 1) -> grain.MapDataset:
-  """A grain MapDataset of batches of this process's shard.
+  """A grain MapDataset of this process's rows of each global batch.
+
+  Every process walks the same seeded order of examples; global batch g is elements
+  [g * batch_size, (g + 1) * batch_size) of it, and process p reads only its rows
+  [p * b, (p + 1) * b) of each (b = batch_size // process_count). So the global batches, and
+  hence training, do not depend on how many processes feed them.
 
   Args:
     source: random-access source (len, __getitem__) of example dicts, e.g. from `data_source`.
     num_modalities: M; the source must have features m0..m{M-1}.
-    batch_size: the GLOBAL batch size; each process yields batch_size // process_count.
+    batch_size: the GLOBAL batch size; each process yields batch_size // process_count rows.
     seed: shuffling seed; every epoch is a different permutation derived from it.
     shuffle: shuffle (training) or keep the stored order (evaluation).
     num_epochs: None repeats forever.
-    drop_remainder: drop the last incomplete batch (of each pass when not repeating forever).
+    drop_remainder: drop the last incomplete global batch.
     subset: use only the first `subset` examples of the split (smoke and CPU scales).
-    process_index, process_count: this process's shard of the examples.
+    process_index, process_count: which rows of each global batch this process reads.
   """
   local_batch = per_process_batch_size(batch_size, process_count)
   ds = grain.MapDataset.source(source)
@@ -113,13 +118,25 @@ def make_dataset(source,
     if not 0 < subset <= len(ds):
       raise ValueError(f'subset={subset} must be in [1, {len(ds)}].')
     ds = ds[:subset]
-  ds = ds[process_index::process_count]
-  if drop_remainder and len(ds) < local_batch:
-    raise ValueError(f'{len(ds)} examples in this shard, fewer than one batch of {local_batch}.')
+  if drop_remainder and len(ds) < batch_size:
+    raise ValueError(f'{len(ds)} examples, fewer than one batch of {batch_size}.')
   if shuffle:
     ds = ds.shuffle(seed=seed)  # Before repeat: a new permutation every epoch.
   if num_epochs != 1:
     ds = ds.repeat(num_epochs)
+  ordered = ds
+  if drop_remainder:
+    num_local = len(ordered) // batch_size * local_batch
+  else:
+    if process_count > 1:
+      raise ValueError('drop_remainder=False needs one process: a partial last batch does not '
+                       'split evenly over processes.')
+    num_local = len(ordered)
+
+  def global_position(j: int) -> int:  # Local element j -> its place in the global order.
+    return (j // local_batch) * batch_size + process_index * local_batch + j % local_batch
+
+  ds = grain.MapDataset.range(num_local).map(lambda j: ordered[global_position(j)])
   ds = ds.map(ToTuple(num_modalities))
   ds = ds.batch(local_batch, drop_remainder=drop_remainder)
   return ds.map(to_float)
@@ -150,11 +167,11 @@ def train_iterator(config: ml_collections.ConfigDict, process_index: int = 0,
 
 def eval_dataset(config: ml_collections.ConfigDict, split: str = 'test', process_index: int = 0,
                  process_count: int = 1) -> grain.MapDataset:
-  """One ordered pass over `split` (keeps the last partial batch)."""
+  """One ordered pass over `split`; the last partial batch is kept on one process only."""
   source = data_source(config.data, split)
   check_modalities(source, config.data.num_modalities)
   return make_dataset(source, num_modalities=config.data.num_modalities,
                       batch_size=config.eval_batch_size, shuffle=False, num_epochs=1,
-                      drop_remainder=False, subset=config.data.test_subset,
+                      drop_remainder=process_count > 1, subset=config.data.test_subset,
                       process_index=process_index, process_count=process_count)
 

@@ -1,0 +1,106 @@
+"""The latent EBM prior p_a(z) = exp(f_a(z)) p0(z) / Z(a), its Langevin chains and its loss.
+
+f_a is the energy network's output (the negative energy); p0 = Laplace(0, I).
+
+- Prior chain: z0 ~ p0, Langevin on log pi = f_a(z) + log p0(z).
+- Posterior chain ("MCMC inference"): z0 ~ q(z | X) (one expert per example), Langevin on
+  log pi = sum_m log p(x_m | w_m, z) + f_a(z) + log p0(z), with w_m the posterior samples held
+  fixed ('z') or moved as well under their prior p(w) ('zw').
+- EBM loss: mean f_a(prior samples) - mean f_a(posterior samples), samples held constant; its
+  gradient is the maximum-likelihood gradient E_post[grad f_a] - E_prior[grad f_a].
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from moe_ebm_jax import langevin
+from moe_ebm_jax import models
+from moe_ebm_jax import networks
+
+Params = Any
+POSTERIOR_LATENTS = ('z', 'zw')
+
+
+def prior_log_prob(energy: networks.EnergyMLP, ebm_params: Params) -> Callable:
+  """z (..., D) -> f_a(z) + log p0(z), (...)."""
+  return lambda z: energy.apply(ebm_params, z) + models.base_log_prob(z)
+
+
+def sample_prior(energy: networks.EnergyMLP, ebm_params: Params, key: jax.Array,
+                 batch_size: int, latent_dim: int, *, num_steps: int, step_size: float,
+                 noise_scale: float = 1.0, keep_trajectory: bool = False):
+  """Short-run prior chain from Laplace(0, I): (z (B, D), diagnostics)."""
+  k0, k1 = jax.random.split(key)
+  z0 = jax.random.laplace(k0, (batch_size, latent_dim))
+  return langevin.sample(prior_log_prob(energy, ebm_params), z0, k1, num_steps=num_steps,
+                         step_size=step_size, noise_scale=noise_scale,
+                         keep_trajectory=keep_trajectory)
+
+
+def pick_expert(key: jax.Array, samples: jax.Array) -> jax.Array:
+  """One draw from the uniform mixture: per example the sample of a random expert.
+
+  samples (M, B, D) -> (B, D).
+  """
+  m, b = samples.shape[:2]
+  expert = jax.random.randint(key, (b,), 0, m)
+  return samples[expert, jnp.arange(b)]
+
+
+def posterior_log_prob(vae: models.MultimodalVAE, vae_params: Params,
+                       energy: networks.EnergyMLP, ebm_params: Params, images: jax.Array,
+                       observed: jax.Array, w: jax.Array | None = None) -> Callable:
+  """log pi of the posterior chain over the state {'z': (B, Dz)[, 'w': (B, M, Dw)]}.
+
+  images (B, M, 28, 28, 3); observed: bool (M,) which modalities enter the likelihood (all for
+  training, the source(s) for conditional generation); w (M, B, Dw) fixed private latents, used
+  when the state has no 'w'.
+  """
+  targets = jnp.moveaxis(images, 1, 0)  # (M, B, 28, 28, 3)
+
+  def log_prob(state):
+    z = state['z']
+    w_m = jnp.moveaxis(state['w'], 1, 0) if 'w' in state else w  # (M, B, Dw)
+    z_m = jnp.broadcast_to(z[None], (w_m.shape[0],) + z.shape)
+    means = vae.decode(vae_params, jnp.concatenate([w_m, z_m], axis=-1))
+    log_px = vae.log_likelihood(targets, means)  # (M, B)
+    lp = jnp.where(observed[:, None], log_px, 0.0).sum(axis=0)
+    lp += energy.apply(ebm_params, z) + models.base_log_prob(z)
+    if 'w' in state:
+      lp += models.base_log_prob(state['w']).sum(axis=-1)
+    return lp
+
+  return log_prob
+
+
+def sample_posterior(vae: models.MultimodalVAE, vae_params: Params,
+                     energy: networks.EnergyMLP, ebm_params: Params, images: jax.Array,
+                     z0: jax.Array, w: jax.Array, key: jax.Array, *, num_steps: int,
+                     step_size: float, noise_scale: float = 1.0, latents: str = 'z',
+                     observed: jax.Array | None = None, keep_trajectory: bool = False):
+  """Posterior chain from z0 (B, Dz) with private latents w (M, B, Dw): (state dict, diag)."""
+  if latents not in POSTERIOR_LATENTS:
+    raise ValueError(f'posterior latents {latents!r}: choose one of {POSTERIOR_LATENTS}.')
+  if observed is None:
+    observed = jnp.ones((w.shape[0],), bool)
+  state = {'z': z0}
+  if latents == 'zw':
+    state['w'] = jnp.moveaxis(w, 0, 1)  # Leading batch axis for the sampler.
+  log_prob = posterior_log_prob(vae, vae_params, energy, ebm_params, images, observed, w)
+  return langevin.sample(log_prob, state, key, num_steps=num_steps, step_size=step_size,
+                         noise_scale=noise_scale, keep_trajectory=keep_trajectory)
+
+
+def ebm_loss(energy: networks.EnergyMLP, ebm_params: Params, z_prior: jax.Array,
+             z_posterior: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """mean f_a(prior) - mean f_a(posterior) over (..., D) samples, with energy diagnostics."""
+  f_prior = energy.apply(ebm_params, jax.lax.stop_gradient(z_prior))
+  f_post = energy.apply(ebm_params, jax.lax.stop_gradient(z_posterior))
+  loss = f_prior.mean() - f_post.mean()
+  # Energies are -f_a: report them as such.
+  return loss, {'ebm_loss': loss, 'energy_prior': -f_prior.mean(),
+                'energy_posterior': -f_post.mean()}

@@ -1,0 +1,444 @@
+"""Training: one jitted step updates the VAE and the EBM; data parallel over every device.
+
+The step (`train_step`) computes the VAE loss and, for EBM models, the prior and posterior
+Langevin chains and the EBM loss; takes both gradients; and applies both Optax updates, all in one
+compiled program. It is pure: state in, state and metrics out.
+
+Parallelism: params and optimiser states are replicated (NamedSharding(mesh, P())), the batch is
+split over the mesh axis 'data' (P('data')); jax.jit partitions the step. The same code runs on
+one CPU, every GPU of a host, or a TPU pod (multi-host via jax.distributed.initialize, each
+process feeding its own shard of the batch).
+
+Non-finite losses or gradients, or an energy beyond config.ebm.max_abs_energy, skip the update
+inside the step and are counted; after config.max_consecutive_bad_steps in a row the run restores
+the last good checkpoint (with a fresh random stream) or stops, saying what diverged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from moe_ebm_jax import checkpointing
+from moe_ebm_jax import config_lib
+from moe_ebm_jax import ebm as ebm_lib
+from moe_ebm_jax import input_pipeline
+from moe_ebm_jax import metric_logging
+from moe_ebm_jax import models
+from moe_ebm_jax import networks
+from moe_ebm_jax import objectives
+
+Params = Any
+
+# Why a step was skipped (bits of TrainState.last_bad_reason).
+BAD_VAE, BAD_EBM, BAD_ENERGY = 1, 2, 4
+# Keys that must match to resume a workdir (others, e.g. num_train_steps, may change).
+COMPATIBLE_KEYS = ('model.name', 'model.widths', 'model.latent_w', 'model.latent_z',
+                   'model.prior', 'ebm.hidden', 'ebm.activation', 'data.num_modalities',
+                   'data.seed', 'data.backgrounds', 'optim.amsgrad',
+                   'optim.grad_clip_norm')
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training. A pytree of arrays (checkpointed whole)."""
+  step: jax.Array  # int32 ()
+  vae_params: Params
+  ebm_params: Params  # {} for models without an EBM prior.
+  vae_opt_state: Any
+  ebm_opt_state: Any
+  key: jax.Array  # uint32 (2,) raw PRNG key.
+  bad_steps: jax.Array  # int32 (): consecutive skipped steps.
+  skipped_steps: jax.Array  # int32 (): skipped steps in total.
+  last_bad_reason: jax.Array  # int32 (): BAD_* bits of the last skipped step.
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+  """The static half of a model: networks and settings; hashable, so jit treats it as static."""
+  vae: models.MultimodalVAE
+  energy: networks.EnergyMLP | None
+  beta: float
+  num_samples: int
+  estimator: str
+  posterior_sampler: str  # 'q' or 'langevin'.
+  prior_steps: int
+  prior_step_size: float
+  posterior_steps: int
+  posterior_step_size: float
+  noise_scale: float
+  posterior_latents: str
+  max_abs_energy: float
+
+  @property
+  def has_ebm(self) -> bool:
+    return self.energy is not None
+
+  def log_prior_z(self, ebm_params: Params):
+    if not self.has_ebm:
+      return models.base_log_prob
+    return ebm_lib.prior_log_prob(self.energy, ebm_params)
+
+
+def make_model(config: ml_collections.ConfigDict) -> Model:
+  return Model(
+      vae=models.make_vae(config),
+      energy=models.make_energy(config) if config.model.prior == 'ebm' else None,
+      beta=config.model.beta, num_samples=config.model.num_samples,
+      estimator=config.model.estimator, posterior_sampler=config.model.posterior_sampler,
+      prior_steps=config.ebm.prior_steps, prior_step_size=config.ebm.prior_step_size,
+      posterior_steps=config.ebm.posterior_steps,
+      posterior_step_size=config.ebm.posterior_step_size, noise_scale=config.ebm.noise_scale,
+      posterior_latents=config.ebm.posterior_latents, max_abs_energy=config.ebm.max_abs_energy)
+
+
+def make_optimizers(config: ml_collections.ConfigDict):
+  """(VAE optimiser, EBM optimiser): separate transformations with separate states."""
+  adam = optax.amsgrad if config.optim.amsgrad else optax.adam
+  vae_tx = adam(config.optim.learning_rate)
+  if config.optim.grad_clip_norm is not None:
+    vae_tx = optax.chain(optax.clip_by_global_norm(config.optim.grad_clip_norm), vae_tx)
+  ebm_tx = optax.adam(config.ebm.learning_rate, b1=config.ebm.b1, b2=config.ebm.b2)
+  return vae_tx, ebm_tx
+
+
+def init_state(model: Model, vae_tx, ebm_tx, key: jax.Array) -> TrainState:
+  k_vae, k_ebm, k_train = jax.random.split(key, 3)
+  vae_params = model.vae.init(k_vae)
+  ebm_params = (model.energy.init(k_ebm, jnp.zeros((1, model.vae.latent_z)))
+                if model.has_ebm else {})
+  zero = jnp.zeros((), jnp.int32)
+  return TrainState(step=zero, vae_params=vae_params, ebm_params=ebm_params,
+                    vae_opt_state=vae_tx.init(vae_params), ebm_opt_state=ebm_tx.init(ebm_params),
+                    key=k_train, bad_steps=zero, skipped_steps=zero, last_bad_reason=zero)
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = jax.tree.leaves(tree)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else True
+
+
+def train_step(state: TrainState, images: jax.Array, *, model: Model, vae_tx,
+               ebm_tx) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One update of VAE and EBM. images float32 (B, M, 28, 28, 3) in [0, 1]."""
+  key, k_vae, k_prior, k_pick, k_post = jax.random.split(jax.random.fold_in(state.key, state.step),
+                                                        5)
+  del key  # Keys derive from (state.key, step): resuming reproduces them exactly.
+
+  def vae_loss_fn(vae_params):
+    return objectives.mmvaeplus_objective(
+        model.vae, vae_params, images, k_vae, beta=model.beta, num_samples=model.num_samples,
+        estimator=model.estimator, log_prior_z=model.log_prior_z(state.ebm_params))
+
+  (vae_loss, aux), vae_grads = jax.value_and_grad(vae_loss_fn, has_aux=True)(state.vae_params)
+  metrics = dict(aux.metrics)
+  ok_vae = jnp.isfinite(vae_loss) & _all_finite(vae_grads)
+
+  if model.has_ebm:
+    b = images.shape[0]
+    z_prior, prior_diag = ebm_lib.sample_prior(
+        model.energy, state.ebm_params, k_prior, b, model.vae.latent_z,
+        num_steps=model.prior_steps, step_size=model.prior_step_size,
+        noise_scale=model.noise_scale)
+    z_q = aux.latents.z[:, 0]  # (M, B, Dz): the first of K samples per source.
+    if model.posterior_sampler == 'langevin':
+      z0 = ebm_lib.pick_expert(k_pick, z_q)
+      post_state, post_diag = ebm_lib.sample_posterior(
+          model.vae, jax.lax.stop_gradient(state.vae_params), model.energy, state.ebm_params,
+          images, z0, aux.latents.w[:, 0], k_post, num_steps=model.posterior_steps,
+          step_size=model.posterior_step_size, noise_scale=model.noise_scale,
+          latents=model.posterior_latents)
+      z_post = post_state['z']
+      metrics['posterior_grad_norm'] = post_diag['grad_norm'][-1] if model.posterior_steps else 0.
+      metrics['posterior_log_prob'] = post_diag['log_prob'][-1] if model.posterior_steps else 0.
+    else:
+      z_post = z_q  # Every expert's sample: the mixture's expectation without picking.
+    (ebm_loss, ebm_metrics), ebm_grads = jax.value_and_grad(
+        lambda p: ebm_lib.ebm_loss(model.energy, p, z_prior, z_post), has_aux=True)(
+            state.ebm_params)
+    metrics.update(ebm_metrics)
+    if model.prior_steps:
+      metrics['prior_grad_norm'] = prior_diag['grad_norm'][-1]
+    ok_ebm = jnp.isfinite(ebm_loss) & _all_finite(ebm_grads)
+    ok_energy = ((jnp.abs(ebm_metrics['energy_prior']) < model.max_abs_energy) &
+                 (jnp.abs(ebm_metrics['energy_posterior']) < model.max_abs_energy))
+  else:
+    ebm_grads = state.ebm_params
+    ok_ebm = ok_energy = jnp.array(True)
+
+  ok = ok_vae & ok_ebm & ok_energy
+  vae_updates, vae_opt_state = vae_tx.update(vae_grads, state.vae_opt_state, state.vae_params)
+  ebm_updates, ebm_opt_state = ebm_tx.update(ebm_grads, state.ebm_opt_state, state.ebm_params)
+  updated = (optax.apply_updates(state.vae_params, vae_updates), vae_opt_state,
+             optax.apply_updates(state.ebm_params, ebm_updates), ebm_opt_state)
+  current = (state.vae_params, state.vae_opt_state, state.ebm_params, state.ebm_opt_state)
+  # A bad step leaves params and optimiser moments untouched (NaNs never enter the state).
+  vae_params, vae_opt_state, ebm_params, ebm_opt_state = jax.tree.map(
+      lambda new, old: jnp.where(ok, new, old), updated, current)
+  reason = (jnp.where(ok_vae, 0, BAD_VAE) | jnp.where(ok_ebm, 0, BAD_EBM) |
+            jnp.where(ok_energy, 0, BAD_ENERGY)).astype(jnp.int32)
+  new_state = state.replace(
+      step=state.step + 1, vae_params=vae_params, ebm_params=ebm_params,
+      vae_opt_state=vae_opt_state, ebm_opt_state=ebm_opt_state,
+      bad_steps=jnp.where(ok, 0, state.bad_steps + 1),
+      skipped_steps=state.skipped_steps + (~ok).astype(jnp.int32),
+      last_bad_reason=jnp.where(ok, state.last_bad_reason, reason))
+  metrics['step_ok'] = ok.astype(jnp.float32)
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, images: jax.Array, key: jax.Array, *,
+              model: Model) -> dict[str, jax.Array]:
+  """Test loss of one batch (the training objective, no update): sums for averaging."""
+  loss, aux = objectives.mmvaeplus_objective(
+      model.vae, state.vae_params, images, key, beta=model.beta, num_samples=model.num_samples,
+      estimator='iwae' if model.estimator == 'dreg' else model.estimator,
+      log_prior_z=model.log_prior_z(state.ebm_params))
+  b = images.shape[0]
+  return {'loss_sum': loss * b, 'recon_sum': aux.metrics['recon'] * b, 'count': jnp.float32(b)}
+
+
+def generate(state: TrainState, images: jax.Array, key: jax.Array, *, model: Model,
+             num_samples: int) -> dict[str, jax.Array]:
+  """Sample grids: joint samples (N, M, 28, 28, 3); cross generation (M_src, N, M, 28, 28, 3)
+  from the first N test images, z ~ q(z | x_src) and w ~ p(w) for the other modalities."""
+  vae = model.vae
+  m = vae.num_modalities
+  k_prior, k_w, k_z, k_cross = jax.random.split(key, 4)
+  n = num_samples
+  if model.has_ebm:
+    z, _ = ebm_lib.sample_prior(model.energy, state.ebm_params, k_prior, n, vae.latent_z,
+                                num_steps=model.prior_steps, step_size=model.prior_step_size,
+                                noise_scale=model.noise_scale)
+  else:
+    z = jax.random.laplace(k_prior, (n, vae.latent_z))
+  w = jax.random.laplace(k_w, (m, n, vae.latent_w))
+  joint = vae.decode(state.vae_params, jnp.concatenate(
+      [w, jnp.broadcast_to(z[None], (m,) + z.shape)], -1))  # (M, N, 28, 28, 3)
+  post = vae.encode(state.vae_params, images[:n])  # (M_src, N, .)
+  z_src = post.z_loc + post.z_scale * jax.random.laplace(k_z, post.z_loc.shape)
+  w_cross = jax.random.laplace(k_cross, (m, m, n, vae.latent_w))  # [tgt, src]
+  own = post.w_loc  # Self-reconstruction keeps the source's own w (posterior mean).
+  w_cross = jnp.where(jnp.eye(m, dtype=bool)[:, :, None, None], own[None], w_cross)
+  cross = vae.decode(state.vae_params, jnp.concatenate(
+      [w_cross, jnp.broadcast_to(z_src[None], (m,) + z_src.shape)], -1))  # (tgt, src, N, ...)
+  return {'joint': jnp.moveaxis(joint, 0, 1),
+          'cross': jnp.transpose(cross, (1, 2, 0, 3, 4, 5))}
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
+  d = config.distributed
+  if not (d.enabled or os.environ.get('JAX_COORDINATOR_ADDRESS')):
+    return
+  if jax.default_backend() == 'cpu' or d.coordinator_address:
+    # CPU collectives across processes need an implementation; gloo ships with jaxlib.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address=d.coordinator_address,
+                             num_processes=d.num_processes, process_id=d.process_id)
+  logging.info('Process %d of %d; %d local and %d global devices.', jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D mesh over `devices` (default: every device of every process), axis 'data'."""
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
+
+
+def check_batch_divides(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  for key in ('batch_size', 'eval_batch_size'):
+    if config[key] % num_devices:
+      raise ValueError(f'config.{key}={config[key]} does not divide over {num_devices} devices; '
+                       f'use a multiple of {num_devices}.')
+
+
+def compile_steps(config: ml_collections.ConfigDict, model: Model, mesh) -> dict[str, Any]:
+  """jit-compiled step functions with their shardings (params replicated, batch split)."""
+  vae_tx, ebm_tx = make_optimizers(config)
+  replicated = NamedSharding(mesh, P())
+  batch = NamedSharding(mesh, P('data'))
+  init = jax.jit(functools.partial(init_state, model, vae_tx, ebm_tx), out_shardings=replicated)
+  step = jax.jit(functools.partial(train_step, model=model, vae_tx=vae_tx, ebm_tx=ebm_tx),
+                 in_shardings=(replicated, batch), out_shardings=(replicated, replicated),
+                 donate_argnums=0)
+  evaluate = jax.jit(functools.partial(eval_step, model=model),
+                     in_shardings=(replicated, batch, replicated), out_shardings=replicated)
+  gen = jax.jit(functools.partial(generate, model=model,
+                                  num_samples=config.num_image_samples),
+                in_shardings=(replicated, replicated, replicated), out_shardings=replicated)
+  return {'init': init, 'train': step, 'eval': evaluate, 'generate': gen,
+          'replicated': replicated, 'batch': batch}
+
+
+def global_batch(local_images: np.ndarray, sharding) -> jax.Array:
+  """This process's rows -> one global array split over the mesh."""
+  return jax.make_array_from_process_local_data(sharding, local_images)
+
+
+def evaluate(config, state, steps, key) -> dict[str, float]:
+  totals = {}
+  ds = input_pipeline.eval_dataset(config, process_index=jax.process_index(),
+                                   process_count=jax.process_count())
+  n_devices = jax.device_count()
+  for i, batch in enumerate(ds):
+    if config.num_eval_batches is not None and i >= config.num_eval_batches:
+      break
+    images = batch['images']
+    if images.shape[0] * jax.process_count() % n_devices:
+      continue  # The last partial batch does not split over devices; skip it.
+    out = steps['eval'](state, global_batch(images, steps['batch']), jax.random.fold_in(key, i))
+    for k, v in out.items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+  count = totals.get('count', 0.0)
+  if not count:
+    raise ValueError('evaluation saw no complete batch: lower eval_batch_size.')
+  return {'test_loss': totals['loss_sum'] / count, 'test_recon': totals['recon_sum'] / count}
+
+
+def write_samples(writer, config, state, steps, key, step: int) -> None:
+  test = next(iter(input_pipeline.eval_dataset(config)))
+  images = jnp.asarray(test['images'][:config.num_image_samples])
+  if images.shape[0] < config.num_image_samples:
+    return
+  out = jax.device_get(steps['generate'](state, images, key))
+  grids = {'samples/joint': metric_logging.image_grid(out['joint'])}
+  for src in range(out['cross'].shape[0]):
+    # Rows: test examples; first column the source image, then its decodes into every modality.
+    tiles = np.concatenate([np.asarray(images[:, src:src + 1]), out['cross'][src]], axis=1)
+    grids[f'samples/cross_from_m{src}'] = metric_logging.image_grid(tiles)
+  writer.write_images(step, grids)
+
+
+def describe_divergence(state: TrainState) -> str:
+  reason = int(state.last_bad_reason)
+  parts = [name for bit, name in ((BAD_VAE, 'the VAE loss or its gradients were non-finite'),
+                                  (BAD_EBM, 'the EBM loss or its gradients were non-finite'),
+                                  (BAD_ENERGY, 'an energy exceeded config.ebm.max_abs_energy'))
+           if reason & bit]
+  return '; '.join(parts) or 'unknown'
+
+
+class DivergenceError(RuntimeError):
+  """Training diverged and could not (or was told not to) recover."""
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains (resuming from `workdir` if it holds a compatible run), evaluates, checkpoints."""
+  config_lib.validate(config)
+  maybe_initialize_distributed(config)
+  check_batch_divides(config, jax.device_count())
+  input_pipeline.per_process_batch_size(config.batch_size, jax.process_count())
+  is_chief = jax.process_index() == 0
+  if is_chief:
+    checkpointing.check_or_write_run_config(workdir, config, COMPATIBLE_KEYS)
+
+  model = make_model(config)
+  mesh = make_mesh()
+  steps = compile_steps(config, model, mesh)
+  data_iter = input_pipeline.train_iterator(config, jax.process_index(), jax.process_count())
+
+  ckpt = checkpointing.Checkpointer(workdir, keep_latest=config.keep_checkpoints,
+                                    keep_best=config.keep_best_checkpoints)
+  abstract = jax.eval_shape(steps['init'], jax.random.PRNGKey(config.seed))
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=steps['replicated']), abstract)
+  restores = 0
+  if ckpt.latest_step() is not None:
+    state, extra = ckpt.restore(abstract)
+    data_iter.set_state(extra['data'])
+    restores = extra.get('restores', 0)
+    logging.info('Resumed from step %d in %s.', int(state.step), workdir)
+  else:
+    state = steps['init'](jax.random.PRNGKey(config.seed))
+    logging.info('Initialised a new run in %s.', workdir)
+
+  def save(state, metrics=None, force=False):
+    ckpt.save(int(state.step), state, {'data': data_iter.get_state(), 'restores': restores},
+              metrics=metrics, force=force)
+
+  writer = metric_logging.MetricWriter(os.path.join(workdir, 'tensorboard'), enabled=is_chief)
+  start_step = int(state.step)
+  progress = metric_logging.ProgressLogger(config.num_train_steps, start_step,
+                                           batch_size=config.batch_size,
+                                           every_steps=config.log_every_steps)
+  eval_key = jax.random.PRNGKey(config.seed + 1)
+  with checkpointing.GracefulShutdown() as shutdown:
+    step = start_step
+    while step < config.num_train_steps:
+      batch = next(data_iter)
+      state, metrics = steps['train'](state, global_batch(batch['images'], steps['batch']))
+      step += 1
+      report = None
+      if step % config.log_every_steps == 0 or step == config.num_train_steps:
+        metrics = jax.device_get(metrics)
+        report = progress.update(step, metrics)
+        if int(state.bad_steps) >= config.max_consecutive_bad_steps:
+          state, step = _handle_divergence(config, state, ckpt, abstract, data_iter)
+          restores += 1
+          state = state.replace(key=jax.random.fold_in(state.key, 10_000 + restores))
+          continue
+        scalars = {f'train/{k}': v for k, v in metrics.items()}
+        scalars['train/skipped_steps'] = int(state.skipped_steps)
+        if report:
+          scalars.update({f'perf/{k}': v for k, v in report.items()})
+        writer.write_scalars(step, scalars)
+      eval_metrics = None
+      if step % config.eval_every_steps == 0 or step == config.num_train_steps:
+        eval_metrics = evaluate(config, state, steps, jax.random.fold_in(eval_key, step))
+        logging.info('step %d | test loss %.4g | test recon %.4g', step,
+                     eval_metrics['test_loss'], eval_metrics['test_recon'])
+        writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_metrics.items()})
+        write_samples(writer, config, state, steps,
+                      jax.random.fold_in(jax.random.fold_in(eval_key, step), 1), step)
+        writer.flush()
+      healthy = int(state.bad_steps) == 0
+      if healthy and (eval_metrics or step % config.checkpoint_every_steps == 0 or
+                      step == config.num_train_steps):
+        save(state, eval_metrics)
+      if _any_process(shutdown.requested):
+        logging.warning('Interrupted at step %d: saving a checkpoint and stopping.', step)
+        save(state, force=True)
+        break
+  ckpt.wait_until_finished()
+  ckpt.close()
+  writer.close()
+  return state
+
+
+def _any_process(flag: bool) -> bool:
+  """True if `flag` is set on any process (all processes must then act on the same step)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
+
+
+def _handle_divergence(config, state, ckpt, abstract, data_iter):
+  what = describe_divergence(state)
+  message = (f'Training diverged at step {int(state.step)}: {int(state.bad_steps)} bad steps in '
+             f'a row ({what}); {int(state.skipped_steps)} skipped in total.')
+  good = ckpt.latest_step()
+  if config.on_divergence == 'stop' or good is None:
+    raise DivergenceError(message + (' Stopping (config.on_divergence=stop).'
+                                     if good is not None else ' No checkpoint to restore.'))
+  logging.error('%s Restoring step %d with a fresh random stream.', message, good)
+  restored, extra = ckpt.restore(abstract, step=good)
+  data_iter.set_state(extra['data'])
+  return restored, int(restored.step)

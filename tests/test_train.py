@@ -1,0 +1,214 @@
+"""Training end to end at smoke scale: every model trains, resumes, survives interruption and
+planted NaNs; the sharded step equals the single-device step."""
+
+import functools
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from moe_ebm_jax import checkpointing
+from moe_ebm_jax import config_lib
+from moe_ebm_jax import metric_logging
+from moe_ebm_jax import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def smoke_config(polymnist_dir, model='moe_ebm', **overrides):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location('smoke', os.path.join(ROOT, 'configs', 'smoke.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(model)
+  config.data.data_dir = polymnist_dir
+  config.num_train_steps = 6
+  config.log_every_steps = 2
+  config.eval_every_steps = 6
+  config.checkpoint_every_steps = 3
+  for key, value in overrides.items():
+    section, _, name = key.rpartition('.')
+    (config[section] if section else config)[name] = value
+  return config
+
+
+def leaves_equal(a, b, **tol):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol)
+
+
+@pytest.mark.parametrize('model', ['mmvaeplus', 'ebm_mmvaeplus', 'moe_ebm'])
+def test_smoke_model_trains_checkpoints_logs_and_resumes(polymnist_dir, tmp_path, model):
+  workdir = str(tmp_path / model)
+  config = smoke_config(polymnist_dir, model)
+  state = train.train_and_evaluate(config, workdir)
+  assert int(state.step) == 6 and int(state.skipped_steps) == 0
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
+  scalars = metric_logging.read_scalars(os.path.join(workdir, 'tensorboard'))
+  assert [s for s, _ in scalars['train/vae_loss']] == [2, 4, 6]
+  assert np.isfinite(scalars['eval/test_loss'][0][1])
+  if model != 'mmvaeplus':
+    assert {'train/ebm_loss', 'train/energy_prior', 'train/energy_posterior',
+            'train/prior_grad_norm'} <= set(scalars)
+  if model == 'moe_ebm':
+    assert 'train/posterior_grad_norm' in scalars
+  images = metric_logging.read_image_tags(os.path.join(workdir, 'tensorboard'))
+  assert {'samples/joint', 'samples/cross_from_m0'} <= images
+  # Running again with more steps resumes at step 6 instead of restarting.
+  config.num_train_steps = 8
+  resumed = train.train_and_evaluate(config, workdir)
+  assert int(resumed.step) == 8
+  assert 8 in checkpointing.Checkpointer(workdir, keep_latest=3, keep_best=1).all_steps()
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(polymnist_dir, tmp_path):
+  config = smoke_config(polymnist_dir, 'moe_ebm', checkpoint_every_steps=100)
+  straight = train.train_and_evaluate(config, str(tmp_path / 'straight'))
+  first = smoke_config(polymnist_dir, 'moe_ebm', num_train_steps=4, checkpoint_every_steps=100)
+  train.train_and_evaluate(first, str(tmp_path / 'split'))
+  resumed = train.train_and_evaluate(config, str(tmp_path / 'split'))
+  assert int(resumed.step) == int(straight.step) == 6
+  leaves_equal(resumed.vae_params, straight.vae_params, rtol=0, atol=0)
+  leaves_equal(resumed.ebm_params, straight.ebm_params, rtol=0, atol=0)
+  leaves_equal(resumed.ebm_opt_state, straight.ebm_opt_state, rtol=0, atol=0)
+
+
+def test_workdir_with_an_incompatible_run_is_refused_untouched(polymnist_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(smoke_config(polymnist_dir, 'mmvaeplus', num_train_steps=3), workdir)
+  before = {p: os.path.getmtime(os.path.join(workdir, p)) for p in ('config.json', 'checkpoints')}
+  with pytest.raises(checkpointing.IncompatibleRunError, match='model.name'):
+    train.train_and_evaluate(smoke_config(polymnist_dir, 'moe_ebm'), workdir)
+  assert before == {p: os.path.getmtime(os.path.join(workdir, p)) for p in before}
+
+
+def test_config_errors_fail_before_compiling(polymnist_dir, tmp_path):
+  with pytest.raises(ValueError, match='does not divide over'):
+    train.check_batch_divides(smoke_config(polymnist_dir, batch_size=6), 4)
+  with pytest.raises(ValueError, match='invalid config: model.estimator'):
+    train.train_and_evaluate(smoke_config(polymnist_dir, **{'model.estimator': 'vi'}),
+                             str(tmp_path / 'w'))
+  assert not (tmp_path / 'w').exists()
+
+
+def one_step_setup(config, model_name='moe_ebm'):
+  model = train.make_model(config)
+  vae_tx, ebm_tx = train.make_optimizers(config)
+  state = jax.jit(functools.partial(train.init_state, model, vae_tx, ebm_tx))(
+      jax.random.PRNGKey(0))
+  step = jax.jit(functools.partial(train.train_step, model=model, vae_tx=vae_tx, ebm_tx=ebm_tx))
+  return state, step
+
+
+def test_planted_nan_is_skipped_and_counted(polymnist_dir):
+  config = smoke_config(polymnist_dir, 'moe_ebm')
+  state, step = one_step_setup(config)
+  images = np.random.default_rng(0).random((8, 5, 28, 28, 3), np.float32)
+  images[3, 2, 5, 5, 0] = np.nan
+  new, metrics = step(state, jnp.asarray(images))
+  assert float(metrics['step_ok']) == 0.0
+  assert int(new.step) == 1 and int(new.bad_steps) == 1 and int(new.skipped_steps) == 1
+  assert int(new.last_bad_reason) & train.BAD_VAE
+  leaves_equal(new.vae_params, state.vae_params, rtol=0, atol=0)
+  leaves_equal(new.ebm_params, state.ebm_params, rtol=0, atol=0)
+  leaves_equal(new.vae_opt_state, state.vae_opt_state, rtol=0, atol=0)
+  # A good batch afterwards updates and resets the consecutive count.
+  images[3, 2, 5, 5, 0] = 0.5
+  newer, metrics = step(new, jnp.asarray(images))
+  assert float(metrics['step_ok']) == 1.0 and int(newer.bad_steps) == 0
+  assert int(newer.skipped_steps) == 1
+
+
+def test_exploding_energy_is_skipped(polymnist_dir):
+  config = smoke_config(polymnist_dir, 'ebm_mmvaeplus', **{'ebm.max_abs_energy': 100.0})
+  state, step = one_step_setup(config)
+  params = jax.tree.map(lambda x: x, state.ebm_params)
+  params['params']['dense_out']['bias'] = jnp.full_like(params['params']['dense_out']['bias'],
+                                                        1e3)
+  state = state.replace(ebm_params=params)
+  images = jnp.asarray(np.random.default_rng(0).random((8, 5, 28, 28, 3), np.float32))
+  new, metrics = step(state, images)
+  assert float(metrics['step_ok']) == 0.0 and int(new.last_bad_reason) == train.BAD_ENERGY
+  leaves_equal(new.ebm_params, state.ebm_params, rtol=0, atol=0)
+
+
+class PoisonedIterator:
+  """Wraps the training iterator and puts NaNs into the batches of chosen steps."""
+
+  def __init__(self, inner, bad_steps):
+    self.inner, self.bad_steps, self.count = inner, set(bad_steps), 0
+
+  def __next__(self):
+    batch = next(self.inner)
+    self.count += 1
+    if self.count in self.bad_steps:
+      batch = dict(batch, images=np.full_like(batch['images'], np.nan))
+    return batch
+
+  def get_state(self):
+    return self.inner.get_state()
+
+  def set_state(self, state):
+    self.inner.set_state(state)
+
+
+@pytest.mark.parametrize('policy', ['stop', 'restore'])
+def test_divergence_stops_or_restores_the_last_good_checkpoint(polymnist_dir, tmp_path,
+                                                               monkeypatch, policy):
+  real = train.input_pipeline.train_iterator
+  monkeypatch.setattr(train.input_pipeline, 'train_iterator',
+                      lambda *a, **k: PoisonedIterator(real(*a, **k), range(4, 8)))
+  config = smoke_config(polymnist_dir, 'mmvaeplus', num_train_steps=10, log_every_steps=1,
+                        checkpoint_every_steps=2, max_consecutive_bad_steps=3,
+                        on_divergence=policy)
+  workdir = str(tmp_path / policy)
+  if policy == 'stop':
+    with pytest.raises(train.DivergenceError, match='3 bad steps in a row.*VAE loss'):
+      train.train_and_evaluate(config, workdir)
+    # Only good states were checkpointed.
+    assert checkpointing.Checkpointer(workdir, keep_latest=3, keep_best=1).latest_step() == 2
+  else:
+    state = train.train_and_evaluate(config, workdir)
+    # Steps 4-6 were bad; the run went back to step 2 and trained on to the end.
+    assert int(state.step) == 10 and int(state.bad_steps) == 0
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.vae_params))
+
+
+SHARDED_SCRIPT = textwrap.dedent('''
+    import os, sys, functools
+    os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
+    import jax, jax.numpy as jnp, numpy as np
+    sys.path.insert(0, {root!r})
+    sys.path.insert(0, {tests!r})
+    from test_train import smoke_config
+    from moe_ebm_jax import train
+    assert jax.device_count() == 4
+    config = smoke_config({data!r}, {model!r})
+    model = train.make_model(config)
+    images = jnp.asarray(np.random.default_rng(0).random((8, 5, 28, 28, 3), np.float32))
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()):
+      steps = train.compile_steps(config, model, train.make_mesh(devices))
+      state = steps['init'](jax.random.PRNGKey(0))
+      for _ in range(2):
+        state, metrics = steps['train'](state, jax.device_put(images, steps['batch']))
+      assert len(state.vae_params['decoders']['params']['conv_out']['kernel'].sharding.device_set) == len(devices)
+      results.append(jax.device_get((state.vae_params, state.ebm_params, metrics)))
+    for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
+      np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+    print('SHARDED_EQUALS_SINGLE')
+''')
+
+
+@pytest.mark.parametrize('model', ['mmvaeplus', 'moe_ebm'])
+def test_step_on_four_devices_equals_one_device(polymnist_dir, model):
+  script = SHARDED_SCRIPT.format(root=ROOT, tests=os.path.join(ROOT, 'tests'),
+                                 data=polymnist_dir, model=model)
+  proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                        timeout=600, check=False)
+  assert 'SHARDED_EQUALS_SINGLE' in proc.stdout, proc.stderr[-3000:]
