@@ -246,9 +246,9 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
   d = config.distributed
   if not (d.enabled or os.environ.get('JAX_COORDINATOR_ADDRESS')):
     return
-  if jax.default_backend() == 'cpu' or d.coordinator_address:
-    # CPU collectives across processes need an implementation; gloo ships with jaxlib.
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  # CPU collectives across processes need an implementation (gloo ships with jaxlib); the
+  # setting only concerns the CPU backend. No backend may be touched before initialize().
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(coordinator_address=d.coordinator_address,
                              num_processes=d.num_processes, process_id=d.process_id)
   logging.info('Process %d of %d; %d local and %d global devices.', jax.process_index(),
@@ -292,6 +292,11 @@ def global_batch(local_images: np.ndarray, sharding) -> jax.Array:
   return jax.make_array_from_process_local_data(sharding, local_images)
 
 
+def replicate(value, sharding) -> jax.Array:
+  """A host value every process holds identically (e.g. a PRNG key) -> a replicated array."""
+  return jax.make_array_from_process_local_data(sharding, np.asarray(value))
+
+
 def evaluate(config, state, steps, key) -> dict[str, float]:
   totals = {}
   ds = input_pipeline.eval_dataset(config, process_index=jax.process_index(),
@@ -303,7 +308,8 @@ def evaluate(config, state, steps, key) -> dict[str, float]:
     images = batch['images']
     if images.shape[0] * jax.process_count() % n_devices:
       continue  # The last partial batch does not split over devices; skip it.
-    out = steps['eval'](state, global_batch(images, steps['batch']), jax.random.fold_in(key, i))
+    out = steps['eval'](state, global_batch(images, steps['batch']),
+                        replicate(jax.random.fold_in(key, i), steps['replicated']))
     for k, v in out.items():
       totals[k] = totals.get(k, 0.0) + float(v)
   count = totals.get('count', 0.0)
@@ -314,14 +320,15 @@ def evaluate(config, state, steps, key) -> dict[str, float]:
 
 def write_samples(writer, config, state, steps, key, step: int) -> None:
   test = next(iter(input_pipeline.eval_dataset(config)))
-  images = jnp.asarray(test['images'][:config.num_image_samples])
+  images = test['images'][:config.num_image_samples]
   if images.shape[0] < config.num_image_samples:
     return
-  out = jax.device_get(steps['generate'](state, images, key))
+  out = jax.device_get(steps['generate'](state, replicate(images, steps['replicated']),
+                                         replicate(key, steps['replicated'])))
   grids = {'samples/joint': metric_logging.image_grid(out['joint'])}
   for src in range(out['cross'].shape[0]):
     # Rows: test examples; first column the source image, then its decodes into every modality.
-    tiles = np.concatenate([np.asarray(images[:, src:src + 1]), out['cross'][src]], axis=1)
+    tiles = np.concatenate([images[:, src:src + 1], out['cross'][src]], axis=1)
     grids[f'samples/cross_from_m{src}'] = metric_logging.image_grid(tiles)
   writer.write_images(step, grids)
 
@@ -356,7 +363,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   ckpt = checkpointing.Checkpointer(workdir, keep_latest=config.keep_checkpoints,
                                     keep_best=config.keep_best_checkpoints)
-  abstract = jax.eval_shape(steps['init'], jax.random.PRNGKey(config.seed))
+  init_key = replicate(jax.random.PRNGKey(config.seed), steps['replicated'])
+  abstract = jax.eval_shape(steps['init'], init_key)
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=steps['replicated']), abstract)
   restores = 0
@@ -366,7 +374,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     restores = extra.get('restores', 0)
     logging.info('Resumed from step %d in %s.', int(state.step), workdir)
   else:
-    state = steps['init'](jax.random.PRNGKey(config.seed))
+    state = steps['init'](init_key)
     logging.info('Initialised a new run in %s.', workdir)
 
   def save(state, metrics=None, force=False):

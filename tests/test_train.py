@@ -212,3 +212,54 @@ def test_step_on_four_devices_equals_one_device(polymnist_dir, model):
   proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
                         timeout=600, check=False)
   assert 'SHARDED_EQUALS_SINGLE' in proc.stdout, proc.stderr[-3000:]
+
+
+TWO_PROCESS_SCRIPT = textwrap.dedent('''
+    import os, sys
+    os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=1'
+    import jax, numpy as np
+    sys.path.insert(0, {root!r})
+    sys.path.insert(0, {tests!r})
+    from test_train import smoke_config
+    from moe_ebm_jax import train
+    process_id = int(sys.argv[1])
+    config = smoke_config({data!r}, 'moe_ebm', num_train_steps=4, eval_every_steps=4)
+    config.distributed.enabled = True
+    config.distributed.coordinator_address = {address!r}
+    config.distributed.num_processes = 2
+    config.distributed.process_id = process_id
+    state = train.train_and_evaluate(config, {workdir!r})
+    assert jax.process_count() == 2 and jax.device_count() == 2
+    if process_id == 0:
+      leaves = [np.asarray(x) for x in jax.tree.leaves((state.vae_params, state.ebm_params))]
+      np.savez({out!r}, *leaves)
+    print('PROCESS_DONE', process_id)
+''')
+
+
+def free_port():
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_over_loopback_agree_with_one(polymnist_dir, tmp_path):
+  out = str(tmp_path / 'two_process_params.npz')
+  script = TWO_PROCESS_SCRIPT.format(
+      root=ROOT, tests=os.path.join(ROOT, 'tests'), data=polymnist_dir,
+      address=f'127.0.0.1:{free_port()}', workdir=str(tmp_path / 'two'), out=out)
+  procs = [subprocess.Popen([sys.executable, '-c', script, str(i)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for i, (stdout, stderr) in enumerate(outputs):
+    assert f'PROCESS_DONE {i}' in stdout, stderr[-3000:]
+  single = train.train_and_evaluate(
+      smoke_config(polymnist_dir, 'moe_ebm', num_train_steps=4, eval_every_steps=4),
+      str(tmp_path / 'one'))
+  with np.load(out) as f:
+    two = [f[f'arr_{i}'] for i in range(len(f.files))]
+  one = [np.asarray(x) for x in jax.tree.leaves((single.vae_params, single.ebm_params))]
+  assert len(one) == len(two)
+  for a, b in zip(one, two):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
