@@ -416,9 +416,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         write_samples(writer, config, state, steps,
                       jax.random.fold_in(jax.random.fold_in(eval_key, step), 1), step)
         writer.flush()
-      healthy = int(state.bad_steps) == 0
-      if healthy and (eval_metrics or step % config.checkpoint_every_steps == 0 or
-                      step == config.num_train_steps):
+      due = (eval_metrics or step % config.checkpoint_every_steps == 0 or
+             step == config.num_train_steps)
+      # Only states after a good step are checkpointed: they are what a divergence restores.
+      # (Read only when due: reading device values every step would stall async dispatch.)
+      if due and int(state.bad_steps) == 0:
         save(state, eval_metrics)
       if _any_process(shutdown.requested):
         logging.warning('Interrupted at step %d: saving a checkpoint and stopping.', step)

@@ -3,6 +3,7 @@ planted NaNs; the sharded step equals the single-device step."""
 
 import functools
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -263,3 +264,26 @@ def test_two_processes_over_loopback_agree_with_one(polymnist_dir, tmp_path):
   assert len(one) == len(two)
   for a, b in zip(one, two):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_a_checkpoint_and_exits_cleanly(polymnist_dir, tmp_path, signum):
+  workdir = str(tmp_path / 'run')
+  proc = subprocess.Popen(
+      [sys.executable, os.path.join(ROOT, 'main.py'), '--config=configs/smoke.py:mmvaeplus',
+       f'--workdir={workdir}', f'--config.data.data_dir={polymnist_dir}',
+       '--config.num_train_steps=100000', '--config.log_every_steps=1',
+       '--config.eval_every_steps=100000', '--config.checkpoint_every_steps=100000'],
+      cwd=ROOT, stderr=subprocess.PIPE, text=True)
+  lines = []
+  for line in proc.stderr:  # Wait until training is under way.
+    lines.append(line)
+    if 'step 3/100000' in line:
+      proc.send_signal(signum)
+      break
+  _, rest = proc.communicate(timeout=300)
+  log = ''.join(lines) + rest
+  assert proc.returncode == 0, log[-3000:]
+  assert 'saving a checkpoint and stopping' in log
+  steps = checkpointing.Checkpointer(workdir, keep_latest=3, keep_best=1).all_steps()
+  assert len(steps) == 1 and steps[0] >= 3
