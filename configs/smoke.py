@@ -26,4 +26,6 @@ def get_config(model=None):
   config.eval_every_steps = 10
   config.checkpoint_every_steps = 5
   config.num_image_samples = 4
+  config.eval.num_test_examples = 16
+  config.eval.num_joint_samples = 16
   return config

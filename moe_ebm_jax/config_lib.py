@@ -81,6 +81,10 @@ def base_config(model: str | None) -> ml_collections.ConfigDict:
   c.num_image_samples = 8  # Rows of the sample grids written to TensorBoard.
   c.max_consecutive_bad_steps = 20  # Non-finite or exploding steps in a row before acting.
   c.on_divergence = 'restore'  # 'restore' the last good checkpoint, or 'stop'.
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_test_examples = config_dict.placeholder(int)  # None: the whole test split (subset).
+  c.eval.num_joint_samples = 10_000
+
   # Multi-host: jax.distributed.initialize() when enabled or JAX_COORDINATOR_ADDRESS is set.
   # Leave the fields None on TPU pods, Slurm and Open MPI (JAX detects them).
   c.distributed = ml_collections.ConfigDict()

@@ -1,0 +1,89 @@
+"""Evaluation: coherence formulas on known inputs, conditional generation's expert choice, and
+the report of a trained smoke run."""
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from moe_ebm_jax import evaluation
+from moe_ebm_jax import train
+
+from test_train import smoke_config
+
+
+def test_cross_coherence_is_mean_over_sources_per_target_then_targets():
+  correct = np.array([[9, .2, .4], [.6, 9, .8], [.1, .3, 9]])  # Diagonal ignored.
+  per_target = [np.mean([.6, .1]), np.mean([.2, .3]), np.mean([.4, .8])]
+  assert evaluation.cross_coherence(correct) == pytest.approx(np.mean(per_target))
+
+
+def test_joint_coherence_and_subsets():
+  predictions = np.array([[1, 1, 1], [1, 2, 1], [3, 3, 3], [0, 0, 5]])
+  assert evaluation.joint_coherence(predictions) == 0.5
+  assert evaluation.subsets(3) == [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2)]
+  assert len(evaluation.subsets(5)) == 30
+  assert evaluation.subset_coherence({(0,): .2, (1,): .4, (0, 1): .9}) == {1: pytest.approx(.3),
+                                                                          2: .9}
+
+
+@pytest.fixture(scope='module')
+def trained(polymnist_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('eval_run'))
+  config = smoke_config(polymnist_dir, 'moe_ebm', num_train_steps=4, eval_every_steps=4)
+  state = train.train_and_evaluate(config, workdir)
+  return config, workdir, state
+
+
+def test_conditional_generation_draws_z_from_an_expert_in_the_subset(trained):
+  config, _, state = trained
+  model = train.make_model(config)
+  images = jnp.asarray(np.random.default_rng(0).random((8, 5, 28, 28, 3), np.float32))
+  key = jax.random.PRNGKey(3)
+  subset = jnp.array([False, True, False, True, False])
+  decodes, z, _ = jax.jit(functools.partial(evaluation.conditional_generate, model=model,
+                                            post_ld=False))(state, images, subset, key)
+  assert decodes.shape == (8, 5, 28, 28, 3)
+  assert 0.0 <= float(decodes.min()) and float(decodes.max()) <= 1.0
+  # Recompute every expert's sample with the same keys: z must be the sample of m1 or m3.
+  _, k_w, k_z, _, _ = jax.random.split(key, 5)
+  post = model.vae.encode(state.vae_params, images)
+  z_q = np.asarray(post.z_loc + post.z_scale * jax.random.laplace(k_z, post.z_loc.shape))
+  for b in range(8):
+    matches = [m for m in range(5) if np.allclose(z_q[m, b], z[b], atol=1e-5)]
+    assert matches and set(matches) <= {1, 3}
+
+
+def test_constant_classifier_gives_closed_form_coherence(trained, polymnist_dir):
+  config, workdir, _ = trained
+  constant = lambda images: np.full(images.shape[:2], 7)
+  metrics = evaluation.evaluate_run(config, workdir, classify=constant)
+  from moe_ebm_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  labels = np.concatenate([b['label'] for b in input_pipeline.eval_dataset(config)])[
+      :config.eval.num_test_examples]
+  expected = float(np.mean(labels == 7))
+  c = metrics['coherence']
+  assert c['joint_coherence'] == 1.0 and c['num_joint_samples'] == config.eval.num_joint_samples
+  assert c['num_test_examples'] == config.eval.num_test_examples
+  for tag in ('pre_ld', 'post_ld'):
+    assert c[tag]['cross_coherence'] == pytest.approx(expected)
+    assert all(v == pytest.approx(expected) for v in c[tag]['subset_coherence'].values())
+    assert sorted(c[tag]['subset_coherence']) == ['1', '2', '3', '4']
+  out = os.path.join(workdir, 'eval')
+  with open(os.path.join(out, 'metrics.json')) as f:
+    assert json.load(f)['step'] == 4
+  report = open(os.path.join(out, 'report.md')).read()
+  assert 'moe_ebm post-LD' in report and 'moe_ebm pre-LD' in report
+  for name in ('joint_samples.png', 'cross_from_m0.png', 'pre_vs_post_ld_from_m0.png',
+               'prior_langevin_trajectory.png'):
+    assert os.path.getsize(os.path.join(out, name)) > 100 and name in report
+
+
+def test_eval_without_checkpoint_is_a_clear_error(polymnist_dir, tmp_path):
+  with pytest.raises(FileNotFoundError, match='train first'):
+    evaluation.evaluate_run(smoke_config(polymnist_dir, 'mmvaeplus'), str(tmp_path),
+                            classify=lambda x: np.zeros(x.shape[:2], int))
