@@ -21,6 +21,7 @@ def get_config(model=None):
   config.ebm.hidden = (16, 16)
   config.ebm.prior_steps = 5
   config.ebm.posterior_steps = 3
+  config.ebm.unroll_chains = False  # Compile time dominates at this scale.
   config.num_train_steps = 20
   config.log_every_steps = 5
   config.eval_every_steps = 10

@@ -69,6 +69,9 @@ def base_config(model: str | None) -> ml_collections.ConfigDict:
   c.ebm.posterior_step_size = 0.1
   c.ebm.noise_scale = 1.0  # Multiplies the Langevin noise (1 = exact Langevin).
   c.ebm.posterior_latents = 'z'  # Paper silent: move only the shared z ('z') or also w ('zw').
+  # Unrolled chains ran a CPU-width posterior chain 7.5x faster on XLA:CPU than a rolled
+  # lax.scan loop (0.35 vs 2.6 s per Langevin step, measured); compiles take longer.
+  c.ebm.unroll_chains = True
   c.ebm.max_abs_energy = 1e4  # An |energy| above this counts as an explosion (step skipped).
 
   c.num_train_steps = 250 * 468  # 250 epochs of 60,000 / 128 (the MMVAE+ schedule).

@@ -65,7 +65,7 @@ def conditional_generate(state: train_lib.TrainState, images: jax.Array, subset:
         vae, state.vae_params, model.energy, state.ebm_params, images, z, w_q, k_ld,
         num_steps=model.posterior_steps, step_size=model.posterior_step_size,
         noise_scale=model.noise_scale, latents=model.posterior_latents, observed=subset,
-        keep_trajectory=keep_trajectory)
+        keep_trajectory=keep_trajectory, unroll=model.langevin_unroll)
     z = final['z']
     if 'w' in final:
       w_q = jnp.moveaxis(final['w'], 1, 0)
@@ -89,7 +89,8 @@ def joint_generate(state: train_lib.TrainState, key: jax.Array, *, model: train_
                                    vae.latent_z, num_steps=model.prior_steps,
                                    step_size=model.prior_step_size,
                                    noise_scale=model.noise_scale,
-                                   keep_trajectory=keep_trajectory)
+                                   keep_trajectory=keep_trajectory,
+                                   unroll=model.langevin_unroll)
     if keep_trajectory:
       trajectory = diag['trajectory']
   else:

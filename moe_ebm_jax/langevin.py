@@ -64,7 +64,8 @@ def sample(log_prob: LogProbFn,
            num_steps: int,
            step_size: float | jax.Array,
            noise_scale: float | jax.Array = 1.0,
-           keep_trajectory: bool = False) -> tuple[PyTree, dict[str, Any]]:
+           keep_trajectory: bool = False,
+           unroll: int | bool = 1) -> tuple[PyTree, dict[str, Any]]:
   """Runs `num_steps` Langevin steps from `init`, ascending `log_prob`.
 
   Args:
@@ -77,6 +78,7 @@ def sample(log_prob: LogProbFn,
     step_size: s in the update above (a float or a scalar array; may be traced).
     noise_scale: multiplies the injected noise; 1 is Langevin, 0 is gradient ascent.
     keep_trajectory: also return the state after every step (static under jit).
+    unroll: steps per iteration of the compiled loop (jax.lax.scan's `unroll`; True unrolls all).
 
   Returns:
     (final state like `init`, diagnostics). Diagnostics hold per-step arrays (num_steps,):
@@ -104,4 +106,4 @@ def sample(log_prob: LogProbFn,
     return z_next, out
 
   keys = jax.random.split(key, num_steps)
-  return jax.lax.scan(step, init, keys)
+  return jax.lax.scan(step, init, keys, unroll=unroll)

@@ -82,6 +82,7 @@ class Model:
   noise_scale: float
   posterior_latents: str
   max_abs_energy: float
+  langevin_unroll: int | bool = 1  # lax.scan's unroll for the chains (config.ebm.unroll_chains).
 
   @property
   def has_ebm(self) -> bool:
@@ -102,7 +103,8 @@ def make_model(config: ml_collections.ConfigDict) -> Model:
       prior_steps=config.ebm.prior_steps, prior_step_size=config.ebm.prior_step_size,
       posterior_steps=config.ebm.posterior_steps,
       posterior_step_size=config.ebm.posterior_step_size, noise_scale=config.ebm.noise_scale,
-      posterior_latents=config.ebm.posterior_latents, max_abs_energy=config.ebm.max_abs_energy)
+      posterior_latents=config.ebm.posterior_latents, max_abs_energy=config.ebm.max_abs_energy,
+      langevin_unroll=True if config.ebm.unroll_chains else 1)
 
 
 def make_optimizers(config: ml_collections.ConfigDict):
@@ -152,7 +154,7 @@ def train_step(state: TrainState, images: jax.Array, *, model: Model, vae_tx,
     z_prior, prior_diag = ebm_lib.sample_prior(
         model.energy, state.ebm_params, k_prior, b, model.vae.latent_z,
         num_steps=model.prior_steps, step_size=model.prior_step_size,
-        noise_scale=model.noise_scale)
+        noise_scale=model.noise_scale, unroll=model.langevin_unroll)
     z_q = aux.latents.z[:, 0]  # (M, B, Dz): the first of K samples per source.
     if model.posterior_sampler == 'langevin':
       z0 = ebm_lib.pick_expert(k_pick, z_q)
@@ -160,7 +162,7 @@ def train_step(state: TrainState, images: jax.Array, *, model: Model, vae_tx,
           model.vae, jax.lax.stop_gradient(state.vae_params), model.energy, state.ebm_params,
           images, z0, aux.latents.w[:, 0], k_post, num_steps=model.posterior_steps,
           step_size=model.posterior_step_size, noise_scale=model.noise_scale,
-          latents=model.posterior_latents)
+          latents=model.posterior_latents, unroll=model.langevin_unroll)
       z_post = post_state['z']
       metrics['posterior_grad_norm'] = post_diag['grad_norm'][-1] if model.posterior_steps else 0.
       metrics['posterior_log_prob'] = post_diag['log_prob'][-1] if model.posterior_steps else 0.
@@ -222,7 +224,7 @@ def generate(state: TrainState, images: jax.Array, key: jax.Array, *, model: Mod
   if model.has_ebm:
     z, _ = ebm_lib.sample_prior(model.energy, state.ebm_params, k_prior, n, vae.latent_z,
                                 num_steps=model.prior_steps, step_size=model.prior_step_size,
-                                noise_scale=model.noise_scale)
+                                noise_scale=model.noise_scale, unroll=model.langevin_unroll)
   else:
     z = jax.random.laplace(k_prior, (n, vae.latent_z))
   w = jax.random.laplace(k_w, (m, n, vae.latent_w))
