@@ -1,0 +1,123 @@
+"""Coherence classifiers: shapes, a real (small) training run, predict, and the cache."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from moe_ebm_jax import classifiers
+from moe_ebm_jax import config_lib
+from moe_ebm_jax import input_pipeline
+
+# Small enough for CPU CI (120 steps of the cheaper 'wide' net), large enough to learn digits.
+SMALL = dict(architecture='wide', num_epochs=3, batch_size=100, train_subset=4000,
+             test_subset=500)
+
+
+@pytest.fixture(scope='module')
+def config(polymnist_dir):
+  c = config_lib.base_config('moe_ebm')
+  c.data.data_dir = polymnist_dir
+  return c
+
+
+@pytest.fixture(scope='module')
+def bank(config):
+  """Trained once for the module on the small subset (this also writes the cache)."""
+  return classifiers.load_or_train(config.data, **SMALL)
+
+
+@pytest.fixture(scope='module')
+def test_batch(config):
+  source = input_pipeline.data_source(config.data, 'test')
+  ds = input_pipeline.make_dataset(source, num_modalities=config.data.num_modalities,
+                                   batch_size=64, shuffle=False, num_epochs=1)
+  return ds[0]
+
+
+@pytest.mark.parametrize('architecture', sorted(classifiers.ARCHITECTURES))
+def test_module_shapes(architecture):
+  module = classifiers.make_module(architecture)
+  x = jnp.zeros((4, 28, 28, 3))
+  variables = module.init(jax.random.PRNGKey(0), x)
+  assert module.apply(variables, x).shape == (4, 10)
+  dropped = module.apply(variables, jnp.ones((4, 28, 28, 3)), deterministic=False,
+                         rngs={'dropout': jax.random.PRNGKey(1)})
+  assert dropped.shape == (4, 10)
+  stacked = classifiers.init_params(module, jax.random.PRNGKey(0), 3)
+  assert classifiers.apply_all(module, stacked, jnp.zeros((2, 3, 28, 28, 3))).shape == (2, 3, 10)
+
+
+def test_reference_architecture_layout():
+  params = classifiers.make_module('reference').init(jax.random.PRNGKey(0),
+                                                     jnp.zeros((1, 28, 28, 3)))['params']
+  shapes = {k: v['kernel'].shape for k, v in params.items()}
+  assert shapes == {'Conv_0': (4, 4, 3, 10), 'Conv_1': (4, 4, 10, 20), 'Dense_0': (980, 128),
+                    'Dense_1': (128, 10)}
+
+
+def test_small_training_is_well_above_chance(bank, config):
+  assert bank.trained
+  assert len(bank.accuracies) == config.data.num_modalities
+  assert min(bank.accuracies) > 0.5, bank.accuracies  # Chance is 0.1.
+
+
+def test_predict_matches_each_classifier(bank, test_batch):
+  images = jnp.asarray(test_batch['images'])
+  predictions = bank.predict(images)
+  assert predictions.shape == images.shape[:2] and predictions.dtype == jnp.int32
+  module = classifiers.make_module(bank.architecture)
+  for m in range(bank.num_modalities):
+    params_m = jax.tree.map(lambda p, m=m: p[m], bank.params)
+    want = jnp.argmax(module.apply({'params': params_m}, images[:, m]), -1)
+    np.testing.assert_array_equal(predictions[:, m], want)
+    np.testing.assert_array_equal(bank.predict_modality(images[:, m], m), want)
+  # The classifiers are real: most of the batch is right.
+  assert np.mean(np.asarray(predictions) == test_batch['label'][:, None]) > 0.5
+
+
+def test_cache_is_keyed_by_fingerprint_and_reused(bank, config, test_batch, monkeypatch):
+  fingerprint = input_pipeline.prepare(config.data).info.metadata['fingerprint']
+  assert os.path.basename(bank.cache_dir) == fingerprint
+  assert os.path.basename(os.path.dirname(bank.cache_dir)) == classifiers.CACHE_SUBDIR
+  with open(os.path.join(bank.cache_dir, classifiers.META_FILENAME)) as f:
+    meta = json.load(f)
+  assert meta['fingerprint'] == fingerprint
+  assert meta['architecture'] == SMALL['architecture'] == bank.architecture
+  assert meta['accuracies'] == list(bank.accuracies)
+
+  def no_training(*args, **kwargs):
+    raise AssertionError('trained although the cache was valid')
+
+  monkeypatch.setattr(classifiers, 'train', no_training)
+  loaded = classifiers.load_or_train(config.data, **SMALL)
+  assert not loaded.trained and loaded.accuracies == bank.accuracies
+  images = jnp.asarray(test_batch['images'])
+  np.testing.assert_array_equal(loaded.predict(images), bank.predict(images))
+
+
+def test_corrupt_or_incompatible_cache_is_retrained(bank, config, monkeypatch):
+  calls = []
+  real_train = classifiers.train
+
+  def counting_train(*args, **kwargs):
+    calls.append(kwargs)
+    return real_train(*args, **kwargs)
+
+  monkeypatch.setattr(classifiers, 'train', counting_train)
+  tiny = dict(SMALL, max_steps=2)  # Other settings: incompatible with the cached bank.
+  first = classifiers.load_or_train(config.data, **tiny)
+  assert first.trained and len(calls) == 1
+  params_path = os.path.join(first.cache_dir, classifiers.PARAMS_FILENAME)
+  with open(params_path, 'r+b') as f:  # Flip bytes in the middle of the npz.
+    f.seek(os.path.getsize(params_path) // 2)
+    f.write(b'\x00corrupt\x00')
+  again = classifiers.load_or_train(config.data, **tiny)
+  assert again.trained and len(calls) == 2
+  with open(os.path.join(first.cache_dir, classifiers.META_FILENAME), 'w') as f:
+    f.write('{not json')
+  assert classifiers.load_or_train(config.data, **tiny).trained and len(calls) == 3
+  assert not classifiers.load_or_train(config.data, **tiny).trained and len(calls) == 3
