@@ -9,7 +9,7 @@ from moe_ebm_jax import config_lib
 def get_config(model=None):
   config = config_lib.base_config(model)
   # Provisional until the CPU calibration (issue 4) fixes widths, chain lengths and run length
-  # by measurement. Measured here at batch 128: mmvaeplus 3.2 s/step, moe_ebm 30 s/step.
+  # by measurement. Measured here at batch 128: mmvaeplus 3.4 s/step, moe_ebm 7.2 s/step.
   config.model.widths = (16, 32, 64)
   config.num_train_steps = 800
   config.eval_every_steps = 200
