@@ -22,7 +22,6 @@ Usage:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import tempfile
@@ -40,6 +39,7 @@ import optax
 from absl import logging
 
 from moe_ebm_jax import input_pipeline
+from moe_ebm_jax import mnist as mnist_lib
 
 PyTree = Any
 
@@ -300,14 +300,6 @@ def _flatten(params: PyTree) -> dict[str, np.ndarray]:
   return {k: np.asarray(v) for k, v in flat.items()}
 
 
-def _sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      h.update(chunk)
-  return h.hexdigest()
-
-
 def _atomic_write(directory: str, name: str, write: Callable[[Any], None], mode: str) -> None:
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{name}.')
   try:
@@ -326,7 +318,7 @@ def save(cache_dir: str, params: PyTree, meta: dict[str, Any]) -> None:
   os.makedirs(cache_dir, exist_ok=True)
   flat = _flatten(params)
   _atomic_write(cache_dir, PARAMS_FILENAME, lambda f: np.savez(f, **flat), 'wb')
-  meta = {**meta, 'params_sha256': _sha256(os.path.join(cache_dir, PARAMS_FILENAME))}
+  meta = {**meta, 'params_sha256': mnist_lib.file_sha256(os.path.join(cache_dir, PARAMS_FILENAME))}
   _atomic_write(cache_dir, META_FILENAME, lambda f: json.dump(meta, f, indent=2), 'w')
 
 
@@ -356,7 +348,7 @@ def load(cache_dir: str, template: PyTree, expected: dict[str, Any]) -> tuple[Py
   for k, v in expected.items():
     if meta.get(k) != v:
       raise CacheError(f'cached {k}={meta.get(k)!r}, wanted {v!r}')
-  if meta.get('params_sha256') != _sha256(params_path):
+  if meta.get('params_sha256') != mnist_lib.file_sha256(params_path):
     raise CacheError(f'{params_path} does not match the sha256 in {META_FILENAME}')
   accuracies = meta.get('accuracies')
   if not (isinstance(accuracies, list) and len(accuracies) == expected['num_modalities']):
