@@ -54,6 +54,8 @@ CACHE_FORMAT = 1
 # Architectures by name: conv channels, dense width, dropout rate. 'reference' is the MMVAE+
 # coherence classifier; 'wide' and 'deep' are the same layout with more channels / a third
 # convolution and lighter dropout (the reference needs many epochs to pass 98% on CPU).
+# Default 4 epochs: measured here 0.9864 0.9852 0.9807 0.9856 0.9811 test accuracy (m0..m4) in
+# about 20 minutes; 2 epochs gave 0.972-0.983 in 450 s.
 ARCHITECTURES = {
     'reference': dict(features=(10, 20), hidden=128, dropout_rate=0.5),
     'wide': dict(features=(32, 64), hidden=128, dropout_rate=0.1),
@@ -234,7 +236,7 @@ def _iterate(ds: grain.MapDataset, config_data: ml_collections.ConfigDict):
 
 
 def train(config_data: ml_collections.ConfigDict, *, architecture: str = DEFAULT_ARCHITECTURE,
-          num_epochs: int = 2, batch_size: int = 128, learning_rate: float = 2e-3,
+          num_epochs: int = 4, batch_size: int = 128, learning_rate: float = 2e-3,
           lr_schedule: str = 'cosine', seed: int = 0, train_subset: int | None = None,
           max_steps: int | None = None, test_subset: int | None = None
           ) -> tuple[PyTree, tuple[float, ...], dict[str, Any]]:
@@ -381,7 +383,7 @@ def cache_dir_for(config_data: ml_collections.ConfigDict) -> tuple[str, str]:
 
 
 def load_or_train(config_data: ml_collections.ConfigDict, *,
-                  architecture: str = DEFAULT_ARCHITECTURE, num_epochs: int = 2,
+                  architecture: str = DEFAULT_ARCHITECTURE, num_epochs: int = 4,
                   batch_size: int = 128, learning_rate: float = 2e-3,
                   lr_schedule: str = 'cosine', seed: int = 0, train_subset: int | None = None,
                   max_steps: int | None = None, test_subset: int | None = None,
