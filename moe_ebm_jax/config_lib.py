@@ -87,6 +87,11 @@ def base_config(model: str | None) -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.num_test_examples = config_dict.placeholder(int)  # None: the whole test split (subset).
   c.eval.num_joint_samples = 10_000
+  # FID (method.md section 5): N generated vs the first N test images per modality, for joint
+  # samples and for every (source, target) of cross generation. 0 skips FID.
+  c.eval.num_fid_samples = 10_000
+  c.eval.fid_batch_size = 100  # Images per call of the Inception network (one compiled shape).
+  c.eval.fid_cache_dir = config_dict.placeholder(str)  # None: $MOE_EBM_JAX_FID_CACHE or ~/.cache.
 
   # Multi-host: jax.distributed.initialize() when enabled or JAX_COORDINATOR_ADDRESS is set.
   # Leave the fields None on TPU pods, Slurm and Open MPI (JAX detects them).
@@ -135,6 +140,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(config.ebm[key] >= 0, f'ebm.{key}={config.ebm[key]} < 0')
   check(config.on_divergence in ('restore', 'stop'),
         f"on_divergence={config.on_divergence!r}, expected 'restore' or 'stop'")
+  for key in ('num_joint_samples', 'num_fid_samples', 'fid_batch_size'):
+    check(isinstance(config.eval[key], int) and config.eval[key] >= 0,
+          f'eval.{key}={config.eval[key]!r} must be an integer >= 0')
+  check(config.eval.num_fid_samples == 0 or config.eval.num_fid_samples >= 2,
+        f'eval.num_fid_samples={config.eval.num_fid_samples}: FID needs at least 2 samples')
+  check(config.eval.fid_batch_size > 0, 'eval.fid_batch_size must be > 0')
   check(config.num_train_steps > 0, f'num_train_steps={config.num_train_steps}')
   check(len(config.model.widths) == 3 and all(w > 0 for w in config.model.widths),
         f'model.widths={config.model.widths!r} must be three positive channel counts')

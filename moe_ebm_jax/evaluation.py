@@ -173,7 +173,7 @@ class Evaluator:
                    metric_logging.format_duration(elapsed / (i + 1) * (len(batches) - i - 1)))
     results: dict[str, Any] = {'num_test_examples': count}
     for ld in self.ld_modes:
-      tag = 'post_ld' if ld else ('pre_ld' if self.model.has_ebm else 'q')
+      tag = _tag(self.model, ld)
       accuracy = {s: float(np.mean([hits[ld][s][d] / count for d in range(m) if d not in s]))
                   for s in all_subsets}
       pairs = np.zeros((m, m))
@@ -238,46 +238,235 @@ class Evaluator:
     return name
 
 
+def _chunked(fn, images: np.ndarray, chunk: int) -> np.ndarray:
+  """fn over `images` in fixed-size chunks (the last one zero-padded): one compiled shape."""
+  out = []
+  for i in range(0, len(images), chunk):
+    part = np.asarray(images[i:i + chunk])
+    n = len(part)
+    if n < chunk:
+      part = np.concatenate([part, np.zeros((chunk - n,) + part.shape[1:], part.dtype)])
+    out.append(np.asarray(fn(part))[:n])
+  return np.concatenate(out)
+
+
+class FidScorer:
+  """FID of generated images against per-modality reference statistics of test images.
+
+  features: images (N, 28, 28, 3) in [0, 1] -> (N, D) features (fid.make_feature_fn for the
+  standard network; tests inject cheaper ones). reference: per modality (mu (D,), sigma (D, D)).
+  """
+
+  def __init__(self, features, reference: list[tuple[np.ndarray, np.ndarray]], chunk: int):
+    self.features = features
+    self.reference = reference
+    self.chunk = chunk
+    self.num_images = 0
+    self.seconds = 0.0
+
+  def __call__(self, images: np.ndarray, modality: int) -> float:
+    """FID of `images` (N, 28, 28, 3) against modality `modality`'s reference."""
+    start = time.time()
+    from moe_ebm_jax import fid  # pylint: disable=g-import-not-at-top
+    mu, sigma = fid.statistics(_chunked(self.features, images, self.chunk))
+    self.num_images += len(images)
+    self.seconds += time.time() - start
+    return fid.frechet_distance(mu, sigma, *self.reference[modality])
+
+
+def reference_statistics(features, images: np.ndarray, chunk: int
+                         ) -> list[tuple[np.ndarray, np.ndarray]]:
+  """Per-modality FID statistics of test tuples (N, M, 28, 28, 3)."""
+  from moe_ebm_jax import fid  # pylint: disable=g-import-not-at-top
+  return [fid.statistics(_chunked(features, images[:, m], chunk))
+          for m in range(images.shape[1])]
+
+
+def cached_reference_statistics(config, features, images: np.ndarray, chunk: int,
+                                cache_dir: str) -> list[tuple[np.ndarray, np.ndarray]]:
+  """reference_statistics of the standard FID network, cached by dataset fingerprint and N."""
+  from moe_ebm_jax import classifiers  # pylint: disable=g-import-not-at-top
+  _, fingerprint = classifiers.cache_dir_for(config.data)
+  n, m = images.shape[:2]
+  path = os.path.join(cache_dir, 'reference', f'polymnist-{fingerprint[:16]}-test{n}-m{m}.npz')
+  if os.path.exists(path):
+    try:
+      with np.load(path, allow_pickle=False) as f:
+        if str(f['fingerprint']) == fingerprint and int(f['count']) == n:
+          logging.info('FID: reference statistics of %d test images from %s', n, path)
+          return [(f[f'mu{i}'], f[f'sigma{i}']) for i in range(m)]
+    except (OSError, ValueError, KeyError) as e:
+      logging.warning('FID: ignoring unreadable reference statistics %s: %s', path, e)
+  logging.info('FID: computing reference statistics of %d test images per modality', n)
+  stats = reference_statistics(features, images, chunk)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  arrays = {'fingerprint': np.asarray(fingerprint), 'count': np.asarray(n)}
+  for i, (mu, sigma) in enumerate(stats):
+    arrays[f'mu{i}'], arrays[f'sigma{i}'] = mu, sigma
+  tmp = path + f'.tmp{os.getpid()}.npz'
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+  return stats
+
+
+def fid_scores(evaluator: Evaluator, state, test_images: np.ndarray, key: jax.Array,
+               scorer: FidScorer, *, batch_size: int) -> dict[str, Any]:
+  """Joint FID and cross FID (method.md section 5) with N = len(test_images) samples each.
+
+  Joint: N joint samples, FID per modality, averaged. Cross, per LD mode: for every source s and
+  target d (self-reconstruction d = s included) the decodes of d from the N test tuples' x_s;
+  FID per target averaged over sources, then over targets.
+  """
+  m = evaluator.model.vae.num_modalities
+  n = len(test_images)
+  results: dict[str, Any] = {'num_samples': n}
+  start = time.time()
+  total = m * (1 + m * len(evaluator.ld_modes))  # Sets of N generated images to score.
+  done = 0
+
+  def progress(what):
+    nonlocal done
+    done += 1
+    elapsed = time.time() - start
+    logging.info('FID: %s done (%d/%d sets of %d), %.1f s, %.1f images/s, ETA %s', what, done,
+                 total, n, elapsed, scorer.num_images / max(scorer.seconds, 1e-9),
+                 metric_logging.format_duration(elapsed / done * (total - done)))
+
+  joint, i = [], 0
+  while sum(len(j) for j in joint) < n:
+    samples, _ = evaluator._joint(state, jax.random.fold_in(key, i))  # pylint: disable=protected-access
+    joint.append(np.asarray(samples))
+    i += 1
+  joint = np.concatenate(joint)[:n]
+  per_modality = []
+  for d in range(m):
+    per_modality.append(scorer(joint[:, d], d))
+    progress(f'joint m{d}')
+  results['joint_fid'] = float(np.mean(per_modality))
+  results['joint_fid_per_modality'] = [round(v, 4) for v in per_modality]
+  for ld in evaluator.ld_modes:
+    matrix = np.zeros((m, m))
+    for src in range(m):
+      mask = jnp.zeros((m,), bool).at[src].set(True)
+      decodes = []
+      for b in range(0, n, batch_size):
+        k = jax.random.fold_in(jax.random.fold_in(key, 1000 + src), b)
+        out, _, _ = evaluator._conditional[ld](  # pylint: disable=protected-access
+            state, jnp.asarray(test_images[b:b + batch_size]), mask, k)
+        decodes.append(np.asarray(out))
+      decodes = np.concatenate(decodes)
+      for d in range(m):
+        matrix[src, d] = scorer(decodes[:, d], d)
+        progress(f'{_tag(evaluator.model, ld)} m{src}->m{d}')
+    per_target = matrix.mean(axis=0)  # Over all sources, self-reconstruction included.
+    results[_tag(evaluator.model, ld)] = {
+        'cross_fid': float(per_target.mean()),
+        'cross_fid_per_target': per_target.round(4).tolist(),
+        'cross_fid_matrix': matrix.round(4).tolist(),  # [source][target]
+    }
+  results['num_feature_images'] = scorer.num_images
+  results['feature_images_per_second'] = scorer.num_images / max(scorer.seconds, 1e-9)
+  return results
+
+
+def _tag(model, ld: bool) -> str:
+  return 'post_ld' if ld else ('pre_ld' if model.has_ebm else 'q')
+
+
 def write_report(out_dir: str, metrics: dict[str, Any], figures: dict[str, str]) -> None:
   """metrics.json and a Markdown report with the table in the layout of the paper's Table 1."""
   with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
     json.dump(metrics, f, indent=2, sort_keys=True)
   c = metrics['coherence']
+  fid_metrics = metrics.get('fid')
+  fmt = lambda v, spec: 'n/a' if v is None else format(v, spec)
   lines = [f"# Evaluation of {metrics['model']} at step {metrics['step']}", '',
-           f"Test examples: {c['num_test_examples']}; joint samples: {c['num_joint_samples']}.",
-           '', '| model | joint coherence | cross coherence |', '|---|---|---|']
-  for tag in ('q', 'pre_ld', 'post_ld'):
-    if tag in c:
-      name = metrics['model'] + {'q': '', 'pre_ld': ' pre-LD', 'post_ld': ' post-LD'}[tag]
-      joint = f"{c['joint_coherence']:.3f}" if tag != 'pre_ld' else 'n/a'
-      lines.append(f"| {name} | {joint} | {c[tag]['cross_coherence']:.3f} |")
-  lines += ['', 'Conditional coherence per number of observed modalities (MoPoE protocol):', '']
+           f"Coherence: {c['num_test_examples']} test examples (cross); "
+           f"{c['num_joint_samples']} joint samples.  "]
+  if fid_metrics:
+    lines.append(f"FID ({metrics['fid_network']}): {fid_metrics['num_samples']} generated vs "
+                 f"{fid_metrics['num_samples']} test images per modality and set (the paper: "
+                 '10,000); small N biases FID upwards.  ')
+  else:
+    lines.append('FID: not computed (eval.num_fid_samples = 0).  ')
+  accuracies = metrics['classifiers'].get('accuracies')
+  lines.append('Coherence classifiers: ' + (
+      'test accuracy ' + ', '.join(f'm{i} {a:.4f}' for i, a in enumerate(accuracies))
+      if accuracies else metrics['classifiers'].get('description', 'injected')) + '.')
+  lines += ['', '| model | joint coherence | cross coherence | joint FID | cross FID |',
+            '|---|---|---|---|---|']
   tags = [t for t in ('q', 'pre_ld', 'post_ld') if t in c]
+  for tag in tags:
+    name = metrics['model'] + {'q': '', 'pre_ld': ' pre-LD', 'post_ld': ' post-LD'}[tag]
+    joint_row = tag != 'pre_ld'  # Joint generation does not use the posterior.
+    joint_coh = c['joint_coherence'] if joint_row else None
+    joint_fid = fid_metrics['joint_fid'] if fid_metrics and joint_row else None
+    cross_fid = fid_metrics[tag]['cross_fid'] if fid_metrics else None
+    lines.append(f"| {name} | {fmt(joint_coh, '.3f')} | {c[tag]['cross_coherence']:.3f} | "
+                 f"{fmt(joint_fid, '.2f')} | {fmt(cross_fid, '.2f')} |")
+  lines += ['', 'Conditional coherence per number of observed modalities (MoPoE protocol):', '']
   lines += ['| inputs | ' + ' | '.join(tags) + ' |', '|---' * (len(tags) + 1) + '|']
   sizes = list(c[tags[0]]['subset_coherence'])
   for size in sizes:
     lines.append(f'| {size} | ' + ' | '.join(f"{c[t]['subset_coherence'][size]:.3f}"
                                               for t in tags) + ' |')
+  lines += ['', 'Cross coherence per source (rows) and target (columns):', '']
+  for tag in tags:
+    lines += [f'{tag}:', '', _matrix_table(c[tag]['cross_coherence_matrix'], '.3f', True), '']
+  if fid_metrics:
+    lines += ['Joint FID per modality: ' + ', '.join(
+        f'm{i} {v:.2f}' for i, v in enumerate(fid_metrics['joint_fid_per_modality'])) + '.', '',
+              'Cross FID per source (rows) and target (columns), self-reconstruction on the '
+              'diagonal:', '']
+    for tag in tags:
+      lines += [f'{tag}:', '', _matrix_table(fid_metrics[tag]['cross_fid_matrix'], '.2f', False),
+                '']
   captions = {'joint': 'Joint samples (rows: samples; columns: modalities).',
               'pre_post_ld': 'From m0: source, pre-LD decodes, post-LD decodes.',
               'prior_trajectory': 'Prior Langevin chains (rows), modality 0 along the chain.'}
-  lines.append('')
   for name, file in figures.items():
     caption = captions.get(name, f'Cross generation from {name.rsplit("_", 1)[-1]} (rows: test '
                                  'examples): the source, then every modality.')
     lines += [f'{caption}', '', f'![{name}]({file})', '']
+  lines.append(f"Evaluation took {metrics['eval_seconds']:.0f} s.")
   with open(os.path.join(out_dir, 'report.md'), 'w') as f:
-    f.write('\n'.join(lines))
+    f.write('\n'.join(lines) + '\n')
 
 
-def evaluate_run(config, workdir: str, classify=None) -> dict[str, Any]:
+def _matrix_table(matrix, spec: str, blank_diagonal: bool) -> str:
+  m = len(matrix)
+  rows = ['| source | ' + ' | '.join(f'm{d}' for d in range(m)) + ' |', '|---' * (m + 1) + '|']
+  for s in range(m):
+    cells = ['-' if blank_diagonal and s == d else format(matrix[s][d], spec) for d in range(m)]
+    rows.append(f'| m{s} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(rows)
+
+
+def _test_batches(config, count: int | None) -> list[dict[str, np.ndarray]]:
+  """The first `count` test tuples (None: all) as eval batches."""
+  batches, seen = [], 0
+  for batch in input_pipeline.eval_dataset(config):
+    if count is not None and seen >= count:
+      break
+    if count is not None and seen + len(batch['label']) > count:
+      batch = {k: v[:count - seen] for k, v in batch.items()}
+    batches.append(batch)
+    seen += len(batch['label'])
+  return batches
+
+
+def evaluate_run(config, workdir: str, classify=None, features=None) -> dict[str, Any]:
   """Evaluates the latest checkpoint in `workdir`; writes <workdir>/eval/{metrics.json,
-  report.md, *.png}. `classify` (images (N, M, 28, 28, 3) -> digits (N, M)) defaults to the
-  coherence classifiers of this dataset, trained on first use."""
+  report.md, *.png}.
+
+  Args:
+    classify: images (N, M, 28, 28, 3) -> digits (N, M); None: the coherence classifiers of
+      this dataset, trained on first use.
+    features: images (N, 28, 28, 3) in [0, 1] -> (N, D) FID features; None: the standard FID
+      Inception (fid.py) with its reference statistics cached. Unused when
+      config.eval.num_fid_samples is 0.
+  """
   from moe_ebm_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  if classify is None:
-    from moe_ebm_jax import classifiers  # pylint: disable=g-import-not-at-top
-    classify = classifiers.load_or_train(config.data).predict
   model = train_lib.make_model(config)
   steps = train_lib.compile_steps(config, model, train_lib.make_mesh())
   abstract = jax.eval_shape(steps['init'], jax.random.PRNGKey(0))
@@ -287,28 +476,54 @@ def evaluate_run(config, workdir: str, classify=None) -> dict[str, Any]:
     raise FileNotFoundError(f'no checkpoint in {workdir}: train first (--mode=train).')
   state, _ = ckpt.restore(abstract)
   ckpt.close()
+  # Classifiers and the FID network load (or train / convert) only once a checkpoint is known.
+  classifier_info: dict[str, Any] = {'description': 'injected by the caller'}
+  if classify is None:
+    from moe_ebm_jax import classifiers  # pylint: disable=g-import-not-at-top
+    bank = classifiers.load_or_train(config.data)
+    classify = bank.predict
+    classifier_info = {'architecture': bank.architecture,
+                       'accuracies': [round(a, 4) for a in bank.accuracies],
+                       'cache_dir': bank.cache_dir}
+  num_fid = config.eval.num_fid_samples
+  fid_network, fid_cache = 'injected by the caller', None
+  if num_fid and features is None:
+    from moe_ebm_jax import fid  # pylint: disable=g-import-not-at-top
+    fid_cache = config.eval.fid_cache_dir or fid.default_cache_dir()
+    features = fid.make_feature_fn(fid.load_params(fid_cache))
+    fid_network = 'Inception-v3 2015-12-05, pool3'
   step = int(state.step)
   evaluator = Evaluator(config, model, classify)
   limit = config.eval.num_test_examples
-  batches, seen = [], 0
-  for batch in input_pipeline.eval_dataset(config):
-    if limit is not None and seen >= limit:
-      break
-    if limit is not None and seen + len(batch['label']) > limit:
-      batch = {k: v[:limit - seen] for k, v in batch.items()}
-    batches.append(batch)
-    seen += len(batch['label'])
+  batches = _test_batches(config, limit)
   key = jax.random.PRNGKey(config.seed + 2)
   start = time.time()
   coherence = evaluator.coherence(state, batches, key, num_joint=config.eval.num_joint_samples)
+  metrics = {'model': config.model.name, 'step': step, 'coherence': coherence,
+             'classifiers': classifier_info}
+  if num_fid:
+    fid_batches = _test_batches(config, num_fid)
+    test_images = np.concatenate([b['images'] for b in fid_batches])
+    if len(test_images) < num_fid:
+      logging.warning('FID: the test split has only %d examples; using N = %d, not %d.',
+                      len(test_images), len(test_images), num_fid)
+    chunk = config.eval.fid_batch_size
+    if fid_cache:
+      reference = cached_reference_statistics(config, features, test_images, chunk, fid_cache)
+    else:
+      reference = reference_statistics(features, test_images, chunk)
+    metrics['fid'] = fid_scores(evaluator, state, test_images, jax.random.fold_in(key, 2),
+                                FidScorer(features, reference, chunk),
+                                batch_size=config.eval_batch_size)
+    metrics['fid_network'] = fid_network
   out_dir = os.path.join(workdir, 'eval')
   figures = evaluator.figures(state, batches[0]['images'][:config.num_image_samples],
                               jax.random.fold_in(key, 1), out_dir)
-  metrics = {'model': config.model.name, 'step': step, 'coherence': coherence,
-             'eval_seconds': time.time() - start}
+  metrics['eval_seconds'] = time.time() - start
   write_report(out_dir, metrics, figures)
-  logging.info('Evaluation of step %d written to %s: joint coherence %.3f, %s', step, out_dir,
-               coherence['joint_coherence'],
-               {t: round(coherence[t]['cross_coherence'], 3)
-                for t in ('q', 'pre_ld', 'post_ld') if t in coherence})
+  summary = {t: round(coherence[t]['cross_coherence'], 3) for t in ('q', 'pre_ld', 'post_ld')
+             if t in coherence}
+  logging.info('Evaluation of step %d written to %s: joint coherence %.3f, cross coherence %s%s',
+               step, out_dir, coherence['joint_coherence'], summary,
+               f", joint FID {metrics['fid']['joint_fid']:.2f} (N={num_fid})" if num_fid else '')
   return metrics

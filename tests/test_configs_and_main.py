@@ -48,6 +48,8 @@ def test_unknown_model_is_rejected():
     ('data.train_subset', 4, 'smaller than one batch'),
     ('data.name', 'mnist', 'data.name'),
     ('model.widths', (8, 8), 'model.widths'),
+    ('eval.num_fid_samples', 1, 'at least 2 samples'),
+    ('eval.fid_batch_size', 0, 'fid_batch_size'),
 ])
 def test_bad_values_fail_validation(field, value, message):
   config = load_config('smoke')

@@ -58,10 +58,26 @@ def test_conditional_generation_draws_z_from_an_expert_in_the_subset(trained):
     assert matches and set(matches) <= {1, 3}
 
 
+def channel_means(images):
+  """A cheap stand-in for the FID network: (N, 28, 28, 3) -> per-channel means (N, 3)."""
+  return jnp.mean(jnp.asarray(images), axis=(1, 2))
+
+
+def test_fid_scorer_closed_form_under_a_constant_shift():
+  # Features = channel means; shifting every image by c shifts the mean by c and keeps the
+  # covariance, so FID = 3 c^2. 13 images in chunks of 5 also checks the zero padding.
+  images = np.random.default_rng(0).uniform(0.2, 0.6, (13, 28, 28, 3)).astype(np.float32)
+  reference = evaluation.reference_statistics(channel_means, images[:, None], chunk=5)
+  scorer = evaluation.FidScorer(channel_means, reference, chunk=5)
+  assert scorer(images, 0) == pytest.approx(0.0, abs=1e-6)
+  assert scorer(images + 0.1, 0) == pytest.approx(3 * 0.1**2, rel=1e-4)
+  assert scorer.num_images == 26
+
+
 def test_constant_classifier_gives_closed_form_coherence(trained, polymnist_dir):
   config, workdir, _ = trained
   constant = lambda images: np.full(images.shape[:2], 7)
-  metrics = evaluation.evaluate_run(config, workdir, classify=constant)
+  metrics = evaluation.evaluate_run(config, workdir, classify=constant, features=channel_means)
   from moe_ebm_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   labels = np.concatenate([b['label'] for b in input_pipeline.eval_dataset(config)])[
       :config.eval.num_test_examples]
@@ -73,17 +89,36 @@ def test_constant_classifier_gives_closed_form_coherence(trained, polymnist_dir)
     assert c[tag]['cross_coherence'] == pytest.approx(expected)
     assert all(v == pytest.approx(expected) for v in c[tag]['subset_coherence'].values())
     assert sorted(c[tag]['subset_coherence']) == ['1', '2', '3', '4']
+  # FID: every field, with its sample count, and means consistent with the matrices.
+  f = metrics['fid']
+  n = config.eval.num_fid_samples
+  assert f['num_samples'] == n and len(f['joint_fid_per_modality']) == 5
+  assert f['joint_fid'] == pytest.approx(np.mean(f['joint_fid_per_modality']), abs=1e-3)
+  assert f['num_feature_images'] == n * (5 + 2 * 25)  # Joint, then pre- and post-LD cross.
+  for tag in ('pre_ld', 'post_ld'):
+    matrix = np.array(f[tag]['cross_fid_matrix'])
+    assert matrix.shape == (5, 5) and np.all(matrix >= 0) and np.all(np.isfinite(matrix))
+    assert f[tag]['cross_fid'] == pytest.approx(matrix.mean(), abs=1e-3)
   out = os.path.join(workdir, 'eval')
-  with open(os.path.join(out, 'metrics.json')) as f:
-    assert json.load(f)['step'] == 4
+  with open(os.path.join(out, 'metrics.json')) as fh:
+    saved = json.load(fh)
+  assert saved['step'] == 4 and saved['fid']['num_samples'] == n
   report = open(os.path.join(out, 'report.md')).read()
   assert 'moe_ebm post-LD' in report and 'moe_ebm pre-LD' in report
+  assert f'{n} generated vs {n} test images' in report and 'cross FID' in report
+  assert f"{f['post_ld']['cross_fid']:.2f}" in report
   for name in ('joint_samples.png', 'cross_from_m0.png', 'pre_vs_post_ld_from_m0.png',
                'prior_langevin_trajectory.png'):
     assert os.path.getsize(os.path.join(out, name)) > 100 and name in report
 
 
-def test_eval_without_checkpoint_is_a_clear_error(polymnist_dir, tmp_path):
+def test_eval_without_checkpoint_is_a_clear_error(polymnist_dir, tmp_path, monkeypatch):
+  from moe_ebm_jax import classifiers, fid  # pylint: disable=g-import-not-at-top
+
+  def must_not_run(*args, **kwargs):
+    raise AssertionError('loaded classifiers or the FID network before finding a checkpoint')
+
+  monkeypatch.setattr(classifiers, 'load_or_train', must_not_run)
+  monkeypatch.setattr(fid, 'load_params', must_not_run)
   with pytest.raises(FileNotFoundError, match='train first'):
-    evaluation.evaluate_run(smoke_config(polymnist_dir, 'mmvaeplus'), str(tmp_path),
-                            classify=lambda x: np.zeros(x.shape[:2], int))
+    evaluation.evaluate_run(smoke_config(polymnist_dir, 'mmvaeplus'), str(tmp_path))
