@@ -15,8 +15,11 @@ def get_config(model=None):
   config.data.num_threads = 1
   config.data.prefetch_batches = 2
   config.model.widths = (4, 8, 8)
-  config.model.latent_w = 4
-  config.model.latent_z = 4
+  if config.model.latent_w:  # Models with private latents: 4 + 4; single-latent models: 8.
+    config.model.latent_w = 4
+    config.model.latent_z = 4
+  else:
+    config.model.latent_z = 8
   config.model.modality_loop = 'map'  # Compile time dominates at this scale.
   config.ebm.hidden = (16, 16)
   config.ebm.prior_steps = 5

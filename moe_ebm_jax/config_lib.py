@@ -10,8 +10,22 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-# Model names accepted as the config argument (--config=configs/x.py:<model>).
-MODELS = ('moe_ebm', 'ebm_mmvaeplus', 'mmvaeplus', 'ebm_mmvae', 'mmvae', 'mvae', 'mmjsd', 'mopoe')
+from moe_ebm_jax import objectives
+
+# Model names accepted as the config argument (--config=configs/x.py:<model>): each is an
+# objective (objectives.py), a prior on z and a posterior sampler for the EBM's learning.
+MODEL_SPECS = {
+    # name: (objective, prior, posterior_sampler)
+    'moe_ebm': ('mmvaeplus', 'ebm', 'langevin'),  # The paper's method.
+    'ebm_mmvaeplus': ('mmvaeplus', 'ebm', 'q'),  # Ablation: EBM prior, no posterior MCMC.
+    'mmvaeplus': ('mmvaeplus', 'fixed', 'q'),
+    'ebm_mmvae': ('mmvae', 'ebm', 'q'),  # Ablation on the MMVAE backbone.
+    'mmvae': ('mmvae', 'fixed', 'q'),
+    'mvae': ('mvae', 'fixed', 'q'),
+    'mmjsd': ('mmjsd', 'fixed', 'q'),
+    'mopoe': ('mopoe', 'fixed', 'q'),
+}
+MODELS = tuple(MODEL_SPECS)
 DEFAULT_MODEL = 'moe_ebm'
 
 
@@ -37,19 +51,25 @@ def base_config(model: str | None) -> ml_collections.ConfigDict:
   c.data.num_threads = 2  # grain reader threads.
   c.data.prefetch_batches = 8
 
+  objective_name, prior, posterior_sampler = MODEL_SPECS[model]
+  objective = objectives.get(objective_name)
   c.model = ml_collections.ConfigDict()
   c.model.name = model
+  c.model.objective = objective_name  # objectives.OBJECTIVES: the model family.
+  c.model.distribution = objective.distribution  # Posteriors and fixed priors: Laplace/Gaussian.
   c.model.widths = (64, 128, 256)  # Conv widths of encoder towers and decoders (MMVAE+).
-  c.model.latent_w = 32  # Modality-specific latent w_m.
-  c.model.latent_z = 32  # Shared latent z.
+  # MMVAE+: private w_m (32) and shared z (32). Single-latent models: z of the same total size.
+  c.model.latent_w = 32 if objective.private_latents else 0
+  c.model.latent_z = 32 if objective.private_latents else 64
   c.model.modality_loop = 'unroll'  # Or 'map': compiles faster, runs slower (models.py).
   c.model.likelihood_scale = 0.75  # Laplace scale of p(x | w, z) (MMVAE+).
   c.model.beta = 2.5
   c.model.num_samples = 1  # K importance samples per source.
   c.model.estimator = 'elbo'  # 'elbo' (K = 1 is the published setting), 'iwae', 'dreg'.
-  # The ablations are config choices: prior on z and where the EBM's posterior samples come from.
-  c.model.prior = 'ebm' if model.startswith(('ebm_', 'moe_')) else 'laplace'
-  c.model.posterior_sampler = 'langevin' if model == 'moe_ebm' else 'q'
+  # The ablations are config choices: prior on z ('fixed': family(0, I); 'ebm': exp(f_a(z))
+  # Laplace(0, I)) and where the EBM's posterior samples come from ('q' or 'langevin').
+  c.model.prior = prior
+  c.model.posterior_sampler = posterior_sampler
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 1e-3  # MMVAE+: Adam with amsgrad, lr 1e-3.
@@ -124,12 +144,33 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f'({config.batch_size})')
   check(config.model.modality_loop in ('unroll', 'map'),
         f"model.modality_loop={config.model.modality_loop!r}, expected 'unroll' or 'map'")
-  check(config.model.estimator in ('elbo', 'iwae', 'dreg'),
-        f"model.estimator={config.model.estimator!r}, expected 'elbo', 'iwae' or 'dreg'")
+  check(config.model.objective in objectives.OBJECTIVES,
+        f'model.objective={config.model.objective!r} is not one of '
+        f'{sorted(objectives.OBJECTIVES)}')
+  spec = objectives.get(config.model.objective)
+  check(config.model.distribution == spec.distribution,
+        f'model.distribution={config.model.distribution!r}: objective '
+        f'{config.model.objective!r} is written for {spec.distribution!r} posteriors')
+  check(config.model.estimator in spec.estimators,
+        f'model.estimator={config.model.estimator!r}: objective {config.model.objective!r} '
+        f'supports {spec.estimators}')
   check(config.model.num_samples >= 1, f'model.num_samples={config.model.num_samples} < 1')
   check(config.model.estimator == 'elbo' or config.model.num_samples > 1,
         f'model.estimator={config.model.estimator!r} needs model.num_samples > 1')
-  check(config.model.prior in ('laplace', 'ebm'), f'model.prior={config.model.prior!r}')
+  check(len(spec.estimators) > 1 or config.model.num_samples == 1,
+        f'model.num_samples={config.model.num_samples}: objective {config.model.objective!r} '
+        'uses one sample')
+  check(config.model.latent_z > 0, f'model.latent_z={config.model.latent_z} must be > 0')
+  if spec.private_latents:
+    check(config.model.latent_w > 0, f'model.latent_w={config.model.latent_w}: objective '
+          f'{config.model.objective!r} needs modality-specific latents (> 0)')
+  else:
+    check(config.model.latent_w == 0, f'model.latent_w={config.model.latent_w}: objective '
+          f'{config.model.objective!r} has one shared latent (set 0)')
+  check(config.model.prior in ('fixed', 'ebm'), f"model.prior={config.model.prior!r}, expected "
+        "'fixed' or 'ebm'")
+  check(config.model.prior == 'fixed' or spec.supports_ebm_prior,
+        f'model.prior=ebm: objective {config.model.objective!r} has no EBM prior version')
   check(config.model.posterior_sampler in ('q', 'langevin'),
         f'model.posterior_sampler={config.model.posterior_sampler!r}')
   check(config.model.prior == 'ebm' or config.model.posterior_sampler == 'q',

@@ -75,3 +75,52 @@ def softmax_scale(logits: jax.Array, eps: float = 1e-6) -> jax.Array:
   Shape: (..., D) -> (..., D).
   """
   return jax.nn.softmax(logits, axis=-1) * logits.shape[-1] + eps
+
+
+# ----------------------------------------------------------------------------- families
+# Models pick a family by name (config.model.distribution): posteriors, the fixed prior p(z) =
+# family(0, 1) and the noise of reparameterised samples.
+FAMILIES = ('laplace', 'gaussian')
+
+
+def _check_family(family: str) -> None:
+  if family not in FAMILIES:
+    raise ValueError(f'unknown distribution family {family!r}; choose one of {FAMILIES}.')
+
+
+def log_prob(family: str, x: jax.Array, loc: jax.Array, scale: jax.Array) -> jax.Array:
+  """Diagonal log-density of `family`: (..., D) inputs (broadcast) -> (...)."""
+  _check_family(family)
+  return (laplace_log_prob if family == 'laplace' else normal_log_prob)(x, loc, scale)
+
+
+def sample(family: str, key: jax.Array, loc: jax.Array, scale: jax.Array) -> jax.Array:
+  """Reparameterised draw of `family`: shape broadcast(loc, scale)."""
+  _check_family(family)
+  return (laplace_sample if family == 'laplace' else normal_sample)(key, loc, scale)
+
+
+def standard_sample(family: str, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """A draw of family(0, 1) of `shape`."""
+  _check_family(family)
+  return (jax.random.laplace if family == 'laplace' else jax.random.normal)(key, shape)
+
+
+def scale_from_logits(family: str, logits: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """Posterior scales from an encoder's scale head: (..., D) -> (..., D).
+
+  Laplace: MMVAE's softmax(logits) * D + eps. Gaussian: the standard deviation
+  exp(logits / 2) (the head predicts a log-variance, as MVAE, mmJSD and MoPoE do) + eps.
+  """
+  _check_family(family)
+  if family == 'laplace':
+    return softmax_scale(logits, eps)
+  return jnp.exp(0.5 * logits) + eps
+
+
+def kl_normal(loc1: jax.Array, scale1: jax.Array, loc2: jax.Array | float = 0.0,
+              scale2: jax.Array | float = 1.0) -> jax.Array:
+  """KL(N(loc1, scale1^2) || N(loc2, scale2^2)), diagonal, summed over the last axis."""
+  ratio = jnp.square(scale1 / scale2)
+  return 0.5 * jnp.sum(ratio + jnp.square((loc1 - loc2) / scale2) - 1.0 - jnp.log(ratio),
+                       axis=-1)

@@ -29,77 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from moe_ebm_jax import ebm as ebm_lib
+from moe_ebm_jax import generation
 from moe_ebm_jax import input_pipeline
 from moe_ebm_jax import metric_logging
 from moe_ebm_jax import models
 from moe_ebm_jax import train as train_lib
-
-
-def conditional_generate(state: train_lib.TrainState, images: jax.Array, subset: jax.Array,
-                         key: jax.Array, *, model: train_lib.Model, post_ld: bool,
-                         keep_trajectory: bool = False):
-  """Decodes every modality given the modalities in `subset`.
-
-  Args:
-    images: (B, M, 28, 28, 3) in [0, 1]; only the rows of `subset` are read.
-    subset: bool (M,), the observed modalities (at least one).
-    post_ld: refine z by the posterior Langevin chain on the observed modalities.
-
-  Returns:
-    (decodes (B, M, 28, 28, 3) clipped to [0, 1], z (B, Dz), trajectory or None): modalities
-    in the subset are decoded with their own posterior w, the others with w ~ p(w).
-  """
-  vae = model.vae
-  k_pick, k_w, k_z, k_prior_w, k_ld = jax.random.split(key, 5)
-  post = vae.encode(state.vae_params, images)  # (M, B, .)
-  m, b = post.z_loc.shape[:2]
-  w_q = post.w_loc + post.w_scale * jax.random.laplace(k_w, post.w_loc.shape)
-  z_q = post.z_loc + post.z_scale * jax.random.laplace(k_z, post.z_loc.shape)
-  logits = jnp.where(subset, 0.0, -jnp.inf)
-  expert = jax.random.categorical(k_pick, logits, shape=(b,))
-  z = z_q[expert, jnp.arange(b)]
-  trajectory = None
-  if post_ld:
-    final, diag = ebm_lib.sample_posterior(
-        vae, state.vae_params, model.energy, state.ebm_params, images, z, w_q, k_ld,
-        num_steps=model.posterior_steps, step_size=model.posterior_step_size,
-        noise_scale=model.noise_scale, latents=model.posterior_latents, observed=subset,
-        keep_trajectory=keep_trajectory, unroll=model.langevin_unroll)
-    z = final['z']
-    if 'w' in final:
-      w_q = jnp.moveaxis(final['w'], 1, 0)
-    if keep_trajectory:
-      trajectory = diag['trajectory']['z']  # (steps, B, Dz)
-  w_prior = jax.random.laplace(k_prior_w, w_q.shape)
-  w = jnp.where(subset[:, None, None], w_q, w_prior)
-  latents = jnp.concatenate([w, jnp.broadcast_to(z[None], (m,) + z.shape)], axis=-1)
-  decodes = jnp.clip(vae.decode(state.vae_params, latents), 0.0, 1.0)
-  return jnp.moveaxis(decodes, 0, 1), z, trajectory
-
-
-def joint_generate(state: train_lib.TrainState, key: jax.Array, *, model: train_lib.Model,
-                   num_samples: int, keep_trajectory: bool = False):
-  """Joint samples (N, M, 28, 28, 3) in [0, 1], and the prior chain's trajectory or None."""
-  vae = model.vae
-  k_prior, k_w = jax.random.split(key)
-  trajectory = None
-  if model.has_ebm:
-    z, diag = ebm_lib.sample_prior(model.energy, state.ebm_params, k_prior, num_samples,
-                                   vae.latent_z, num_steps=model.prior_steps,
-                                   step_size=model.prior_step_size,
-                                   noise_scale=model.noise_scale,
-                                   keep_trajectory=keep_trajectory,
-                                   unroll=model.langevin_unroll)
-    if keep_trajectory:
-      trajectory = diag['trajectory']
-  else:
-    z = jax.random.laplace(k_prior, (num_samples, vae.latent_z))
-  m = vae.num_modalities
-  w = jax.random.laplace(k_w, (m, num_samples, vae.latent_w))
-  latents = jnp.concatenate([w, jnp.broadcast_to(z[None], (m,) + z.shape)], axis=-1)
-  decodes = jnp.clip(vae.decode(state.vae_params, latents), 0.0, 1.0)
-  return jnp.moveaxis(decodes, 0, 1), trajectory
 
 
 def subsets(num_modalities: int) -> list[tuple[int, ...]]:
@@ -139,9 +73,10 @@ class Evaluator:
     self.model = model
     self.classify = classify
     self._conditional = {
-        post_ld: jax.jit(functools.partial(conditional_generate, model=model, post_ld=post_ld))
+        post_ld: jax.jit(functools.partial(generation.conditional_generate, model=model,
+                                           post_ld=post_ld))
         for post_ld in ((False, True) if model.has_ebm else (False,))}
-    self._joint = jax.jit(functools.partial(joint_generate, model=model,
+    self._joint = jax.jit(functools.partial(generation.joint_generate, model=model,
                                             num_samples=config.eval_batch_size))
 
   @property
@@ -202,7 +137,7 @@ class Evaluator:
     n = images.shape[0]
     files = {}
     joint, trajectory = jax.jit(functools.partial(
-        joint_generate, model=self.model, num_samples=n, keep_trajectory=True))(state, key)
+        generation.joint_generate, model=self.model, num_samples=n, keep_trajectory=True))(state, key)
     files['joint'] = self._save(out_dir, 'joint_samples.png', np.asarray(joint))
     images = jnp.asarray(images)
     for src in range(m):

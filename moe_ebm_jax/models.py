@@ -51,6 +51,9 @@ class MultimodalVAE:
   latent_z: int = 32
   likelihood_scale: float = 0.75  # Fixed Laplace scale of p(x | w, z) (MMVAE+).
   scale_eps: float = 1e-6
+  # Family of the posteriors and of the fixed priors p(z), p(w) = family(0, 1): 'laplace'
+  # (MMVAE, MMVAE+) or 'gaussian' (MVAE, mmJSD, MoPoE). latent_w = 0: one shared latent only.
+  distribution: str = 'laplace'
   # 'unroll': one copy of the network per modality in the program (fastest steps); 'map':
   # jax.lax.map over modalities (one copy: compiles several times faster, steps run slower).
   modality_loop: str = 'unroll'
@@ -76,19 +79,21 @@ class MultimodalVAE:
     m = self.num_modalities
     images = jnp.zeros((1,) + IMAGE_SHAPE)
     latents = jnp.zeros((1, self.latent_w + self.latent_z))
-    return {
+    params = {
         'encoders': jax.vmap(self.encoder.init, (0, None))(jax.random.split(k_enc, m), images),
         'decoders': jax.vmap(self.decoder.init, (0, None))(jax.random.split(k_dec, m), latents),
-        # Zero logits: every auxiliary prior starts as Laplace(0, 1 + eps).
-        'aux_prior_logits': jnp.zeros((m, self.latent_w)),
     }
+    if self.latent_w:  # No empty arrays in the pytree: orbax refuses to save them.
+      # Zero logits: every auxiliary prior starts as Laplace(0, 1 + eps).
+      params['aux_prior_logits'] = jnp.zeros((m, self.latent_w))
+    return params
 
   def encode(self, params: Params, images: jax.Array) -> Posteriors:
     """images (B, M, 28, 28, 3) -> posteriors with (M, B, latent) parameters."""
     w_loc, w_logits, z_loc, z_logits = self._per_modality(
         self.encoder.apply, params['encoders'], jnp.moveaxis(images, 1, 0))
-    return Posteriors(w_loc, dists.softmax_scale(w_logits, self.scale_eps),
-                      z_loc, dists.softmax_scale(z_logits, self.scale_eps))
+    scale = lambda logits: dists.scale_from_logits(self.distribution, logits, self.scale_eps)
+    return Posteriors(w_loc, scale(w_logits), z_loc, scale(z_logits))
 
   def decode(self, params: Params, latents: jax.Array) -> jax.Array:
     """latents (M, ..., latent_w + latent_z), row m for decoder m -> means (M, ..., 28, 28, 3)."""
@@ -96,7 +101,17 @@ class MultimodalVAE:
 
   def aux_prior_scale(self, params: Params) -> jax.Array:
     """Scales of the auxiliary priors r_m(w) = Laplace(0, scale_m): (M, latent_w)."""
+    if 'aux_prior_logits' not in params:  # Single-latent models.
+      return jnp.ones((self.num_modalities, 0))
     return dists.softmax_scale(params['aux_prior_logits'], self.scale_eps)
+
+  def prior_log_prob(self, x: jax.Array) -> jax.Array:
+    """log p(x) of the fixed prior family(0, I) of z and w: (..., D) -> (...)."""
+    return dists.log_prob(self.distribution, x, 0.0, 1.0)
+
+  def sample_prior(self, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Draws of the fixed prior family(0, I), shape (..., D)."""
+    return dists.standard_sample(self.distribution, key, shape)
 
   def log_likelihood(self, targets: jax.Array, means: jax.Array) -> jax.Array:
     """Laplace log p(x | .) summed over pixels: (..., 28, 28, 3) x (..., 28, 28, 3) -> (...)."""
@@ -109,6 +124,7 @@ def make_vae(config: ml_collections.ConfigDict) -> MultimodalVAE:
                        widths=tuple(config.model.widths),
                        latent_w=config.model.latent_w, latent_z=config.model.latent_z,
                        likelihood_scale=config.model.likelihood_scale,
+                       distribution=config.model.distribution,
                        modality_loop=config.model.modality_loop)
 
 
@@ -117,5 +133,6 @@ def make_energy(config: ml_collections.ConfigDict) -> networks.EnergyMLP:
 
 
 def base_log_prob(z: jax.Array) -> jax.Array:
-  """log p0(z) of the fixed Laplace(0, I) prior (also p(w)): (..., D) -> (...)."""
+  """log p0(z) of the fixed Laplace(0, I) prior (MMVAE+'s p(z) and p(w), and the EBM's base
+  density): (..., D) -> (...)."""
   return dists.laplace_log_prob(z, 0.0, 1.0)

@@ -106,7 +106,8 @@ class Encoder(nn.Module):
   """One modality's encoder: two separate towers, one for w (private) and one for z (shared).
 
   images (B, 28, 28, C) -> (w_loc, w_scale_logits, z_loc, z_scale_logits), shapes (B, latent_w)
-  twice then (B, latent_z) twice. Turning logits into scales is the model's job.
+  twice then (B, latent_z) twice. Turning logits into scales is the model's job. With
+  latent_w = 0 there is no w tower and the w outputs are (B, 0).
   """
   widths: Sequence[int] = (64, 128, 256)
   latent_w: int = 32
@@ -115,8 +116,11 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> tuple[Array, Array, Array, Array]:
-    w_loc, w_scale_logits = ConvTower(self.widths, self.latent_w, self.dtype, name='tower_w')(x)
     z_loc, z_scale_logits = ConvTower(self.widths, self.latent_z, self.dtype, name='tower_z')(x)
+    if not self.latent_w:  # Single-latent models (MMVAE, MVAE, mmJSD, MoPoE): no w tower.
+      empty = jnp.zeros(z_loc.shape[:-1] + (0,), z_loc.dtype)
+      return empty, empty, z_loc, z_scale_logits
+    w_loc, w_scale_logits = ConvTower(self.widths, self.latent_w, self.dtype, name='tower_w')(x)
     return w_loc, w_scale_logits, z_loc, z_scale_logits
 
 

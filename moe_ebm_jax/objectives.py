@@ -1,4 +1,20 @@
-"""VAE objectives as pure functions: importance-weighted estimators and the MMVAE+ log-weights.
+"""VAE objectives as pure functions, and the registry that names them.
+
+Every objective has the signature
+
+  objective(vae, params, images, key, *, beta, num_samples, estimator, log_prior_z)
+      -> (loss to minimise, VaeAux)
+
+with images (B, M, 28, 28, 3), and is registered with `register(name, aggregation=...,
+distribution=..., private_latents=..., estimators=...)`: the model family of the paper's
+tables is an objective plus how its unimodal posteriors combine for conditional generation
+(aggregation.py). A new objective is one function and one decorator.
+
+Registered: 'mmvaeplus' (Palumbo et al. 2023), 'mmvae' (Shi et al. 2019: the same log-weights
+with one shared latent), 'mvae' (Wu & Goodman 2018), 'mmjsd' (Sutter et al. 2020), 'mopoe'
+(Sutter et al. 2021).
+
+The MMVAE(+) objectives are importance-weighted estimators
 
 An objective maps (params, images, key) to (loss, aux). The estimators here are generic over a
 `log_weights_fn` that returns log-weights of shape (S, K, B): S strata (the source modality of
@@ -13,11 +29,13 @@ a mixture-of-experts posterior), K importance samples, B examples.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from moe_ebm_jax import aggregation as agg
 from moe_ebm_jax import distributions as dists
 from moe_ebm_jax import models
 
@@ -125,16 +143,61 @@ def mmvaeplus_log_weights(vae: models.MultimodalVAE, params, images: jax.Array,
 class VaeAux(NamedTuple):
   """What the EBM half of the step needs from the VAE half (all gradient-stopped)."""
   post: models.Posteriors  # (M, B, .)
-  latents: Latents
-  metrics: dict[str, jax.Array]
+  latents: Latents | None  # The MoE objectives' samples (the EBM's posterior chains start there).
+  metrics: dict[str, jax.Array]  # At least 'vae_loss', 'bound' and 'recon' (batch means).
 
 
+@dataclasses.dataclass(frozen=True)
+class ObjectiveSpec:
+  """A registered objective and what the rest of the library needs to know about it."""
+  fn: Callable[..., tuple[jax.Array, VaeAux]]
+  aggregation: str  # How q(z | X_S) is formed: aggregation.AGGREGATIONS.
+  distribution: str  # The posterior family it is written for: distributions.FAMILIES.
+  private_latents: bool  # Uses modality-specific latents w_m (latent_w > 0) or not (= 0).
+  estimators: tuple[str, ...] = ('elbo',)
+  supports_ebm_prior: bool = False  # Takes log_prior_z (the EBM prior of z) into its bound.
+
+
+OBJECTIVES: dict[str, ObjectiveSpec] = {}
+
+
+def register(name: str, *, aggregation: str, distribution: str, private_latents: bool,
+             estimators: tuple[str, ...] = ('elbo',), supports_ebm_prior: bool = False):
+  """Decorator: registers `fn` as objective `name` (config.model.objective)."""
+  if aggregation not in agg.AGGREGATIONS:
+    raise ValueError(f'aggregation {aggregation!r} is not one of {agg.AGGREGATIONS}.')
+  if distribution not in dists.FAMILIES:
+    raise ValueError(f'distribution {distribution!r} is not one of {dists.FAMILIES}.')
+
+  def decorate(fn):
+    OBJECTIVES[name] = ObjectiveSpec(fn, aggregation, distribution, private_latents,
+                                     tuple(estimators), supports_ebm_prior)
+    return fn
+
+  return decorate
+
+
+def get(name: str) -> ObjectiveSpec:
+  try:
+    return OBJECTIVES[name]
+  except KeyError:
+    raise ValueError(f'unknown objective {name!r}; registered: {sorted(OBJECTIVES)}.') from None
+
+
+@register('mmvae', aggregation='moe', distribution='laplace', private_latents=False,
+          estimators=ESTIMATORS, supports_ebm_prior=True)
+@register('mmvaeplus', aggregation='moe', distribution='laplace', private_latents=True,
+          estimators=ESTIMATORS, supports_ebm_prior=True)
 def mmvaeplus_objective(vae: models.MultimodalVAE, params, images: jax.Array, key: jax.Array, *,
                         beta: float, num_samples: int, estimator: str,
                         log_prior_z: Callable[[jax.Array], jax.Array] = models.base_log_prob,
                         ) -> tuple[jax.Array, VaeAux]:
   """The MMVAE+ loss for a batch (B, M, 28, 28, 3). `log_prior_z` (..., D) -> (...) is the
-  shared latent's prior (Laplace(0, 1), or f_a + log p0 for the EBM prior)."""
+  shared latent's prior (Laplace(0, 1), or f_a + log p0 for the EBM prior).
+
+  With latent_w = 0 this is MMVAE's objective (Shi et al. 2019): the stratified MoE bound
+  lw_r = sum_d log p(x_d | z_r) + beta * (log p(z_r) - log q_mix(z_r | X)), z_r ~ q(z | x_r).
+  """
   post = vae.encode(params, images)
   aux_scale = vae.aux_prior_scale(params)
 
@@ -154,3 +217,121 @@ def mmvaeplus_objective(vae: models.MultimodalVAE, params, images: jax.Array, ke
   stop = jax.lax.stop_gradient
   return loss, VaeAux(jax.tree.map(stop, post), jax.tree.map(stop, latents),
                       jax.tree.map(stop, metrics))
+
+
+# ----------------------------------------------------------------------------- PoE family
+# Gaussian posteriors, one shared latent (latent_w = 0), closed-form KL terms, one sample.
+
+
+def _log_px(vae: models.MultimodalVAE, params, images: jax.Array, z: jax.Array) -> jax.Array:
+  """log p(x_d | z) summed over pixels; z (M, ..., B, Dz) with row d read by decoder d ->
+  (M, ..., B). images (B, M, 28, 28, 3)."""
+  targets = jnp.moveaxis(images, 1, 0)
+  targets = targets.reshape(targets.shape[:1] + (1,) * (z.ndim - 3) + targets.shape[1:])
+  return vae.log_likelihood(targets, vae.decode(params, z))
+
+
+def _broadcast_to_decoders(z: jax.Array, m: int) -> jax.Array:
+  return jnp.broadcast_to(z[None], (m,) + z.shape)
+
+
+def _poe_metrics(loss, bound, recon, kl, post) -> dict[str, jax.Array]:
+  return {'vae_loss': loss, 'bound': bound.mean(), 'recon': recon.mean(), 'kl': kl.mean(),
+          'posterior_scale_z': post.z_scale.mean()}
+
+
+def _aux(post, metrics) -> VaeAux:
+  stop = jax.lax.stop_gradient
+  return VaeAux(jax.tree.map(stop, post), None, jax.tree.map(stop, metrics))
+
+
+@register('mvae', aggregation='poe', distribution='gaussian', private_latents=False)
+def mvae_objective(vae: models.MultimodalVAE, params, images: jax.Array, key: jax.Array, *,
+                   beta: float, num_samples: int = 1, estimator: str = 'elbo',
+                   log_prior_z=None) -> tuple[jax.Array, VaeAux]:
+  """MVAE (Wu & Goodman 2018) with sub-sampled training: the joint ELBO plus every unimodal one.
+
+  q_S = PoE({q(z | x_m)}_{m in S} and the prior N(0, I)); ELBO_S = E_{q_S}[sum_{d in S}
+  log p(x_d | z)] - beta KL(q_S || N(0, I)); bound = ELBO_{all} + sum_m ELBO_{m}.
+  """
+  del num_samples, estimator, log_prior_z  # One sample, closed-form KL (checked by config).
+  post = vae.encode(params, images)
+  m = vae.num_modalities
+  k_joint, k_uni = jax.random.split(key)
+  loc, scale = agg.product_of_experts(post.z_loc, post.z_scale, jnp.ones((m,), bool),
+                                      prior_expert=True)
+  z = dists.normal_sample(k_joint, loc, scale)  # (B, D)
+  recon_joint = _log_px(vae, params, images, _broadcast_to_decoders(z, m)).sum(axis=0)
+  kl_joint = dists.kl_normal(loc, scale)
+  # Unimodal: expert m times the prior; decoder m reads its own modality's sample.
+  precision = 1.0 / jnp.square(post.z_scale)
+  loc_m, scale_m = post.z_loc * precision / (precision + 1.0), jax.lax.rsqrt(precision + 1.0)
+  z_m = dists.normal_sample(k_uni, loc_m, scale_m)  # (M, B, D)
+  recon_uni = _log_px(vae, params, images, z_m)  # (M, B)
+  kl_uni = dists.kl_normal(loc_m, scale_m)
+  bound = recon_joint - beta * kl_joint + (recon_uni - beta * kl_uni).sum(axis=0)
+  loss = -bound.mean()
+  return loss, _aux(post, _poe_metrics(loss, bound, recon_joint, kl_joint, post))
+
+
+def jensen_shannon_dynamic_prior(loc: jax.Array, scale: jax.Array) -> jax.Array:
+  """mmJSD's regulariser: sum_j pi_j KL(q_j || f) over the M unimodal posteriors and the prior
+  q_0 = N(0, I), pi uniform (1 / (M + 1)), f = PoE of all of them (the dynamic prior).
+
+  loc, scale (M, B, D) -> (B,).
+  """
+  m = loc.shape[0]
+  loc_f, scale_f = agg.product_of_experts(loc, scale, jnp.ones((m,), bool), prior_expert=True)
+  kl_experts = dists.kl_normal(loc, scale, loc_f[None], scale_f[None]).sum(axis=0)
+  kl_prior = dists.kl_normal(jnp.zeros_like(loc_f), jnp.ones_like(scale_f), loc_f, scale_f)
+  return (kl_experts + kl_prior) / (m + 1)
+
+
+@register('mmjsd', aggregation='moe', distribution='gaussian', private_latents=False)
+def mmjsd_objective(vae: models.MultimodalVAE, params, images: jax.Array, key: jax.Array, *,
+                    beta: float, num_samples: int = 1, estimator: str = 'elbo',
+                    log_prior_z=None) -> tuple[jax.Array, VaeAux]:
+  """mmJSD (Sutter et al. 2020): E_{q(z|X)}[log p(X | z)] - beta JS, q(z | X) the uniform
+  mixture of the unimodal posteriors (stratified: one sample per source, every modality
+  decoded from it), JS with the dynamic prior (jensen_shannon_dynamic_prior)."""
+  del num_samples, estimator, log_prior_z
+  post = vae.encode(params, images)
+  m = vae.num_modalities
+  z = dists.normal_sample(key, post.z_loc, post.z_scale)  # (M_src, B, D)
+  recon = _log_px(vae, params, images, _broadcast_to_decoders(z, m)).sum(axis=0).mean(axis=0)
+  js = jensen_shannon_dynamic_prior(post.z_loc, post.z_scale)
+  bound = recon - beta * js
+  loss = -bound.mean()
+  return loss, _aux(post, _poe_metrics(loss, bound, recon, js, post))
+
+
+def subset_posteriors(loc: jax.Array, scale: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """PoE of every non-empty subset's experts (no prior expert): (M, B, D) -> (S, B, D) twice,
+  subsets in aggregation.nonempty_subsets order."""
+  subsets = jnp.asarray(agg.nonempty_subsets(loc.shape[0]))
+  return jax.vmap(lambda s: agg.product_of_experts(loc, scale, s))(subsets)
+
+
+@register('mopoe', aggregation='mopoe', distribution='gaussian', private_latents=False)
+def mopoe_objective(vae: models.MultimodalVAE, params, images: jax.Array, key: jax.Array, *,
+                    beta: float, num_samples: int = 1, estimator: str = 'elbo',
+                    log_prior_z=None) -> tuple[jax.Array, VaeAux]:
+  """MoPoE (Sutter et al. 2021): q(z | X) = mean over the 2^M - 1 subsets S of PoE(q_S).
+
+  bound = E_{q(z|X)}[sum_d log p(x_d | z)] - beta mean_S KL(q_S || N(0, I)): the reconstruction
+  from one subset drawn uniformly per example (a draw of the mixture), the KL of the mixture
+  replaced by the mean of its components' KLs (an upper bound, as in the MoPoE code).
+  """
+  del num_samples, estimator, log_prior_z
+  post = vae.encode(params, images)
+  m, b = post.z_loc.shape[:2]
+  k_pick, k_z = jax.random.split(key)
+  locs, scales = subset_posteriors(post.z_loc, post.z_scale)  # (S, B, D)
+  kl = dists.kl_normal(locs, scales).mean(axis=0)
+  pick = jax.random.randint(k_pick, (b,), 0, locs.shape[0])
+  rows = jnp.arange(b)
+  z = dists.normal_sample(k_z, locs[pick, rows], scales[pick, rows])
+  recon = _log_px(vae, params, images, _broadcast_to_decoders(z, m)).sum(axis=0)
+  bound = recon - beta * kl
+  loss = -bound.mean()
+  return loss, _aux(post, _poe_metrics(loss, bound, recon, kl, post))

@@ -35,6 +35,7 @@ from jax.sharding import PartitionSpec as P
 from moe_ebm_jax import checkpointing
 from moe_ebm_jax import config_lib
 from moe_ebm_jax import ebm as ebm_lib
+from moe_ebm_jax import generation
 from moe_ebm_jax import input_pipeline
 from moe_ebm_jax import metric_logging
 from moe_ebm_jax import models
@@ -71,6 +72,7 @@ class Model:
   """The static half of a model: networks and settings; hashable, so jit treats it as static."""
   vae: models.MultimodalVAE
   energy: networks.EnergyMLP | None
+  objective: str  # A name in objectives.OBJECTIVES.
   beta: float
   num_samples: int
   estimator: str
@@ -88,9 +90,14 @@ class Model:
   def has_ebm(self) -> bool:
     return self.energy is not None
 
+  @property
+  def aggregation(self) -> str:
+    """How q(z | X_S) combines the unimodal posteriors (aggregation.py)."""
+    return objectives.get(self.objective).aggregation
+
   def log_prior_z(self, ebm_params: Params):
     if not self.has_ebm:
-      return models.base_log_prob
+      return self.vae.prior_log_prob
     return ebm_lib.prior_log_prob(self.energy, ebm_params)
 
 
@@ -98,7 +105,7 @@ def make_model(config: ml_collections.ConfigDict) -> Model:
   return Model(
       vae=models.make_vae(config),
       energy=models.make_energy(config) if config.model.prior == 'ebm' else None,
-      beta=config.model.beta, num_samples=config.model.num_samples,
+      objective=config.model.objective, beta=config.model.beta, num_samples=config.model.num_samples,
       estimator=config.model.estimator, posterior_sampler=config.model.posterior_sampler,
       prior_steps=config.ebm.prior_steps, prior_step_size=config.ebm.prior_step_size,
       posterior_steps=config.ebm.posterior_steps,
@@ -141,7 +148,7 @@ def train_step(state: TrainState, images: jax.Array, *, model: Model, vae_tx,
   del key  # Keys derive from (state.key, step): resuming reproduces them exactly.
 
   def vae_loss_fn(vae_params):
-    return objectives.mmvaeplus_objective(
+    return objectives.get(model.objective).fn(
         model.vae, vae_params, images, k_vae, beta=model.beta, num_samples=model.num_samples,
         estimator=model.estimator, log_prior_z=model.log_prior_z(state.ebm_params))
 
@@ -213,34 +220,6 @@ def eval_step(state: TrainState, images: jax.Array, key: jax.Array, *,
   return {'loss_sum': loss * b, 'recon_sum': aux.metrics['recon'] * b, 'count': jnp.float32(b)}
 
 
-def generate(state: TrainState, images: jax.Array, key: jax.Array, *, model: Model,
-             num_samples: int) -> dict[str, jax.Array]:
-  """Sample grids: joint samples (N, M, 28, 28, 3); cross generation (M_src, N, M, 28, 28, 3)
-  from the first N test images, z ~ q(z | x_src) and w ~ p(w) for the other modalities."""
-  vae = model.vae
-  m = vae.num_modalities
-  k_prior, k_w, k_z, k_cross = jax.random.split(key, 4)
-  n = num_samples
-  if model.has_ebm:
-    z, _ = ebm_lib.sample_prior(model.energy, state.ebm_params, k_prior, n, vae.latent_z,
-                                num_steps=model.prior_steps, step_size=model.prior_step_size,
-                                noise_scale=model.noise_scale, unroll=model.langevin_unroll)
-  else:
-    z = jax.random.laplace(k_prior, (n, vae.latent_z))
-  w = jax.random.laplace(k_w, (m, n, vae.latent_w))
-  joint = vae.decode(state.vae_params, jnp.concatenate(
-      [w, jnp.broadcast_to(z[None], (m,) + z.shape)], -1))  # (M, N, 28, 28, 3)
-  post = vae.encode(state.vae_params, images[:n])  # (M_src, N, .)
-  z_src = post.z_loc + post.z_scale * jax.random.laplace(k_z, post.z_loc.shape)
-  w_cross = jax.random.laplace(k_cross, (m, m, n, vae.latent_w))  # [tgt, src]
-  own = post.w_loc  # Self-reconstruction keeps the source's own w (posterior mean).
-  w_cross = jnp.where(jnp.eye(m, dtype=bool)[:, :, None, None], own[None], w_cross)
-  cross = vae.decode(state.vae_params, jnp.concatenate(
-      [w_cross, jnp.broadcast_to(z_src[None], (m,) + z_src.shape)], -1))  # (tgt, src, N, ...)
-  return {'joint': jnp.moveaxis(joint, 0, 1),
-          'cross': jnp.transpose(cross, (1, 2, 0, 3, 4, 5))}
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -282,7 +261,7 @@ def compile_steps(config: ml_collections.ConfigDict, model: Model, mesh) -> dict
                  donate_argnums=0)
   evaluate = jax.jit(functools.partial(eval_step, model=model),
                      in_shardings=(replicated, batch, replicated), out_shardings=replicated)
-  gen = jax.jit(functools.partial(generate, model=model,
+  gen = jax.jit(functools.partial(generation.sample_grids, model=model,
                                   num_samples=config.num_image_samples),
                 in_shardings=(replicated, replicated, replicated), out_shardings=replicated)
   return {'init': init, 'train': step, 'eval': evaluate, 'generate': gen,

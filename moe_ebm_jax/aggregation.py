@@ -1,0 +1,75 @@
+"""How unimodal posteriors q(z | x_m) combine into q(z | X_S) for a subset S of modalities.
+
+- 'moe'   mixture of experts (MMVAE, MMVAE+, and mmJSD's joint posterior): z from an expert
+          drawn uniformly from S.
+- 'poe'   product of Gaussian experts with the prior N(0, I) as one more expert (MVAE).
+- 'mopoe' mixture of products of experts (MoPoE): a non-empty subset S' of S drawn uniformly
+          (2^|S| - 1 of them), then z from the product of the experts in S' (no prior expert).
+
+Unimodal posteriors have parameters (M, B, D); a subset is a bool mask (M,) or (M, B).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from moe_ebm_jax import distributions as dists
+
+AGGREGATIONS = ('moe', 'poe', 'mopoe')
+
+
+def nonempty_subsets(num_modalities: int) -> np.ndarray:
+  """Every non-empty subset of range(M) as a bool (2^M - 1, M) matrix, by size then
+  lexicographically."""
+  rows = [np.isin(np.arange(num_modalities), s)
+          for size in range(1, num_modalities + 1)
+          for s in itertools.combinations(range(num_modalities), size)]
+  return np.stack(rows)
+
+
+def product_of_experts(loc: jax.Array, scale: jax.Array, mask: jax.Array,
+                       prior_expert: bool = False) -> tuple[jax.Array, jax.Array]:
+  """Gaussian product of the experts in `mask` (precision-weighted): -> (loc, scale) (B, D).
+
+  loc, scale (M, B, D) standard deviations; mask bool (M,) or (M, B). With `prior_expert`,
+  N(0, I) is one more expert (so an empty mask gives the prior).
+  """
+  mask = jnp.asarray(mask)
+  mask = mask.reshape(mask.shape + (1,) * (loc.ndim - mask.ndim)).astype(loc.dtype)
+  precision = mask / jnp.square(scale)
+  total = precision.sum(axis=0) + (1.0 if prior_expert else 0.0)
+  return (precision * loc).sum(axis=0) / total, jax.lax.rsqrt(total)
+
+
+def uniform_choice(key: jax.Array, allowed: jax.Array) -> jax.Array:
+  """Per example an index drawn uniformly from the allowed ones: allowed bool (B, K) -> (B,)."""
+  return jax.random.categorical(key, jnp.where(allowed, 0.0, -jnp.inf), axis=-1)
+
+
+def sample(aggregation: str, loc: jax.Array, scale: jax.Array, mask: jax.Array, key: jax.Array,
+           family: str) -> jax.Array:
+  """One draw z (B, D) from q(z | X_S) for the unimodal posteriors (loc, scale) (M, B, D).
+
+  mask: bool (M,) or (M, B), at least one True per example.
+  """
+  m, b = loc.shape[:2]
+  mask = jnp.broadcast_to(jnp.asarray(mask).reshape((m, -1)), (m, b))
+  k_pick, k_noise = jax.random.split(key)
+  if aggregation == 'moe':
+    expert = uniform_choice(k_pick, mask.T)
+    rows = jnp.arange(b)
+    return dists.sample(family, k_noise, loc[expert, rows], scale[expert, rows])
+  if family != 'gaussian':
+    raise ValueError(f'aggregation {aggregation!r} multiplies Gaussian experts, not {family!r}.')
+  if aggregation == 'poe':
+    return dists.normal_sample(k_noise, *product_of_experts(loc, scale, mask, prior_expert=True))
+  if aggregation == 'mopoe':
+    subsets = jnp.asarray(nonempty_subsets(m))  # (S, M)
+    inside = ~jnp.any(subsets[None] & ~mask.T[:, None], axis=-1)  # (B, S): subset within mask.
+    chosen = subsets[uniform_choice(k_pick, inside)]  # (B, M)
+    return dists.normal_sample(k_noise, *product_of_experts(loc, scale, chosen.T))
+  raise ValueError(f'unknown aggregation {aggregation!r}; choose one of {AGGREGATIONS}.')

@@ -1,0 +1,98 @@
+"""Generation from a trained model: joint samples and conditional (cross) generation.
+
+Pure functions of (state, inputs, key) with the static `model` (train.Model) closed over by
+partial + jit. Used by the training loop's sample grids and by evaluation.py.
+
+- Joint: z from the prior (the EBM models: the prior Langevin chain), every w_m ~ p(w), decode.
+- Conditional on a subset S: z ~ q(z | X_S) as the model aggregates its experts (aggregation.py);
+  modalities in S keep their own posterior w, the others draw w ~ p(w); with `post_ld` z is
+  refined first by posterior Langevin on log p(X_S | z, w_S) + f_a(z) + log p0(z).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from moe_ebm_jax import aggregation
+from moe_ebm_jax import distributions as dists
+from moe_ebm_jax import ebm as ebm_lib
+
+
+def sample_prior_z(state, key: jax.Array, num_samples: int, *, model,
+                   keep_trajectory: bool = False):
+  """z (N, Dz) from the model's prior, and the prior chain's trajectory (or None)."""
+  vae = model.vae
+  if not model.has_ebm:
+    return vae.sample_prior(key, (num_samples, vae.latent_z)), None
+  z, diag = ebm_lib.sample_prior(model.energy, state.ebm_params, key, num_samples, vae.latent_z,
+                                 num_steps=model.prior_steps, step_size=model.prior_step_size,
+                                 noise_scale=model.noise_scale, keep_trajectory=keep_trajectory,
+                                 unroll=model.langevin_unroll)
+  return z, (diag['trajectory'] if keep_trajectory else None)
+
+
+def decode_shared(model, vae_params, w: jax.Array, z: jax.Array) -> jax.Array:
+  """Decodes every modality from its w (M, N, Dw) and the shared z (N, Dz): (N, M, 28, 28, 3)
+  clipped to [0, 1]."""
+  m = model.vae.num_modalities
+  latents = jnp.concatenate([w, jnp.broadcast_to(z[None], (m,) + z.shape)], axis=-1)
+  return jnp.moveaxis(jnp.clip(model.vae.decode(vae_params, latents), 0.0, 1.0), 0, 1)
+
+
+def joint_generate(state, key: jax.Array, *, model, num_samples: int,
+                   keep_trajectory: bool = False):
+  """Joint samples (N, M, 28, 28, 3) in [0, 1], and the prior chain's trajectory or None."""
+  vae = model.vae
+  k_prior, k_w = jax.random.split(key)
+  z, trajectory = sample_prior_z(state, k_prior, num_samples, model=model,
+                                 keep_trajectory=keep_trajectory)
+  w = vae.sample_prior(k_w, (vae.num_modalities, num_samples, vae.latent_w))
+  return decode_shared(model, state.vae_params, w, z), trajectory
+
+
+def conditional_generate(state, images: jax.Array, subset: jax.Array, key: jax.Array, *, model,
+                         post_ld: bool, keep_trajectory: bool = False):
+  """Decodes every modality given the modalities in `subset`.
+
+  Args:
+    images: (B, M, 28, 28, 3) in [0, 1]; only the rows of `subset` are read.
+    subset: bool (M,), the observed modalities (at least one).
+    post_ld: refine z by the posterior Langevin chain on the observed modalities (EBM models).
+
+  Returns:
+    (decodes (B, M, 28, 28, 3) clipped to [0, 1], z (B, Dz), trajectory (steps, B, Dz) or None).
+  """
+  vae = model.vae
+  k_z, k_w, k_prior_w, k_ld = jax.random.split(key, 4)
+  post = vae.encode(state.vae_params, images)  # (M, B, .)
+  z = aggregation.sample(model.aggregation, post.z_loc, post.z_scale, subset, k_z,
+                         vae.distribution)
+  w_q = dists.sample(vae.distribution, k_w, post.w_loc, post.w_scale)
+  trajectory = None
+  if post_ld:
+    final, diag = ebm_lib.sample_posterior(
+        vae, state.vae_params, model.energy, state.ebm_params, images, z, w_q, k_ld,
+        num_steps=model.posterior_steps, step_size=model.posterior_step_size,
+        noise_scale=model.noise_scale, latents=model.posterior_latents, observed=subset,
+        keep_trajectory=keep_trajectory, unroll=model.langevin_unroll)
+    z = final['z']
+    if 'w' in final:
+      w_q = jnp.moveaxis(final['w'], 1, 0)
+    if keep_trajectory:
+      trajectory = diag['trajectory']['z']
+  w = jnp.where(subset[:, None, None], w_q, vae.sample_prior(k_prior_w, w_q.shape))
+  return decode_shared(model, state.vae_params, w, z), z, trajectory
+
+
+def sample_grids(state, images: jax.Array, key: jax.Array, *, model,
+                 num_samples: int) -> dict[str, jax.Array]:
+  """TensorBoard grids: joint samples (N, M, 28, 28, 3) and cross generation from each source
+  (M_src, N, M, 28, 28, 3) of the first N `images` (pre-LD)."""
+  m = model.vae.num_modalities
+  k_joint, k_cross = jax.random.split(key)
+  joint, _ = joint_generate(state, k_joint, model=model, num_samples=num_samples)
+  cross = [conditional_generate(state, images[:num_samples], jnp.arange(m) == src,
+                                jax.random.fold_in(k_cross, src), model=model, post_ld=False)[0]
+           for src in range(m)]
+  return {'joint': joint, 'cross': jnp.stack(cross)}
