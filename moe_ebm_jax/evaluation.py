@@ -18,7 +18,6 @@ Protocols (../shared/docs/method.md section 5):
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import os
 import time
@@ -29,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from moe_ebm_jax import aggregation
 from moe_ebm_jax import generation
 from moe_ebm_jax import input_pipeline
 from moe_ebm_jax import metric_logging
@@ -38,8 +38,8 @@ from moe_ebm_jax import train as train_lib
 
 def subsets(num_modalities: int) -> list[tuple[int, ...]]:
   """Every non-empty proper subset of range(M), by size then lexicographically."""
-  return [s for size in range(1, num_modalities)
-          for s in itertools.combinations(range(num_modalities), size)]
+  full = aggregation.nonempty_subsets(num_modalities)[:-1]  # The last row is every modality.
+  return [tuple(int(i) for i in np.flatnonzero(row)) for row in full]
 
 
 def cross_coherence(correct: np.ndarray) -> float:
