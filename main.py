@@ -4,6 +4,7 @@ r"""moe_ebm_jax command line.
   python main.py --config=configs/polymnist.py:moe_ebm --workdir=/tmp/moe_ebm --mode=eval
   python main.py --config=configs/polymnist.py --mode=prepare
   python main.py --config=configs/smoke.py:moe_ebm --config.data.mnist=/path/mnist.npz --mode=prepare
+  python main.py --mode=compare --workdir=/tmp/mmvaeplus --workdir=/tmp/moe_ebm --compare_dir=/tmp/cmp
 
 The config argument after ':' picks the model; any field can be overridden with
 --config.<field>=<value> (type-checked).
@@ -15,6 +16,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from moe_ebm_jax import classifiers
+from moe_ebm_jax import comparison
 from moe_ebm_jax import config_lib
 from moe_ebm_jax import evaluation
 from moe_ebm_jax import input_pipeline
@@ -22,21 +24,34 @@ from moe_ebm_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/polymnist.py:moe_ebm.',
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, logs); used by the '
-                               'training and evaluation modes.')
+_WORKDIR = flags.DEFINE_multi_string(
+    'workdir', None, 'Run directory (checkpoints, logs): one for train and eval; repeat it once '
+    'per run for compare.')
+_COMPARE_DIR = flags.DEFINE_string('compare_dir', 'comparison',
+                                   'Where --mode=compare writes comparison.md, .json and .png.')
 _MODE = flags.DEFINE_enum(
-    'mode', 'train', ['train', 'eval', 'prepare', 'train_classifiers'],
+    'mode', 'train', ['train', 'eval', 'prepare', 'train_classifiers', 'compare'],
     'train: train (resuming a run in --workdir), with periodic test loss and sample grids; '
     'eval: coherence and figures of the latest checkpoint in --workdir (<workdir>/eval); '
     'prepare: only build PolyMNIST into config.data.data_dir; '
-    'train_classifiers: train (or load) the coherence classifiers of the dataset.')
-flags.mark_flags_as_required(['config'])
+    'train_classifiers: train (or load) the coherence classifiers of the dataset; '
+    'compare: the evaluated runs of every --workdir in one table (the paper\'s Table 1 layout, '
+    'its numbers beside ours) and a plot, in --compare_dir (no --config needed).')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  workdirs = _WORKDIR.value or []
+  if _MODE.value == 'compare':
+    result = comparison.compare(workdirs, _COMPARE_DIR.value)
+    print(result['table'])
+    logging.info('Comparison of %d runs written to %s (plot: %s).', len(workdirs),
+                 _COMPARE_DIR.value, result['plot'] or "none: pip install '.[plot]'")
+    return
   config = _CONFIG.value
+  if config is None:
+    raise app.UsageError(f'--config is required for --mode={_MODE.value}.')
   config_lib.validate(config)
   logging.info('Config:\n%s', config)
   if _MODE.value == 'prepare':
@@ -44,12 +59,13 @@ def main(argv):
   elif _MODE.value == 'train_classifiers':
     classifiers.load_or_train(config.data)
   else:
-    if not _WORKDIR.value:
-      raise app.UsageError(f'--workdir is required for --mode={_MODE.value}.')
+    if len(workdirs) != 1:
+      raise app.UsageError(f'--mode={_MODE.value} takes exactly one --workdir, got '
+                           f'{len(workdirs)}.')
     if _MODE.value == 'train':
-      train.train_and_evaluate(config, _WORKDIR.value)
+      train.train_and_evaluate(config, workdirs[0])
     else:
-      evaluation.evaluate_run(config, _WORKDIR.value)
+      evaluation.evaluate_run(config, workdirs[0])
 
 
 if __name__ == '__main__':

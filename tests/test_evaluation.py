@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from moe_ebm_jax import comparison
 from moe_ebm_jax import evaluation
 from moe_ebm_jax import generation
 from moe_ebm_jax import train
@@ -114,6 +115,13 @@ def test_constant_classifier_gives_closed_form_coherence(trained, polymnist_dir)
   for name in ('joint_samples.png', 'cross_from_m0.png', 'pre_vs_post_ld_from_m0.png',
                'prior_langevin_trajectory.png'):
     assert os.path.getsize(os.path.join(out, name)) > 100 and name in report
+  # --mode=compare reads this run's real metrics.json into the paper's rows.
+  pre, post = comparison.collect([workdir])
+  assert (pre.paper_name, post.paper_name) == ('MOE-EBM pre-LD', 'MOE-EBM post-LD')
+  assert post.ours['joint_coherence'] == 1.0 and pre.ours['joint_coherence'] is None
+  assert pre.ours['cross_coherence'] == pytest.approx(expected)
+  assert post.ours['cross_fid'] == pytest.approx(f['post_ld']['cross_fid'])
+  assert f'N={n}' in post.counts
 
 
 def test_eval_without_checkpoint_is_a_clear_error(polymnist_dir, tmp_path, monkeypatch):

@@ -1,0 +1,204 @@
+"""Comparison of evaluated runs: one table in the layout of the paper's Table 1, and a plot.
+
+Reads <workdir>/eval/metrics.json of each run (written by `main.py --mode=eval`) and puts every
+row (MOE-EBM contributes a pre-LD and a post-LD row) next to the paper's figure for the same
+system. The paper's numbers are PolyMNIST with 10,000 samples per FID set; ours carry their own
+counts, so the table states them per row.
+
+  python main.py --mode=compare --workdir=W1 --workdir=W2 --compare_dir=OUT
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Sequence
+
+# The paper's Table 1 (../shared/docs/method.md section 2): (joint coherence, cross coherence,
+# joint FID, cross FID); None where the paper has no number. Rows marked * there were copied from
+# the MMVAE+ paper.
+PAPER_TABLE = {
+    'MMVAE': (0.232, 0.844, 164.71, 150.83),
+    'mmJSD': (0.060, 0.778, 180.55, 222.09),
+    'MoPoE': (0.141, 0.720, 107.11, 178.27),
+    'MMVAE+': (0.344, 0.869, 96.01, 92.81),
+    'EBM-MMVAE': (0.340, 0.856, 129.66, 152.01),
+    'EBM-MMVAE+': (0.531, 0.877, 100.65, 95.37),
+    'MOE-EBM pre-LD': (None, 0.885, None, 94.72),
+    'MOE-EBM post-LD': (0.574, 0.943, 98.23, 90.32),
+}
+
+# (our model name, metrics tag) -> the paper's row. MVAE is not in the paper's table.
+PAPER_ROW = {
+    ('mmvae', 'q'): 'MMVAE',
+    ('mmjsd', 'q'): 'mmJSD',
+    ('mopoe', 'q'): 'MoPoE',
+    ('mmvaeplus', 'q'): 'MMVAE+',
+    ('ebm_mmvae', 'pre_ld'): 'EBM-MMVAE',
+    ('ebm_mmvaeplus', 'pre_ld'): 'EBM-MMVAE+',
+    ('moe_ebm', 'pre_ld'): 'MOE-EBM pre-LD',
+    ('moe_ebm', 'post_ld'): 'MOE-EBM post-LD',
+}
+
+# Which row of a run carries the joint numbers (they do not depend on the posterior mode): the
+# row the paper reports them in. Default 'q'.
+JOINT_ROW_TAG = {'moe_ebm': 'post_ld', 'ebm_mmvae': 'pre_ld', 'ebm_mmvaeplus': 'pre_ld'}
+
+METRICS = ('joint_coherence', 'cross_coherence', 'joint_fid', 'cross_fid')
+_TAG_SUFFIX = {'q': '', 'pre_ld': ' pre-LD', 'post_ld': ' post-LD'}
+
+
+class CompareError(ValueError):
+  """A run that cannot be compared (no evaluation, unreadable or incomplete metrics)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One system of one run: our numbers (None where not measured) and the paper's."""
+  run: str  # The workdir as given.
+  model: str  # config model name, e.g. 'moe_ebm'.
+  tag: str  # 'q', 'pre_ld' or 'post_ld'.
+  step: int
+  ours: dict[str, float | None]
+  paper_name: str | None
+  paper: dict[str, float | None]
+  counts: str  # Sample counts behind our numbers.
+
+  @property
+  def label(self) -> str:
+    return self.model + _TAG_SUFFIX[self.tag]
+
+
+def load_metrics(workdir: str) -> dict[str, Any]:
+  """<workdir>/eval/metrics.json, or a CompareError that says how to make it."""
+  path = os.path.join(workdir, 'eval', 'metrics.json')
+  if not os.path.exists(path):
+    raise CompareError(f'{path} does not exist: evaluate the run first '
+                       f'(python main.py --config=... --workdir={workdir} --mode=eval).')
+  try:
+    with open(path) as f:
+      metrics = json.load(f)
+  except (OSError, ValueError) as e:
+    raise CompareError(f'{path} is unreadable: {e}') from e
+  for key in ('model', 'step', 'coherence'):
+    if not isinstance(metrics, dict) or key not in metrics:
+      raise CompareError(f'{path} has no {key!r}: not written by --mode=eval of this version.')
+  return metrics
+
+
+def rows_of_run(workdir: str, metrics: dict[str, Any]) -> list[Row]:
+  """The table rows of one evaluated run: one per posterior mode (q, or pre- and post-LD)."""
+  c = metrics['coherence']
+  fid = metrics.get('fid') or None
+  tags = [t for t in ('q', 'pre_ld', 'post_ld') if t in c]
+  if not tags:
+    raise CompareError(f'{workdir}: metrics.json has no cross coherence (q, pre_ld or post_ld).')
+  counts = f"cross {c['num_test_examples']} test, joint {c['num_joint_samples']}"
+  counts += f", FID N={fid['num_samples']}" if fid else ', no FID'
+  rows = []
+  joint_tag = JOINT_ROW_TAG.get(metrics['model'], 'q')
+  for tag in tags:
+    joint_row = tag == joint_tag
+    ours = {
+        'joint_coherence': c['joint_coherence'] if joint_row else None,
+        'cross_coherence': c[tag]['cross_coherence'],
+        'joint_fid': fid['joint_fid'] if fid and joint_row else None,
+        'cross_fid': fid[tag]['cross_fid'] if fid else None,
+    }
+    paper_name = PAPER_ROW.get((metrics['model'], tag))
+    paper_values = PAPER_TABLE[paper_name] if paper_name else (None,) * len(METRICS)
+    rows.append(Row(run=workdir, model=metrics['model'], tag=tag, step=int(metrics['step']),
+                    ours=ours, paper_name=paper_name, paper=dict(zip(METRICS, paper_values)),
+                    counts=counts))
+  return rows
+
+
+def collect(workdirs: Sequence[str]) -> list[Row]:
+  """Rows of every run, in the order given. Every run is read before anything is written."""
+  if not workdirs:
+    raise CompareError('no runs to compare: pass --workdir once per run.')
+  rows = []
+  for w in workdirs:
+    rows += rows_of_run(w, load_metrics(w))
+  return rows
+
+
+def _fmt(value: float | None, spec: str) -> str:
+  return '-' if value is None else format(value, spec)
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+  """Table 1's columns for our runs, each followed by the paper's figure for that system."""
+  lines = ['| run | system | step | joint coh. (paper) | cross coh. (paper) | joint FID (paper) '
+           '| cross FID (paper) | counts |', '|---|---|---|---|---|---|---|---|']
+  for r in rows:
+    cells = []
+    for metric, spec in zip(METRICS, ('.3f', '.3f', '.2f', '.2f')):
+      cells.append(f'{_fmt(r.ours[metric], spec)} ({_fmt(r.paper[metric], spec)})')
+    system = r.label + (f' ~ {r.paper_name}' if r.paper_name else ' (not in the paper)')
+    lines.append(f'| {r.run} | {system} | {r.step} | ' + ' | '.join(cells) + f' | {r.counts} |')
+  return '\n'.join(lines)
+
+
+def report(rows: Sequence[Row], plot_file: str | None) -> str:
+  text = ['# Comparison', '',
+          'Ours first, the paper\'s Table 1 in parentheses (PolyMNIST; its FIDs use 10,000 samples '
+          'per set; ours use the N in the counts column, and small N biases FID upwards, so only '
+          'FIDs with equal N compare). "-": not defined for that row or not measured.', '',
+          markdown_table(rows), '']
+  if plot_file:
+    text += [f'![comparison]({plot_file})', '']
+  return '\n'.join(text)
+
+
+def plot(rows: Sequence[Row], path: str) -> bool:
+  """Coherence and FID per system, ours beside the paper's, as a PNG. False if matplotlib is
+  missing (it is optional: pip install '.[plot]')."""
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return False
+  matplotlib.use('Agg')  # Files only; no display needed.
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  titles = ('joint coherence (higher is better)', 'cross coherence (higher is better)',
+            'joint FID (lower is better)', 'cross FID (lower is better)')
+  fig, axes = plt.subplots(1, 4, figsize=(4 * 4, 1.2 + 0.45 * len(rows)), squeeze=False)
+  labels = [f'{r.label}\n{os.path.basename(os.path.normpath(r.run))}' for r in rows]
+  positions = range(len(rows))
+  for ax, metric, title in zip(axes[0], METRICS, titles):
+    ours = [r.ours[metric] for r in rows]
+    paper = [r.paper[metric] for r in rows]
+    ax.barh([p + 0.2 for p in positions], [v if v is not None else 0 for v in ours], height=0.4,
+            label='this run', color='tab:blue')
+    ax.barh([p - 0.2 for p in positions], [v if v is not None else 0 for v in paper], height=0.4,
+            label='paper', color='tab:gray')
+    ax.set_title(title, fontsize=9)
+    if 'coherence' in metric:
+      ax.set_xlim(0, 1)
+    ax.set_yticks(list(positions))
+    ax.set_yticklabels(labels if metric == METRICS[0] else [], fontsize=8)
+    ax.invert_yaxis()
+  axes[0][0].legend(fontsize=8, loc='lower right')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return True
+
+
+def compare(workdirs: Sequence[str], out_dir: str) -> dict[str, Any]:
+  """Writes out_dir/comparison.md, comparison.json and (with matplotlib) comparison.png.
+
+  Returns {'rows': [...], 'table': markdown, 'plot': file name or None}.
+  """
+  rows = collect(workdirs)
+  os.makedirs(out_dir, exist_ok=True)
+  plot_file = 'comparison.png' if plot(rows, os.path.join(out_dir, 'comparison.png')) else None
+  text = report(rows, plot_file)
+  with open(os.path.join(out_dir, 'comparison.md'), 'w') as f:
+    f.write(text)
+  records = [dict(dataclasses.asdict(r), label=r.label) for r in rows]
+  with open(os.path.join(out_dir, 'comparison.json'), 'w') as f:
+    json.dump(records, f, indent=2)
+  return {'rows': records, 'table': markdown_table(rows), 'plot': plot_file}
