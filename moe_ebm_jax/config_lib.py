@@ -92,6 +92,10 @@ def base_config(model: str | None) -> ml_collections.ConfigDict:
   # Unrolled chains ran a CPU-width posterior chain 7.5x faster on XLA:CPU than a rolled
   # lax.scan loop (0.35 vs 2.6 s per Langevin step, measured); compiles take longer.
   c.ebm.unroll_chains = True
+  # Weight of energy_l2 * (mean f^2 at prior + at posterior samples) in the EBM loss; 0 is the
+  # paper's loss. Without it a CPU-width MOE-EBM diverged (f_a at posterior samples in the
+  # thousands) by step 1,200 in a GPU probe.
+  c.ebm.energy_l2 = 0.0
   c.ebm.max_abs_energy = 1e4  # An |energy| above this counts as an explosion (step skipped).
 
   c.num_train_steps = 250 * 468  # 250 epochs of 60,000 / 128 (the MMVAE+ schedule).
@@ -179,6 +183,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"ebm.posterior_latents={config.ebm.posterior_latents!r}, expected 'z' or 'zw'")
   for key in ('prior_steps', 'posterior_steps'):
     check(config.ebm[key] >= 0, f'ebm.{key}={config.ebm[key]} < 0')
+  check(config.ebm.energy_l2 >= 0, f'ebm.energy_l2={config.ebm.energy_l2} < 0')
   check(config.on_divergence in ('restore', 'stop'),
         f"on_divergence={config.on_divergence!r}, expected 'restore' or 'stop'")
   for key in ('num_joint_samples', 'num_fid_samples', 'fid_batch_size'):

@@ -99,11 +99,18 @@ def sample_posterior(vae: models.MultimodalVAE, vae_params: Params,
 
 
 def ebm_loss(energy: networks.EnergyMLP, ebm_params: Params, z_prior: jax.Array,
-             z_posterior: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """mean f_a(prior) - mean f_a(posterior) over (..., D) samples, with energy diagnostics."""
+             z_posterior: jax.Array, energy_l2: float = 0.0
+             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """mean f_a(prior) - mean f_a(posterior) over (..., D) samples, with energy diagnostics.
+
+  energy_l2 > 0 adds energy_l2 * (mean f_a(prior)^2 + mean f_a(posterior)^2) (as Du & Mordatch
+  2019): it keeps f_a from growing without bound at posterior samples the short-run prior
+  chains do not reach, which the encoder, rewarded by f_a through the KL term, would chase.
+  """
   f_prior = energy.apply(ebm_params, jax.lax.stop_gradient(z_prior))
   f_post = energy.apply(ebm_params, jax.lax.stop_gradient(z_posterior))
-  loss = f_prior.mean() - f_post.mean()
+  contrastive = f_prior.mean() - f_post.mean()
+  loss = contrastive + energy_l2 * (jnp.square(f_prior).mean() + jnp.square(f_post).mean())
   # Energies are -f_a: report them as such.
-  return loss, {'ebm_loss': loss, 'energy_prior': -f_prior.mean(),
+  return loss, {'ebm_loss': contrastive, 'energy_prior': -f_prior.mean(),
                 'energy_posterior': -f_post.mean()}

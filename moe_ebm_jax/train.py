@@ -84,6 +84,7 @@ class Model:
   noise_scale: float
   posterior_latents: str
   max_abs_energy: float
+  energy_l2: float = 0.0  # Weight of the EBM's energy-magnitude penalty (config.ebm.energy_l2).
   langevin_unroll: int | bool = 1  # lax.scan's unroll for the chains (config.ebm.unroll_chains).
 
   @property
@@ -111,6 +112,7 @@ def make_model(config: ml_collections.ConfigDict) -> Model:
       posterior_steps=config.ebm.posterior_steps,
       posterior_step_size=config.ebm.posterior_step_size, noise_scale=config.ebm.noise_scale,
       posterior_latents=config.ebm.posterior_latents, max_abs_energy=config.ebm.max_abs_energy,
+      energy_l2=config.ebm.energy_l2,
       langevin_unroll=True if config.ebm.unroll_chains else 1)
 
 
@@ -176,7 +178,8 @@ def train_step(state: TrainState, images: jax.Array, *, model: Model, vae_tx,
     else:
       z_post = z_q  # Every expert's sample: the mixture's expectation without picking.
     (ebm_loss, ebm_metrics), ebm_grads = jax.value_and_grad(
-        lambda p: ebm_lib.ebm_loss(model.energy, p, z_prior, z_post), has_aux=True)(
+        lambda p: ebm_lib.ebm_loss(model.energy, p, z_prior, z_post, model.energy_l2),
+        has_aux=True)(
             state.ebm_params)
     metrics.update(ebm_metrics)
     if model.prior_steps:

@@ -76,6 +76,29 @@ def test_ebm_loss_value_gradient_and_stopped_samples(energy_params):
   assert float(jnp.abs(jax.grad(lambda z: f(energy_params, z).mean())(z_prior)).max()) > 1e-3
 
 
+def test_energy_l2_penalty_adds_the_squared_energies(energy_params):
+  rng = np.random.default_rng(3)
+  z_prior = jnp.asarray(rng.laplace(size=(6, DZ)), jnp.float32)
+  z_post = jnp.asarray(rng.normal(size=(5, DZ)), jnp.float32)
+  f = lambda p, z: ENERGY.apply(p, z)
+  lam = 0.3
+  loss, diag = ebm.ebm_loss(ENERGY, energy_params, z_prior, z_post, energy_l2=lam)
+  f_prior = np.asarray(f(energy_params, z_prior), np.float64)
+  f_post = np.asarray(f(energy_params, z_post), np.float64)
+  contrastive = f_prior.mean() - f_post.mean()
+  np.testing.assert_allclose(float(loss), contrastive + lam * ((f_prior ** 2).mean() +
+                                                               (f_post ** 2).mean()), rtol=1e-5)
+  np.testing.assert_allclose(float(diag['ebm_loss']), contrastive, rtol=1e-5, atol=1e-6)
+  # d/da of lam * mean f^2 = 2 lam mean(f grad f): check on the bias of the output layer, where
+  # grad f = 1, so its gradient is 1/n - 1/n + 2 lam (mean f_prior + mean f_post) = 2 lam (...).
+  grad = jax.grad(lambda p: ebm.ebm_loss(ENERGY, p, z_prior, z_post, energy_l2=lam)[0])(
+      energy_params)
+  out_bias = [g for path, g in jax.tree_util.tree_leaves_with_path(grad)
+              if 'bias' in jax.tree_util.keystr(path)][-1]
+  np.testing.assert_allclose(float(out_bias.reshape(())), 2 * lam * (f_prior.mean() +
+                                                                      f_post.mean()), rtol=1e-4)
+
+
 # ------------------------------------------------------------------ (b) posterior_log_prob
 
 
