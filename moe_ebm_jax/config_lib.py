@@ -64,6 +64,9 @@ def base_config(model: str | None) -> ml_collections.ConfigDict:
   c.model.modality_loop = 'unroll'  # Or 'map': compiles faster, runs slower (models.py).
   c.model.likelihood_scale = 0.75  # Laplace scale of p(x | w, z) (MMVAE+).
   c.model.beta = 2.5
+  # KL warm-up: beta grows linearly over the first N training steps (0: constant, the paper).
+  # The test loss always uses the full beta.
+  c.model.beta_warmup_steps = 0
   c.model.num_samples = 1  # K importance samples per source.
   c.model.estimator = 'elbo'  # 'elbo' (K = 1 is the published setting), 'iwae', 'dreg'.
   # The ablations are config choices: prior on z ('fixed': family(0, I); 'ebm': exp(f_a(z))
@@ -183,6 +186,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"ebm.posterior_latents={config.ebm.posterior_latents!r}, expected 'z' or 'zw'")
   for key in ('prior_steps', 'posterior_steps'):
     check(config.ebm[key] >= 0, f'ebm.{key}={config.ebm[key]} < 0')
+  check(isinstance(config.model.beta_warmup_steps, int) and config.model.beta_warmup_steps >= 0,
+        f'model.beta_warmup_steps={config.model.beta_warmup_steps!r} must be an integer >= 0')
   check(config.ebm.energy_l2 >= 0, f'ebm.energy_l2={config.ebm.energy_l2} < 0')
   check(config.on_divergence in ('restore', 'stop'),
         f"on_divergence={config.on_divergence!r}, expected 'restore' or 'stop'")

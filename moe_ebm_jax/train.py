@@ -86,6 +86,7 @@ class Model:
   max_abs_energy: float
   energy_l2: float = 0.0  # Weight of the EBM's energy-magnitude penalty (config.ebm.energy_l2).
   langevin_unroll: int | bool = 1  # lax.scan's unroll for the chains (config.ebm.unroll_chains).
+  beta_warmup_steps: int = 0  # beta grows linearly from beta / N to beta over the first N steps.
 
   @property
   def has_ebm(self) -> bool:
@@ -95,6 +96,12 @@ class Model:
   def aggregation(self) -> str:
     """How q(z | X_S) combines the unimodal posteriors (aggregation.py)."""
     return objectives.get(self.objective).aggregation
+
+  def beta_at(self, step: jax.Array) -> jax.Array | float:
+    """The KL weight of training step `step` (0-based): beta * min(1, (step + 1) / N)."""
+    if not self.beta_warmup_steps:
+      return self.beta
+    return self.beta * jnp.minimum(1.0, (step + 1) / self.beta_warmup_steps)
 
   def log_prior_z(self, ebm_params: Params):
     if not self.has_ebm:
@@ -106,7 +113,8 @@ def make_model(config: ml_collections.ConfigDict) -> Model:
   return Model(
       vae=models.make_vae(config),
       energy=models.make_energy(config) if config.model.prior == 'ebm' else None,
-      objective=config.model.objective, beta=config.model.beta, num_samples=config.model.num_samples,
+      objective=config.model.objective, beta=config.model.beta,
+      beta_warmup_steps=config.model.beta_warmup_steps, num_samples=config.model.num_samples,
       estimator=config.model.estimator, posterior_sampler=config.model.posterior_sampler,
       prior_steps=config.ebm.prior_steps, prior_step_size=config.ebm.prior_step_size,
       posterior_steps=config.ebm.posterior_steps,
@@ -151,11 +159,14 @@ def train_step(state: TrainState, images: jax.Array, *, model: Model, vae_tx,
 
   def vae_loss_fn(vae_params):
     return objectives.get(model.objective).fn(
-        model.vae, vae_params, images, k_vae, beta=model.beta, num_samples=model.num_samples,
+        model.vae, vae_params, images, k_vae, beta=model.beta_at(state.step),
+        num_samples=model.num_samples,
         estimator=model.estimator, log_prior_z=model.log_prior_z(state.ebm_params))
 
   (vae_loss, aux), vae_grads = jax.value_and_grad(vae_loss_fn, has_aux=True)(state.vae_params)
   metrics = dict(aux.metrics)
+  if model.beta_warmup_steps:
+    metrics['beta'] = jnp.asarray(model.beta_at(state.step), jnp.float32)
   ok_vae = jnp.isfinite(vae_loss) & _all_finite(vae_grads)
 
   if model.has_ebm:

@@ -287,3 +287,31 @@ def test_signal_saves_a_checkpoint_and_exits_cleanly(polymnist_dir, tmp_path, si
   assert 'saving a checkpoint and stopping' in log
   steps = checkpointing.Checkpointer(workdir, keep_latest=3, keep_best=1).all_steps()
   assert len(steps) == 1 and steps[0] >= 3
+
+
+def test_beta_warmup_step_equals_a_step_with_the_scaled_beta(polymnist_dir):
+  """Step s of a warm-up over N steps is exactly a step with beta * (s + 1) / N, then beta."""
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.uniform(size=(4, 5, 28, 28, 3)), jnp.float32)
+
+  def step_once(step, **overrides):
+    config = smoke_config(polymnist_dir, 'mmvaeplus', **overrides)
+    model = train.make_model(config)
+    vae_tx, ebm_tx = train.make_optimizers(config)
+    state = train.init_state(model, vae_tx, ebm_tx, jax.random.PRNGKey(0))
+    state = state.replace(step=jnp.asarray(step, jnp.int32))
+    return train.train_step(state, images, model=model, vae_tx=vae_tx, ebm_tx=ebm_tx)
+
+  beta = smoke_config(polymnist_dir, 'mmvaeplus').model.beta
+  for step, fraction in ((1, 2 / 4), (3, 1.0), (7, 1.0)):
+    warm, warm_metrics = step_once(step, **{'model.beta_warmup_steps': 4})
+    fixed, fixed_metrics = step_once(step, **{'model.beta': beta * fraction})
+    assert float(warm_metrics['beta']) == pytest.approx(beta * fraction)
+    np.testing.assert_allclose(float(warm_metrics['vae_loss']), float(fixed_metrics['vae_loss']),
+                               rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(warm.vae_params), jax.tree.leaves(fixed.vae_params)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  # A warm-up step is not a full-beta step: the KL weight matters to the loss.
+  _, full_metrics = step_once(1)
+  assert abs(float(full_metrics['vae_loss']) - float(step_once(
+      1, **{'model.beta_warmup_steps': 4})[1]['vae_loss'])) > 1e-3
