@@ -63,6 +63,7 @@ def base_config(model: str | None) -> ml_collections.ConfigDict:
   c.model.latent_z = 32 if objective.private_latents else 64
   c.model.modality_loop = 'unroll'  # Or 'map': compiles faster, runs slower (models.py).
   c.model.likelihood_scale = 0.75  # Laplace scale of p(x | w, z) (MMVAE+).
+  c.model.posterior_scale_multiplier = 1.0  # Times every posterior scale (models.py); 1: MMVAE+.
   c.model.beta = 2.5
   # KL warm-up: beta grows linearly over the first N training steps (0: constant, the paper).
   # The test loss always uses the full beta.
@@ -186,6 +187,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"ebm.posterior_latents={config.ebm.posterior_latents!r}, expected 'z' or 'zw'")
   for key in ('prior_steps', 'posterior_steps'):
     check(config.ebm[key] >= 0, f'ebm.{key}={config.ebm[key]} < 0')
+  check(config.model.posterior_scale_multiplier > 0,
+        f'model.posterior_scale_multiplier={config.model.posterior_scale_multiplier} must be > 0')
   check(isinstance(config.model.beta_warmup_steps, int) and config.model.beta_warmup_steps >= 0,
         f'model.beta_warmup_steps={config.model.beta_warmup_steps!r} must be an integer >= 0')
   check(config.ebm.energy_l2 >= 0, f'ebm.energy_l2={config.ebm.energy_l2} < 0')

@@ -51,6 +51,11 @@ class MultimodalVAE:
   latent_z: int = 32
   likelihood_scale: float = 0.75  # Fixed Laplace scale of p(x | w, z) (MMVAE+).
   scale_eps: float = 1e-6
+  # Multiplies every posterior scale (1: the reference). Below 1 the posteriors start less
+  # noisy: MMVAE+'s softmax scales sum to D, so at initialisation each latent carries Laplace
+  # noise of scale 1 against encoder means that vary by ~0.1 across examples, and a narrow
+  # model can sit for thousands of steps with its decoders ignoring the latents.
+  posterior_scale_multiplier: float = 1.0
   # Family of the posteriors and of the fixed priors p(z), p(w) = family(0, 1): 'laplace'
   # (MMVAE, MMVAE+) or 'gaussian' (MVAE, mmJSD, MoPoE). latent_w = 0: one shared latent only.
   distribution: str = 'laplace'
@@ -92,7 +97,8 @@ class MultimodalVAE:
     """images (B, M, 28, 28, 3) -> posteriors with (M, B, latent) parameters."""
     w_loc, w_logits, z_loc, z_logits = self._per_modality(
         self.encoder.apply, params['encoders'], jnp.moveaxis(images, 1, 0))
-    scale = lambda logits: dists.scale_from_logits(self.distribution, logits, self.scale_eps)
+    scale = lambda logits: self.posterior_scale_multiplier * dists.scale_from_logits(
+        self.distribution, logits, self.scale_eps)
     return Posteriors(w_loc, scale(w_logits), z_loc, scale(z_logits))
 
   def decode(self, params: Params, latents: jax.Array) -> jax.Array:
@@ -124,6 +130,7 @@ def make_vae(config: ml_collections.ConfigDict) -> MultimodalVAE:
                        widths=tuple(config.model.widths),
                        latent_w=config.model.latent_w, latent_z=config.model.latent_z,
                        likelihood_scale=config.model.likelihood_scale,
+                       posterior_scale_multiplier=config.model.posterior_scale_multiplier,
                        distribution=config.model.distribution,
                        modality_loop=config.model.modality_loop)
 

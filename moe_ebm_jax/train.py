@@ -50,7 +50,7 @@ BAD_VAE, BAD_EBM, BAD_ENERGY = 1, 2, 4
 COMPATIBLE_KEYS = ('model.name', 'model.widths', 'model.latent_w', 'model.latent_z',
                    'model.prior', 'ebm.hidden', 'ebm.activation', 'data.num_modalities',
                    'data.seed', 'data.backgrounds', 'optim.amsgrad',
-                   'optim.grad_clip_norm')
+                   'optim.grad_clip_norm', 'model.posterior_scale_multiplier')
 
 
 @flax.struct.dataclass

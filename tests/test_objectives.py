@@ -327,3 +327,18 @@ def test_mmvaeplus_dreg_changes_only_encoder_gradients(multi_sample):
   diffs = [float(jnp.abs(a - b).max()) for a, b in
            zip(jax.tree.leaves(g_iwae['encoders']), jax.tree.leaves(g_dreg['encoders']))]
   assert max(diffs) > 1e-3
+
+
+def test_posterior_scale_multiplier_scales_only_the_scales():
+  base = models.MultimodalVAE(num_modalities=2, widths=(2, 2, 2), latent_w=3, latent_z=4)
+  scaled = models.MultimodalVAE(num_modalities=2, widths=(2, 2, 2), latent_w=3, latent_z=4,
+                                posterior_scale_multiplier=0.1)
+  params = base.init(jax.random.PRNGKey(0))
+  images = jax.random.uniform(jax.random.PRNGKey(1), (3, 2, 28, 28, 3))
+  a, b = base.encode(params, images), scaled.encode(params, images)
+  np.testing.assert_array_equal(a.z_loc, b.z_loc)
+  np.testing.assert_array_equal(a.w_loc, b.w_loc)
+  np.testing.assert_allclose(b.z_scale, 0.1 * a.z_scale, rtol=1e-6)
+  np.testing.assert_allclose(b.w_scale, 0.1 * a.w_scale, rtol=1e-6)
+  # The reference's softmax scales of one example sum to D; scaled ones to 0.1 D.
+  np.testing.assert_allclose(b.z_scale.sum(-1), 0.4, rtol=1e-4)
