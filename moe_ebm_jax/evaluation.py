@@ -402,6 +402,9 @@ def evaluate_run(config, workdir: str, classify=None, features=None) -> dict[str
       config.eval.num_fid_samples is 0.
   """
   from moe_ebm_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  if os.path.exists(os.path.join(workdir, checkpointing.CONFIG_FILENAME)):
+    # The model must be the one that was trained (same keys as a resume); nothing is written.
+    checkpointing.check_or_write_run_config(workdir, config, train_lib.COMPATIBLE_KEYS)
   model = train_lib.make_model(config)
   steps = train_lib.compile_steps(config, model, train_lib.make_mesh())
   abstract = jax.eval_shape(steps['init'], jax.random.PRNGKey(0))

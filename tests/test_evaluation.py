@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from moe_ebm_jax import checkpointing
 from moe_ebm_jax import comparison
 from moe_ebm_jax import evaluation
 from moe_ebm_jax import generation
@@ -134,3 +135,13 @@ def test_eval_without_checkpoint_is_a_clear_error(polymnist_dir, tmp_path, monke
   monkeypatch.setattr(fid, 'load_params', must_not_run)
   with pytest.raises(FileNotFoundError, match='train first'):
     evaluation.evaluate_run(smoke_config(polymnist_dir, 'mmvaeplus'), str(tmp_path))
+
+
+def test_eval_of_a_run_with_another_model_config_is_refused(trained, tmp_path):
+  config, workdir, _ = trained
+  other = config.copy_and_resolve_references()
+  other.model.posterior_scale_multiplier = 0.5
+  before = open(os.path.join(workdir, 'config.json')).read()
+  with pytest.raises(checkpointing.IncompatibleRunError, match='posterior_scale_multiplier'):
+    evaluation.evaluate_run(other, workdir, classify=lambda x: np.zeros(x.shape[:2], int))
+  assert open(os.path.join(workdir, 'config.json')).read() == before
