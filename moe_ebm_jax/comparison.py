@@ -168,12 +168,11 @@ def plot(rows: Sequence[Row], path: str) -> bool:
   labels = [f'{r.label}\n{os.path.basename(os.path.normpath(r.run))}' for r in rows]
   positions = range(len(rows))
   for ax, metric, title in zip(axes[0], METRICS, titles):
-    ours = [r.ours[metric] for r in rows]
-    paper = [r.paper[metric] for r in rows]
-    ax.barh([p + 0.2 for p in positions], [v if v is not None else 0 for v in ours], height=0.4,
-            label='this run', color='tab:blue')
-    ax.barh([p - 0.2 for p in positions], [v if v is not None else 0 for v in paper], height=0.4,
-            label='paper', color='tab:gray')
+    # NaN draws no bar: a number that does not exist must not read as 0.
+    ours = [float('nan') if r.ours[metric] is None else r.ours[metric] for r in rows]
+    paper = [float('nan') if r.paper[metric] is None else r.paper[metric] for r in rows]
+    ax.barh([p + 0.2 for p in positions], ours, height=0.4, label='this run', color='tab:blue')
+    ax.barh([p - 0.2 for p in positions], paper, height=0.4, label='paper', color='tab:gray')
     ax.set_title(title, fontsize=9)
     if 'coherence' in metric:
       ax.set_xlim(0, 1)
