@@ -10,6 +10,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from moe_ebm_jax import conv
 from moe_ebm_jax import objectives
 
 # Model names accepted as the config argument (--config=configs/x.py:<model>): each is an
@@ -62,6 +63,8 @@ def base_config(model: str | None) -> ml_collections.ConfigDict:
   c.model.latent_w = 32 if objective.private_latents else 0
   c.model.latent_z = 32 if objective.private_latents else 64
   c.model.modality_loop = 'unroll'  # Or 'map': compiles faster, runs slower (models.py).
+  # Conv kernel gradients (conv.py): 'auto' (matmuls on CPU, XLA's own elsewhere), 'xla', 'matmul'.
+  c.model.conv_backward = 'auto'
   c.model.likelihood_scale = 0.75  # Laplace scale of p(x | w, z) (MMVAE+).
   c.model.posterior_scale_multiplier = 1.0  # Times every posterior scale (models.py); 1: MMVAE+.
   c.model.beta = 2.5
@@ -152,6 +155,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f'({config.batch_size})')
   check(config.model.modality_loop in ('unroll', 'map'),
         f"model.modality_loop={config.model.modality_loop!r}, expected 'unroll' or 'map'")
+  check(config.model.conv_backward in conv.BACKWARD_MODES,
+        f'model.conv_backward={config.model.conv_backward!r}, expected one of '
+        f'{conv.BACKWARD_MODES}')
   check(config.model.objective in objectives.OBJECTIVES,
         f'model.objective={config.model.objective!r} is not one of '
         f'{sorted(objectives.OBJECTIVES)}')

@@ -62,6 +62,8 @@ class MultimodalVAE:
   # 'unroll': one copy of the network per modality in the program (fastest steps); 'map':
   # jax.lax.map over modalities (one copy: compiles several times faster, steps run slower).
   modality_loop: str = 'unroll'
+  # How the conv kernels' gradients are computed (conv.py): 'auto' is fast on every backend.
+  conv_backward: str = 'auto'
 
   def _per_modality(self, apply_fn, stacked_params: Params, inputs: jax.Array):
     """apply_fn(params_m, inputs[m]) for every modality m, stacked on a leading axis M."""
@@ -73,11 +75,12 @@ class MultimodalVAE:
 
   @property
   def encoder(self) -> networks.Encoder:
-    return networks.Encoder(self.widths, self.latent_w, self.latent_z)
+    return networks.Encoder(self.widths, self.latent_w, self.latent_z,
+                            conv_backward=self.conv_backward)
 
   @property
   def decoder(self) -> networks.Decoder:
-    return networks.Decoder(self.widths, IMAGE_SHAPE[-1])
+    return networks.Decoder(self.widths, IMAGE_SHAPE[-1], conv_backward=self.conv_backward)
 
   def init(self, key: jax.Array) -> Params:
     k_enc, k_dec = jax.random.split(key)
@@ -132,7 +135,8 @@ def make_vae(config: ml_collections.ConfigDict) -> MultimodalVAE:
                        likelihood_scale=config.model.likelihood_scale,
                        posterior_scale_multiplier=config.model.posterior_scale_multiplier,
                        distribution=config.model.distribution,
-                       modality_loop=config.model.modality_loop)
+                       modality_loop=config.model.modality_loop,
+                       conv_backward=config.model.conv_backward)
 
 
 def make_energy(config: ml_collections.ConfigDict) -> networks.EnergyMLP:

@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from moe_ebm_jax import conv
+
 Dtype = Any
 Array = jax.Array
 
@@ -47,9 +49,30 @@ def upsample_nearest_2x(x: Array) -> Array:
   return jnp.repeat(jnp.repeat(x, 2, axis=-3), 2, axis=-2)
 
 
-def _conv3x3(features: int, name: str, dtype: Dtype | None) -> nn.Conv:
-  # Explicit padding 1 (== 'SAME' for a 3x3 stride-1 conv), with bias as in the reference.
-  return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), dtype=dtype, name=name)
+class Conv3x3(nn.Module):
+  """3x3 stride-1 convolution, zero padding 1, with bias: (N, H, W, C) -> (N, H, W, features).
+
+  The same parameters ('kernel' (3, 3, C, features), LeCun-normal; 'bias', zeros) and outputs as
+  nn.Conv(features, (3, 3), padding=1); the kernel gradient is computed as conv.py says
+  (`backward`: 'auto', 'xla' or 'matmul'), fast on XLA:CPU.
+  """
+  features: int
+  backward: str = 'auto'
+  dtype: Dtype | None = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (3, 3, x.shape[-1], self.features))
+    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    lead = x.shape[:-3]
+    y = conv.conv3x3(x.reshape((-1,) + x.shape[-3:]), kernel, self.backward)
+    return y.reshape(lead + y.shape[1:]) + bias
+
+
+def _conv3x3(features: int, name: str, dtype: Dtype | None, backward: str) -> Conv3x3:
+  return Conv3x3(features, backward, dtype, name=name)
 
 
 class ResBlock(nn.Module):
@@ -62,13 +85,14 @@ class ResBlock(nn.Module):
   features_out: int
   residual_scale: float = 0.1
   dtype: Dtype | None = None
+  conv_backward: str = 'auto'  # How the 3x3 kernels' gradients are computed (conv.py).
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     features_in = x.shape[-1]
     hidden = min(features_in, self.features_out)
-    dx = _conv3x3(hidden, 'conv_0', self.dtype)(leaky_relu(x))
-    dx = _conv3x3(self.features_out, 'conv_1', self.dtype)(leaky_relu(dx))
+    dx = _conv3x3(hidden, 'conv_0', self.dtype, self.conv_backward)(leaky_relu(x))
+    dx = _conv3x3(self.features_out, 'conv_1', self.dtype, self.conv_backward)(leaky_relu(dx))
     if features_in == self.features_out:
       shortcut = x
     else:
@@ -86,16 +110,20 @@ class ConvTower(nn.Module):
   widths: Sequence[int] = (64, 128, 256)
   latent_dim: int = 32
   dtype: Dtype | None = None
+  conv_backward: str = 'auto'
 
   @nn.compact
   def __call__(self, x: Array) -> tuple[Array, Array]:
     w0, w1, w2 = self.widths
-    h = _conv3x3(w0, 'conv_in', self.dtype)(x)
-    h = ResBlock(w0, dtype=self.dtype, name='block_0')(h)
+    h = _conv3x3(w0, 'conv_in', self.dtype, self.conv_backward)(x)
+    h = ResBlock(w0, dtype=self.dtype, conv_backward=self.conv_backward,
+                 name='block_0')(h)
     h = avg_pool_3x3_s2(h)
-    h = ResBlock(w1, dtype=self.dtype, name='block_1')(h)
+    h = ResBlock(w1, dtype=self.dtype, conv_backward=self.conv_backward,
+                 name='block_1')(h)
     h = avg_pool_3x3_s2(h)
-    h = ResBlock(w2, dtype=self.dtype, name='block_2')(h)
+    h = ResBlock(w2, dtype=self.dtype, conv_backward=self.conv_backward,
+                 name='block_2')(h)
     h = h.reshape(h.shape[:-3] + (-1,))
     loc = nn.Dense(self.latent_dim, dtype=self.dtype, name='loc')(h)
     scale_logits = nn.Dense(self.latent_dim, dtype=self.dtype, name='scale_logits')(h)
@@ -113,14 +141,17 @@ class Encoder(nn.Module):
   latent_w: int = 32
   latent_z: int = 32
   dtype: Dtype | None = None
+  conv_backward: str = 'auto'
 
   @nn.compact
   def __call__(self, x: Array) -> tuple[Array, Array, Array, Array]:
-    z_loc, z_scale_logits = ConvTower(self.widths, self.latent_z, self.dtype, name='tower_z')(x)
+    z_loc, z_scale_logits = ConvTower(self.widths, self.latent_z, self.dtype, self.conv_backward,
+                                     name='tower_z')(x)
     if not self.latent_w:  # Single-latent models (MMVAE, MVAE, mmJSD, MoPoE): no w tower.
       empty = jnp.zeros(z_loc.shape[:-1] + (0,), z_loc.dtype)
       return empty, empty, z_loc, z_scale_logits
-    w_loc, w_scale_logits = ConvTower(self.widths, self.latent_w, self.dtype, name='tower_w')(x)
+    w_loc, w_scale_logits = ConvTower(self.widths, self.latent_w, self.dtype, self.conv_backward,
+                                         name='tower_w')(x)
     return w_loc, w_scale_logits, z_loc, z_scale_logits
 
 
@@ -134,6 +165,7 @@ class Decoder(nn.Module):
   widths: Sequence[int] = (64, 128, 256)
   out_channels: int = 3
   dtype: Dtype | None = None
+  conv_backward: str = 'auto'
 
   @nn.compact
   def __call__(self, latent: Array) -> Array:
@@ -142,12 +174,15 @@ class Decoder(nn.Module):
     h = latent.reshape((-1, latent.shape[-1]))
     h = nn.Dense(BASE_SIZE * BASE_SIZE * w2, dtype=self.dtype, name='dense_in')(h)
     h = h.reshape((-1, BASE_SIZE, BASE_SIZE, w2))
-    h = ResBlock(w1, dtype=self.dtype, name='block_0')(h)
+    h = ResBlock(w1, dtype=self.dtype, conv_backward=self.conv_backward,
+                 name='block_0')(h)
     h = upsample_nearest_2x(h)
-    h = ResBlock(w0, dtype=self.dtype, name='block_1')(h)
+    h = ResBlock(w0, dtype=self.dtype, conv_backward=self.conv_backward,
+                 name='block_1')(h)
     h = upsample_nearest_2x(h)
-    h = ResBlock(w0, dtype=self.dtype, name='block_2')(h)
-    h = _conv3x3(self.out_channels, 'conv_out', self.dtype)(leaky_relu(h))
+    h = ResBlock(w0, dtype=self.dtype, conv_backward=self.conv_backward,
+                 name='block_2')(h)
+    h = _conv3x3(self.out_channels, 'conv_out', self.dtype, self.conv_backward)(leaky_relu(h))
     return h.reshape(lead + h.shape[1:])
 
 
