@@ -51,6 +51,7 @@ def test_unknown_model_is_rejected():
     ('eval.num_fid_samples', 1, 'at least 2 samples'),
     ('eval.fid_batch_size', 0, 'fid_batch_size'),
     ('ebm.energy_l2', -0.1, 'energy_l2=-0.1'),
+    ('model.conv_backward', 'fast', "conv_backward='fast'"),
 ])
 def test_bad_values_fail_validation(field, value, message):
   config = load_config('smoke')

@@ -48,6 +48,23 @@ def test_kernel_grad_formulations_match_direct_sums(shape, formulation):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize('c,d', [(16, 16), (16, 80), (16, 3), (3, 32)])
+def test_kernel_grad_summed_over_chunks_of_examples(c, d):
+  n, h = 40, 28  # 40 * 28 * 28 rows > conv._CHUNK_ROWS: two chunks of 20 examples.
+  assert conv._chunk_size(n, conv._CHUNK_ROWS // (h * h)) == 20
+  x = jax.random.normal(jax.random.PRNGKey(0), (n, h, h, c))
+  dy = jax.random.normal(jax.random.PRNGKey(1), (n, h, h, d))
+  got = jax.jit(conv._matmul_kernel_grad)(x, dy, jnp.zeros((3, 3, c, d)))
+  np.testing.assert_allclose(got, _numpy_kernel_grad(x, dy), rtol=1e-4, atol=2e-3)
+
+
+def test_chunk_size():
+  assert conv._chunk_size(640, 32) == 32
+  assert conv._chunk_size(100, 400) == 100  # Small enough already.
+  assert conv._chunk_size(96, 40) == 32
+  assert conv._chunk_size(641, 32) == 641  # No useful divisor: one product.
+
+
 @pytest.mark.parametrize('backward', conv.BACKWARD_MODES)
 @pytest.mark.parametrize('shape', [c[0] for c in CASES])
 def test_conv3x3_values_and_gradients_match_xla_autodiff(backward, shape):
