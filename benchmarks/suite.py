@@ -1,0 +1,529 @@
+r"""The speed benchmarks in one command: a JSON record and readable tables.
+
+  python benchmarks/suite.py                                   # everything (long on a CPU)
+  python benchmarks/suite.py --paper_models=mmvaeplus,moe_ebm --steps=3 --json_out=/tmp/b.json
+  python benchmarks/suite.py --scales=cpu --sections=matmul,train --models=mmvaeplus
+
+Sections (--sections, default all):
+  matmul          f32 (2048, 2048) @ (2048, 2048) through jax: the machine's reference rate;
+                  every GFLOP/s below is also given as a fraction of it.
+  train           per model and scale, the training step that train.py runs (jitted, data
+                  parallel over --devices devices, synthetic batches): compile time, median
+                  s/step after --warmup steps (min, max), examples/s, FLOPs per step from XLA's
+                  cost analysis, GFLOP/s, XLA's memory plan (arguments + outputs + temporaries),
+                  recompilations after the first step (must be 0; the run fails otherwise) and
+                  host callbacks in the compiled step (must be 0).
+  langevin        prior chain (config.ebm.prior_steps steps, batch --batch_size) and ONE
+                  posterior Langevin step through all decoders (a chain of
+                  --posterior_chain_steps steps, divided), per scale; with the train
+                  section, MOE-EBM's step cost over MMVAE+'s set against its chains.
+  generation      joint generation of --batch_size examples (MMVAE+, and MOE-EBM with its prior
+                  chain) and cross generation from m0 to all modalities (MMVAE+ pre-LD,
+                  MOE-EBM post-LD).
+  fid             FID feature extraction (Inception-v3 at 299x299) in images/s; the weights are
+                  random (speed does not depend on them, and no download is needed).
+  input_pipeline  examples/s of the real training input pipeline (needs --data_dir holding
+                  PolyMNIST), against the training step's examples/s at each scale.
+
+Scales: 'paper' = configs/polymnist.py, 'cpu' = configs/polymnist_cpu.py (the default two), and
+'smoke' = configs/smoke.py (for tests), all at --batch_size (default 128). FLOPs come from XLA's cost analysis of the compiled program; XLA counts the body of
+a rolled loop (lax.scan with unroll=1) once, so such figures are marked as lower bounds.
+Runs unchanged on GPU and TPU; --host_devices=N splits a CPU into N devices for sharding checks.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)  # configs/ and moe_ebm_jax/ from a checkout.
+
+SECTIONS = ('matmul', 'train', 'langevin', 'generation', 'fid', 'input_pipeline')
+SCALES = {'paper': 'polymnist', 'cpu': 'polymnist_cpu', 'smoke': 'smoke'}
+ALL_MODELS = ('mmvaeplus', 'moe_ebm', 'ebm_mmvaeplus', 'ebm_mmvae', 'mmvae', 'mvae', 'mmjsd',
+              'mopoe')
+
+_SECTIONS = flags.DEFINE_list('sections', list(SECTIONS), f'Any of {SECTIONS}.')
+_SCALES = flags.DEFINE_list('scales', ['paper', 'cpu'], f'Any of {tuple(SCALES)}.')
+_MODELS = flags.DEFINE_list('models', list(ALL_MODELS), 'Models for the train section.')
+_PAPER_MODELS = flags.DEFINE_list('paper_models', None,
+                                  'Models at the paper scale (default: --models).')
+_BATCH = flags.DEFINE_integer('batch_size', 128, 'Global batch size.')
+_STEPS = flags.DEFINE_integer('steps', 3, 'Timed training steps per model.')
+_WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed steps after compiling.')
+_REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed calls of the smaller benchmarks.')
+_POSTERIOR_CHAIN = flags.DEFINE_integer(
+    'posterior_chain_steps', 4, 'The posterior step is timed as a chain of this many steps.')
+_DEVICES = flags.DEFINE_integer('devices', 0, 'Use the first N devices (0: all).')
+_HOST_DEVICES = flags.DEFINE_integer('host_devices', 0,
+                                     'Split the CPU into N devices (XLA host platform).')
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'PolyMNIST data_dir for input_pipeline.')
+_OVERRIDES = flags.DEFINE_multi_string(
+    'set', [], "Config overrides KEY=VALUE applied to every config, e.g. "
+    "--set=model.conv_backward=xla (Python literals, else strings).")
+_JSON_OUT = flags.DEFINE_string('json_out', None, 'Also write the JSON record here.')
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _block(x):
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.block_until_ready(x)
+
+
+def timed_calls(fn, *args, repeats: int) -> list[float]:
+  """Seconds of each of `repeats` calls of fn(*args), after one untimed call."""
+  _block(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    _block(fn(*args))
+    times.append(time.perf_counter() - start)
+  return times
+
+
+def summary(times: list[float]) -> dict[str, float]:
+  return {'median_s': statistics.median(times), 'min_s': min(times), 'max_s': max(times),
+          'n': len(times)}
+
+
+class CompileCounter:
+  """Counts XLA backend compilations (jax.monitoring events) while active."""
+
+  def __init__(self):
+    from jax import monitoring  # pylint: disable=g-import-not-at-top
+    self.count = 0
+    self.seconds = 0.0
+    self.active = False
+    monitoring.register_event_duration_secs_listener(self._listen)
+
+  def _listen(self, event, duration, **kwargs):
+    del kwargs
+    if self.active and event.endswith('backend_compile_duration'):
+      self.count += 1
+      self.seconds += duration
+
+  def __enter__(self):
+    self.count, self.seconds, self.active = 0, 0.0, True
+    return self
+
+  def __exit__(self, *exc):
+    self.active = False
+
+
+def cost_flops(compiled) -> float | None:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # Older jax: one dict per program.
+    cost = cost[0] if cost else None
+  return float(cost['flops']) if cost and 'flops' in cost else None
+
+
+def memory_plan_bytes(compiled) -> int | None:
+  """XLA's static memory plan of one device: arguments + outputs + temporaries - aliased."""
+  mem = compiled.memory_analysis()
+  if mem is None:
+    return None
+  return int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes -
+             mem.alias_size_in_bytes)
+
+
+HOST_MARKERS = ('callback', 'outfeed', 'infeed', 'host_compute', 'send(', 'recv(')
+
+
+def host_transfers(hlo_text: str) -> int:
+  """Instructions in compiled HLO that go to the host (Python callbacks, in/outfeed, send/recv)."""
+  lines = hlo_text.lower().splitlines()
+  return sum(1 for line in lines if any(m in line for m in HOST_MARKERS) and '=' in line)
+
+
+_RNG_LOOP_MARKERS = ('threefry', 'jit(_uniform)', 'jit(_normal)', 'random_bits')
+
+
+def has_loops(hlo_text: str) -> bool:
+  """Whether the program has loops besides the PRNG's own (threefry rounds, no FLOPs)."""
+  return any(' while(' in line and not any(m in line for m in _RNG_LOOP_MARKERS)
+             for line in hlo_text.splitlines())
+
+
+def get_config(scale: str, model: str):
+  import importlib  # pylint: disable=g-import-not-at-top
+  import ast  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module(f'configs.{SCALES[scale]}').get_config(model)
+  config.batch_size = _BATCH.value
+  config.eval_batch_size = _BATCH.value
+  for item in _OVERRIDES.value:
+    key, _, value = item.partition('=')
+    node, *path = key.split('.')
+    target = config
+    for part in [node] + path[:-1]:
+      target = target[part]
+    if path[-1] not in target:
+      raise KeyError(f'--set {item}: config has no key {key!r}.')
+    try:
+      target[path[-1]] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):  # A bare word: a string.
+      target[path[-1]] = value
+  return config
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def bench_matmul(repeats: int) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  n = 2048
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jax.numpy.float32)
+  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jax.numpy.float32)
+  times = timed_calls(jax.jit(lambda a, b: a @ b), a, b, repeats=max(repeats, 10))
+  s = summary(times)
+  return {**s, 'gflops': 2 * n**3 / s['median_s'] / 1e9, 'shape': [n, n, n]}
+
+
+def bench_train(scale: str, model_name: str, mesh, counter: CompileCounter) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax import train  # pylint: disable=g-import-not-at-top
+  config = get_config(scale, model_name)
+  config_lib.validate(config)
+  train.check_batch_divides(config, mesh.size)
+  model = train.make_model(config)
+  steps = train.compile_steps(config, model, mesh)
+  state = steps['init'](jax.random.PRNGKey(0))
+  images = np.random.default_rng(0).random(
+      (config.batch_size, config.data.num_modalities, 28, 28, 3), np.float32)
+  batch = jax.device_put(images, steps['batch'])
+  start = time.perf_counter()
+  lowered = steps['train'].lower(state, batch)
+  lower_s = time.perf_counter() - start
+  start = time.perf_counter()
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - start
+  hlo = compiled.as_text()
+  flops = cost_flops(compiled)
+  # Every call goes through the jitted function as train.py calls it; the compilation above
+  # is in its cache, so any compilation from here on is a recompilation.
+  with counter:
+    for _ in range(_WARMUP.value + 1):
+      state, metrics = steps['train'](state, batch)
+    _block(metrics)
+    times = []
+    for _ in range(_STEPS.value):
+      start = time.perf_counter()
+      state, metrics = steps['train'](state, batch)
+      _block(metrics)
+      times.append(time.perf_counter() - start)
+  recompiles = counter.count
+  if recompiles:
+    raise RuntimeError(f'{scale}/{model_name}: the train step compiled {recompiles} more times '
+                       'after the first step.')
+  s = summary(times)
+  out = {'scale': scale, 'model': model_name, 'widths': list(config.model.widths),
+         'batch_size': config.batch_size, 'devices': mesh.size, **s,
+         'examples_per_s': config.batch_size / s['median_s'], 'lower_s': lower_s,
+         'compile_s': compile_s, 'flops_per_step': flops,
+         'flops_lower_bound': has_loops(hlo), 'gflops_per_s': (flops / s['median_s'] / 1e9
+                                                                if flops else None),
+         'memory_plan_bytes': memory_plan_bytes(compiled), 'recompiles': recompiles,
+         'host_transfers': host_transfers(hlo),
+         'posterior_steps': config.ebm.posterior_steps if model.has_ebm else 0,
+         'prior_steps': config.ebm.prior_steps if model.has_ebm else 0,
+         'conv_backward': config.model.get('conv_backward', 'xla (before conv.py)')}
+  if out['host_transfers']:
+    raise RuntimeError(f'{scale}/{model_name}: the compiled step has {out["host_transfers"]} '
+                       'host transfers.')
+  return out
+
+
+def _ebm_parts(scale: str):
+  """(config, train.Model, state) of MOE-EBM at `scale`, initialised."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax import train  # pylint: disable=g-import-not-at-top
+  config = get_config(scale, 'moe_ebm')
+  model = train.make_model(config)
+  vae_tx, ebm_tx = train.make_optimizers(config)
+  state = jax.jit(functools.partial(train.init_state, model, vae_tx, ebm_tx))(
+      jax.random.PRNGKey(0))
+  return config, model, state
+
+
+def _compiled_stats(fn, *args) -> dict:
+  compiled = jax_jit(fn).lower(*args).compile()
+  return {'flops': cost_flops(compiled), 'flops_lower_bound': has_loops(compiled.as_text())}
+
+
+def jax_jit(fn):
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.jit(fn)
+
+
+def bench_langevin(scale: str, repeats: int) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax import ebm as ebm_lib  # pylint: disable=g-import-not-at-top
+  config, model, state = _ebm_parts(scale)
+  b, vae = config.batch_size, model.vae
+  prior = jax.jit(lambda p, k: ebm_lib.sample_prior(
+      model.energy, p, k, b, vae.latent_z, num_steps=model.prior_steps,
+      step_size=model.prior_step_size, noise_scale=model.noise_scale,
+      unroll=model.langevin_unroll)[0])
+  key = jax.random.PRNGKey(1)
+  prior_times = timed_calls(prior, state.ebm_params, key, repeats=repeats)
+  images = jax.random.uniform(key, (b, vae.num_modalities, 28, 28, 3))
+  z0 = jax.random.normal(key, (b, vae.latent_z))
+  w = jax.random.normal(key, (vae.num_modalities, b, vae.latent_w))
+
+  chain = _POSTERIOR_CHAIN.value
+
+  def posterior_chain(vae_params, ebm_params, images, z0, w, k):
+    return ebm_lib.sample_posterior(vae, vae_params, model.energy, ebm_params, images, z0, w, k,
+                                    num_steps=chain, step_size=model.posterior_step_size,
+                                    noise_scale=model.noise_scale,
+                                    latents=model.posterior_latents,
+                                    unroll=model.langevin_unroll)[0]['z']
+
+  args = (state.vae_params, state.ebm_params, images, z0, w, key)
+  # Per step: a chain of `chain` steps (compiled as in training) divided by `chain`. (A lone
+  # one-step chain measured ~2x slower per step than chains of 2 or more on XLA:CPU.)
+  post_times = [t / chain for t in timed_calls(jax.jit(posterior_chain), *args,
+                                               repeats=repeats)]
+  post_stats = _compiled_stats(posterior_chain, *args)
+  if post_stats['flops'] is not None:
+    post_stats['flops'] /= chain
+  prior_stats = _compiled_stats(prior, state.ebm_params, key)
+  return {'scale': scale, 'batch_size': b, 'widths': list(vae.widths),
+          'prior_chain': {'steps': model.prior_steps, **summary(prior_times), **prior_stats},
+          'posterior_step': {'decoders': vae.num_modalities, 'chain_steps': chain,
+                             **summary(post_times),
+                             **post_stats,
+                             'gflops_per_s': (post_stats['flops'] / statistics.median(post_times)
+                                              / 1e9 if post_stats['flops'] else None)},
+          'posterior_steps_in_training': model.posterior_steps}
+
+
+def bench_generation(scale: str, repeats: int) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax import generation  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax import train  # pylint: disable=g-import-not-at-top
+  out = {'scale': scale, 'num_samples': _BATCH.value}
+  key = jax.random.PRNGKey(2)
+  for name in ('mmvaeplus', 'moe_ebm'):
+    config = get_config(scale, name)
+    model = train.make_model(config)
+    vae_tx, ebm_tx = train.make_optimizers(config)
+    state = jax.jit(functools.partial(train.init_state, model, vae_tx, ebm_tx))(
+        jax.random.PRNGKey(0))
+    n, m = config.batch_size, config.data.num_modalities
+    joint = jax.jit(lambda s, k: generation.joint_generate(s, k, model=model, num_samples=n)[0])
+    images = jax.random.uniform(key, (n, m, 28, 28, 3))
+    source = jnp.arange(m) == 0
+    post_ld = model.has_ebm
+    cross = jax.jit(lambda s, x, k: generation.conditional_generate(
+        s, x, source, k, model=model, post_ld=post_ld)[0])
+    out[name] = {'joint': summary(timed_calls(joint, state, key, repeats=repeats)),
+                 'cross_from_m0': summary(timed_calls(cross, state, images, key,
+                                                      repeats=repeats)),
+                 'cross_post_ld': post_ld,
+                 'posterior_steps': model.posterior_steps if post_ld else 0}
+  return out
+
+
+def bench_fid(repeats: int) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax import fid  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax import config_lib  # pylint: disable=g-import-not-at-top
+  batch = config_lib.base_config('mmvaeplus').eval.fid_batch_size
+  net = fid.InceptionV3()
+  images = jax.random.uniform(jax.random.PRNGKey(3), (batch, 28, 28, 3))
+  params = jax.jit(net.init)(jax.random.PRNGKey(4), fid.preprocess(images[:1]))['params']
+  features = fid.make_feature_fn(params, model=net)
+  times = timed_calls(features, images, repeats=max(1, repeats // 2))
+  s = summary(times)
+  return {**s, 'batch': batch, 'images_per_s': batch / s['median_s'], 'weights': 'random'}
+
+
+def bench_input_pipeline(data_dir: str, batches: int = 40) -> dict:
+  from moe_ebm_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  out = {}
+  for scale in _SCALES.value:
+    config = get_config(scale, 'mmvaeplus')
+    config.data.data_dir = data_dir
+    it = input_pipeline.train_iterator(config)
+    next(it)  # Opens the files and starts the reader threads.
+    start = time.perf_counter()
+    for _ in range(batches):
+      next(it)
+    seconds = time.perf_counter() - start
+    out[scale] = {'batches': batches, 'batch_size': config.batch_size,
+                  'num_threads': config.data.num_threads,
+                  'examples_per_s': batches * config.batch_size / seconds}
+  return out
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _fmt(x, spec='.3g', none='-'):
+  return none if x is None else format(x, spec)
+
+
+def tables(record: dict) -> str:
+  lines = []
+  mm = record.get('matmul')
+  rate = mm['gflops'] if mm else None
+  lines.append(f"# Benchmarks: {record['device']} x {record['num_devices']}, "
+               f"jax {record['jax']}, {record['date']}")
+  if mm:
+    lines.append(f"\njax f32 matmul 2048^3: {rate:.1f} GFLOP/s (median of {mm['n']})")
+  if record.get('train'):
+    lines += ['', '| scale | model | widths | batch | s/step median (min-max) | examples/s | '
+              'GFLOP/step | GFLOP/s | of matmul | compile s | memory plan MB | recompiles | '
+              'host transfers |', '|' + '---|' * 13]
+    for r in record['train']:
+      gf = r['gflops_per_s']
+      lb = '>=' if r['flops_lower_bound'] else ''
+      lines.append(
+          f"| {r['scale']} | {r['model']} | {tuple(r['widths'])} | {r['batch_size']} | "
+          f"{r['median_s']:.3f} ({r['min_s']:.3f}-{r['max_s']:.3f}) | "
+          f"{r['examples_per_s']:.1f} | {lb}{_fmt(r['flops_per_step'] and r['flops_per_step'] / 1e9, '.0f')} | "
+          f"{lb}{_fmt(gf, '.1f')} | {lb}{_fmt(gf and rate and gf / rate, '.2f')} | "
+          f"{r['compile_s']:.1f} | {_fmt(r['memory_plan_bytes'] and r['memory_plan_bytes'] / 2**20, '.0f')} | "
+          f"{r['recompiles']} | {r['host_transfers']} |")
+  if record.get('langevin'):
+    lines += ['', '| scale | prior chain (steps, batch) ms | one posterior step through the '
+              'decoders, s | its GFLOP/s |', '|---|---|---|---|']
+    for r in record['langevin']:
+      p, q = r['prior_chain'], r['posterior_step']
+      lines.append(f"| {r['scale']} | {p['median_s'] * 1e3:.2f} ({p['steps']}, {r['batch_size']}) "
+                   f"| {q['median_s']:.3f} ({q['decoders']} decoders) | "
+                   f"{_fmt(q['gflops_per_s'], '.1f')} |")
+  if record.get('ebm_overhead'):
+    lines += ['', '| scale | MOE-EBM step - MMVAE+ step, s | prior chain + posterior steps x '
+              'one posterior step, s | unexplained, s |', '|---|---|---|---|']
+    for r in record['ebm_overhead']:
+      lines.append(f"| {r['scale']} | {r['measured_extra_s']:.3f} | {r['chains_s']:.3f} "
+                   f"({r['prior_chain_s'] * 1e3:.1f} ms + {r['posterior_steps']} x "
+                   f"{r['posterior_step_s']:.3f}) | {r['unexplained_s']:+.3f} |")
+  if record.get('generation'):
+    lines += ['', '| scale | N | MMVAE+ joint s | MMVAE+ cross m0 -> all s | MOE-EBM joint '
+              '(prior chain) s | MOE-EBM cross post-LD s |', '|---|---|---|---|---|---|']
+    for r in record['generation']:
+      a, e = r['mmvaeplus'], r['moe_ebm']
+      lines.append(f"| {r['scale']} | {r['num_samples']} | {a['joint']['median_s']:.3f} | "
+                   f"{a['cross_from_m0']['median_s']:.3f} | {e['joint']['median_s']:.3f} | "
+                   f"{e['cross_from_m0']['median_s']:.3f} ({e['posterior_steps']} LD steps) |")
+  if record.get('fid'):
+    f = record['fid']
+    lines.append(f"\nFID features: {f['images_per_s']:.1f} images/s (batch {f['batch']}, "
+                 f"median {f['median_s']:.2f} s per batch)")
+  if record.get('input_pipeline'):
+    steps = {(r['scale'], r['model']): r['examples_per_s'] for r in record.get('train', [])}
+    for scale, r in record['input_pipeline'].items():
+      step_rate = max((v for (s, _), v in steps.items() if s == scale), default=None)
+      ratio = f", {r['examples_per_s'] / step_rate:.0f}x the fastest train step" if step_rate else ''
+      lines.append(f"Input pipeline ({scale}, {r['num_threads']} thread(s)): "
+                   f"{r['examples_per_s']:.0f} examples/s{ratio}")
+  for note in record.get('notes', []):
+    lines.append(f'\nNote: {note}')
+  return '\n'.join(lines)
+
+
+def ebm_overhead(train_rows: list[dict], langevin_rows: list[dict]) -> list[dict]:
+  rows = []
+  for lr in langevin_rows:
+    by_model = {r['model']: r for r in train_rows if r['scale'] == lr['scale']}
+    if 'moe_ebm' not in by_model or 'mmvaeplus' not in by_model:
+      continue
+    extra = by_model['moe_ebm']['median_s'] - by_model['mmvaeplus']['median_s']
+    k = by_model['moe_ebm']['posterior_steps']
+    chains = lr['prior_chain']['median_s'] + k * lr['posterior_step']['median_s']
+    rows.append({'scale': lr['scale'], 'measured_extra_s': extra, 'chains_s': chains,
+                 'prior_chain_s': lr['prior_chain']['median_s'], 'posterior_steps': k,
+                 'posterior_step_s': lr['posterior_step']['median_s'],
+                 'unexplained_s': extra - chains})
+  return rows
+
+
+def main(argv):
+  del argv
+  unknown = set(_SECTIONS.value) - set(SECTIONS)
+  unknown |= {s for s in _SCALES.value if s not in SCALES}
+  if unknown:
+    raise app.UsageError(f'unknown sections or scales: {sorted(unknown)}')
+  if _HOST_DEVICES.value:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update('jax_num_cpu_devices', _HOST_DEVICES.value)
+  import jax  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax import train  # pylint: disable=g-import-not-at-top
+  devices = jax.devices()[:_DEVICES.value or None]
+  mesh = train.make_mesh(devices)
+  sections = set(_SECTIONS.value)
+  record = {'date': time.strftime('%Y-%m-%d %H:%M:%S'), 'jax': jax.__version__,
+            'backend': jax.default_backend(), 'device': devices[0].device_kind,
+            'num_devices': len(devices), 'cpu': platform.processor() or platform.machine(),
+            'cpu_count': os.cpu_count(), 'flags': sys.argv[1:],
+            'xla_flags': os.environ.get('XLA_FLAGS', ''), 'notes': []}
+  try:
+    with open('/proc/cpuinfo') as f:
+      names = [l.split(':', 1)[1].strip() for l in f if l.startswith('model name')]
+    record['cpu'] = names[0] if names else record['cpu']
+  except OSError:
+    pass
+  print(f"Benchmarks on {record['device']} x {len(devices)} ({record['cpu']}), jax "
+        f"{record['jax']}", flush=True)
+  if 'matmul' in sections:
+    record['matmul'] = bench_matmul(_REPEATS.value)
+    print(f"matmul: {record['matmul']['gflops']:.1f} GFLOP/s", flush=True)
+  counter = CompileCounter()
+  if 'train' in sections:
+    record['train'] = []
+    for scale in _SCALES.value:
+      models = _PAPER_MODELS.value if scale == 'paper' and _PAPER_MODELS.value else _MODELS.value
+      for name in models:
+        row = bench_train(scale, name, mesh, counter)
+        record['train'].append(row)
+        print(f"train {scale}/{name}: {row['median_s']:.3f} s/step, compile "
+              f"{row['compile_s']:.1f} s", flush=True)
+  if 'langevin' in sections:
+    record['langevin'] = []
+    for scale in _SCALES.value:
+      record['langevin'].append(bench_langevin(scale, _REPEATS.value))
+      print(f"langevin {scale}: {record['langevin'][-1]['posterior_step']['median_s']:.3f} s "
+            'per posterior step', flush=True)
+    record['ebm_overhead'] = ebm_overhead(record.get('train', []), record['langevin'])
+  if 'generation' in sections:
+    record['generation'] = [bench_generation(s, _REPEATS.value) for s in _SCALES.value]
+    print('generation done', flush=True)
+  if 'fid' in sections:
+    record['fid'] = bench_fid(_REPEATS.value)
+    print(f"fid: {record['fid']['images_per_s']:.1f} images/s", flush=True)
+  if 'input_pipeline' in sections:
+    if _DATA_DIR.value:
+      record['input_pipeline'] = bench_input_pipeline(_DATA_DIR.value)
+    else:
+      record['notes'].append('input_pipeline skipped: no --data_dir.')
+  record['max_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  if jax.default_backend() != 'cpu':
+    stats = devices[0].memory_stats() or {}
+    record['device_peak_bytes'] = stats.get('peak_bytes_in_use')
+  print(tables(record))
+  print(json.dumps(record))
+  if _JSON_OUT.value:
+    with open(_JSON_OUT.value, 'w') as f:
+      json.dump(record, f, indent=1)
+
+
+if __name__ == '__main__':
+  app.run(main)

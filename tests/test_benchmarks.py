@@ -1,0 +1,98 @@
+"""benchmarks/suite.py: its checks and bookkeeping, and one real run at smoke scale."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load_suite():
+  spec = importlib.util.spec_from_file_location(
+      'suite', os.path.join(ROOT, 'benchmarks', 'suite.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+suite = _load_suite()
+
+
+def test_flops_of_a_matmul_and_of_a_rolled_loop():
+  a, b = jnp.ones((32, 48)), jnp.ones((48, 16))
+  compiled = jax.jit(lambda a, b: a @ b).lower(a, b).compile()
+  assert suite.cost_flops(compiled) == 2 * 32 * 48 * 16
+  assert not suite.has_loops(compiled.as_text())
+
+  def ten_matmuls(x, w):
+    return jax.lax.scan(lambda c, _: (jnp.tanh(c @ w), None), x, None, length=10)[0]
+
+  looped = jax.jit(ten_matmuls).lower(jnp.ones((8, 8)), jnp.ones((8, 8))).compile()
+  assert suite.has_loops(looped.as_text())  # Its FLOPs are then a lower bound.
+  rng_only = jax.jit(lambda k: jax.random.normal(jax.random.fold_in(k, 3), (4,)))
+  assert not suite.has_loops(rng_only.lower(jax.random.PRNGKey(0)).compile().as_text())
+
+
+def test_host_transfers_are_found():
+  def with_callback(x):
+    return jax.pure_callback(lambda v: v * 2, jax.ShapeDtypeStruct((3,), jnp.float32), x)
+
+  x = jnp.ones(3)
+  assert suite.host_transfers(jax.jit(with_callback).lower(x).compile().as_text()) >= 1
+  assert suite.host_transfers(jax.jit(lambda x: x * 2).lower(x).compile().as_text()) == 0
+
+
+def test_ebm_overhead_accounting():
+  train = [{'scale': 'cpu', 'model': 'mmvaeplus', 'median_s': 1.0},
+           {'scale': 'cpu', 'model': 'moe_ebm', 'median_s': 1.5, 'posterior_steps': 2},
+           {'scale': 'paper', 'model': 'mmvaeplus', 'median_s': 9.0}]
+  langevin = [{'scale': 'cpu', 'prior_chain': {'median_s': 0.1},
+               'posterior_step': {'median_s': 0.15}},
+              {'scale': 'paper', 'prior_chain': {'median_s': 0.1},
+               'posterior_step': {'median_s': 1.0}}]
+  (row,) = suite.ebm_overhead(train, langevin)  # No MOE-EBM at paper scale: no row.
+  assert row['scale'] == 'cpu'
+  assert row['measured_extra_s'] == pytest.approx(0.5)
+  assert row['chains_s'] == pytest.approx(0.4)
+  assert row['unexplained_s'] == pytest.approx(0.1)
+
+
+def test_smoke_run_prints_tables_and_a_json_record(tmp_path):
+  out = tmp_path / 'bench.json'
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'benchmarks', 'suite.py'), '--scales=smoke',
+       '--models=mmvaeplus,moe_ebm', '--sections=matmul,train,langevin,generation',
+       '--batch_size=8', '--steps=2', '--repeats=1', '--host_devices=2',
+       '--set=model.conv_backward=matmul', f'--json_out={out}'],
+      capture_output=True, text=True, timeout=900, cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  record = json.loads(out.read_text())
+  assert record['num_devices'] == 2 and record['matmul']['gflops'] > 0
+  rows = {r['model']: r for r in record['train']}
+  assert set(rows) == {'mmvaeplus', 'moe_ebm'}
+  for r in rows.values():
+    assert r['recompiles'] == 0 and r['host_transfers'] == 0
+    assert r['devices'] == 2 and r['widths'] == [4, 8, 8]
+    assert r['conv_backward'] == 'matmul'
+    assert r['min_s'] <= r['median_s'] <= r['max_s']
+    assert r['flops_per_step'] > 0 and r['memory_plan_bytes'] > 0
+  # MOE-EBM's step does more work than MMVAE+'s: its chains.
+  assert rows['moe_ebm']['flops_per_step'] > rows['mmvaeplus']['flops_per_step']
+  (overhead,) = record['ebm_overhead']
+  assert overhead['posterior_steps'] == rows['moe_ebm']['posterior_steps']
+  assert '| smoke | mmvaeplus |' in result.stdout and 'GFLOP/s' in result.stdout
+
+
+def test_unknown_override_key_is_refused(tmp_path):
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'benchmarks', 'suite.py'), '--scales=smoke',
+       '--models=mmvaeplus', '--sections=train', '--set=model.conv_speed=1'],
+      capture_output=True, text=True, timeout=300, cwd=tmp_path)
+  assert result.returncode != 0
+  assert 'conv_speed' in result.stderr
