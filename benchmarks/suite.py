@@ -259,18 +259,13 @@ def _ebm_parts(scale: str):
 
 
 def _compiled_stats(fn, *args) -> dict:
-  compiled = jax_jit(fn).lower(*args).compile()
-  return {'flops': cost_flops(compiled), 'flops_lower_bound': has_loops(compiled.as_text())}
-
-
-def jax_jit(fn):
   import jax  # pylint: disable=g-import-not-at-top
-  return jax.jit(fn)
+  compiled = jax.jit(fn).lower(*args).compile()
+  return {'flops': cost_flops(compiled), 'flops_lower_bound': has_loops(compiled.as_text())}
 
 
 def bench_langevin(scale: str, repeats: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from moe_ebm_jax import ebm as ebm_lib  # pylint: disable=g-import-not-at-top
   config, model, state = _ebm_parts(scale)
   b, vae = config.batch_size, model.vae
