@@ -246,11 +246,11 @@ def bench_train(scale: str, model_name: str, mesh, counter: CompileCounter) -> d
   return out
 
 
-def _ebm_parts(scale: str):
-  """(config, train.Model, state) of MOE-EBM at `scale`, initialised."""
+def _model_parts(scale: str, model_name: str):
+  """(config, train.Model, initialised TrainState) of `model_name` at `scale`."""
   import jax  # pylint: disable=g-import-not-at-top
   from moe_ebm_jax import train  # pylint: disable=g-import-not-at-top
-  config = get_config(scale, 'moe_ebm')
+  config = get_config(scale, model_name)
   model = train.make_model(config)
   vae_tx, ebm_tx = train.make_optimizers(config)
   state = jax.jit(functools.partial(train.init_state, model, vae_tx, ebm_tx))(
@@ -267,7 +267,7 @@ def _compiled_stats(fn, *args) -> dict:
 def bench_langevin(scale: str, repeats: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from moe_ebm_jax import ebm as ebm_lib  # pylint: disable=g-import-not-at-top
-  config, model, state = _ebm_parts(scale)
+  config, model, state = _model_parts(scale, 'moe_ebm')
   b, vae = config.batch_size, model.vae
   prior = jax.jit(lambda p, k: ebm_lib.sample_prior(
       model.energy, p, k, b, vae.latent_z, num_steps=model.prior_steps,
@@ -311,15 +311,10 @@ def bench_generation(scale: str, repeats: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from moe_ebm_jax import generation  # pylint: disable=g-import-not-at-top
-  from moe_ebm_jax import train  # pylint: disable=g-import-not-at-top
   out = {'scale': scale, 'num_samples': _BATCH.value}
   key = jax.random.PRNGKey(2)
   for name in ('mmvaeplus', 'moe_ebm'):
-    config = get_config(scale, name)
-    model = train.make_model(config)
-    vae_tx, ebm_tx = train.make_optimizers(config)
-    state = jax.jit(functools.partial(train.init_state, model, vae_tx, ebm_tx))(
-        jax.random.PRNGKey(0))
+    config, model, state = _model_parts(scale, name)
     n, m = config.batch_size, config.data.num_modalities
     joint = jax.jit(lambda s, k: generation.joint_generate(s, k, model=model, num_samples=n)[0])
     images = jax.random.uniform(key, (n, m, 28, 28, 3))
