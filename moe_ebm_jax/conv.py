@@ -9,7 +9,7 @@ gradient and, on CPU, computes the kernel gradient as matrix products instead:
   wgrad[i, j, c, d] = sum_{n, h, w} x_pad[n, h + i, w + j, c] * dy[n, h, w, d]
 
 `matmul_formulation` picks one of three ways by the channel counts C -> D (numbers for every
-alternative: benchmarks/conv_backward.py):
+alternative: benchmarks/conv_layers.py):
   'folded' (C, D >= 16): the three horizontal taps j folded into channels (a (N, H + 2, W, 3C)
     copy of x); the three vertical taps i then take one matmul against a (N, H + 2, W, 3D)
     copy of dy shifted by 0, 1, 2 rows when D <= 64, else three matmuls on row slices;
@@ -21,6 +21,12 @@ Large layers are summed over chunks of examples in a lax.scan (about 32 x 28 x 2
 product): faster (the copies stay in cache) and the temporaries stay small. Without the chunks
 the paper-width MMVAE+ step's memory plan grew from 8.4 GB (XLA's own) to 18.6 GB; with them
 it is 9.6 GB.
+
+The forward pass stays XLA's: matmul formulations of it (benchmarks/conv_layers.py) beat XLA's
+conv by up to 1.5x on a lone layer (3x on the RGB output) but lost inside the models: five
+paper-width decoders forward and backward took 33.8 s with them (gradients by autodiff) against
+19.5 s (XLA's runtime runs independent convs of the decoders concurrently on the two cores; a
+profile shows it, and its conv thunks probably suit that better than loops of products).
 
 `backward` selects the kernel gradient: 'xla' (XLA's own), 'matmul' (the above), or 'auto':
 'matmul' when lowering for CPU and 'xla' elsewhere (cuDNN and the TPU compiler do this well),
