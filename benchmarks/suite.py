@@ -15,8 +15,10 @@ Sections (--sections, default all):
                   host callbacks in the compiled step (must be 0).
   langevin        prior chain (config.ebm.prior_steps steps, batch --batch_size) and ONE
                   posterior Langevin step through all decoders (a chain of
-                  --posterior_chain_steps steps, divided), per scale; with the train
-                  section, MOE-EBM's step cost over MMVAE+'s set against its chains.
+                  --posterior_chain_steps steps, divided), per scale.
+  ebm_overhead    MOE-EBM's training step minus MMVAE+'s (--steps pairs of steps timed
+                  alternately, median difference) set against its chains timed alone: prior
+                  chain + posterior_steps x one posterior step.
   generation      joint generation of --batch_size examples (MMVAE+, and MOE-EBM with its prior
                   chain) and cross generation from m0 to all modalities (MMVAE+ pre-LD,
                   MOE-EBM post-LD).
@@ -26,8 +28,11 @@ Sections (--sections, default all):
                   PolyMNIST), against the training step's examples/s at each scale.
 
 Scales: 'paper' = configs/polymnist.py, 'cpu' = configs/polymnist_cpu.py (the default two), and
-'smoke' = configs/smoke.py (for tests), all at --batch_size (default 128). FLOPs come from XLA's cost analysis of the compiled program; XLA counts the body of
-a rolled loop (lax.scan with unroll=1) once, so such figures are marked as lower bounds.
+'smoke' = configs/smoke.py (for tests), all at --batch_size (default 128). FLOPs come from
+XLA's cost analysis, which counts the body of a rolled loop (lax.scan with unroll=1) once: a
+train step's FLOPs are counted on the same step lowered with model.conv_backward='xla' (conv.py's
+products run in loops over chunks of examples), and figures from programs that still loop
+(Langevin chains, modality_loop='map') are marked as lower bounds.
 Runs unchanged on GPU and TPU; --host_devices=N splits a CPU into N devices for sharding checks.
 """
 
@@ -37,6 +42,7 @@ import functools
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import sys
@@ -48,7 +54,8 @@ from absl import flags
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)  # configs/ and moe_ebm_jax/ from a checkout.
 
-SECTIONS = ('matmul', 'train', 'langevin', 'generation', 'fid', 'input_pipeline')
+SECTIONS = ('matmul', 'train', 'langevin', 'ebm_overhead', 'generation', 'fid',
+            'input_pipeline')
 SCALES = {'paper': 'polymnist', 'cpu': 'polymnist_cpu', 'smoke': 'smoke'}
 ALL_MODELS = ('mmvaeplus', 'moe_ebm', 'ebm_mmvaeplus', 'ebm_mmvae', 'mmvae', 'mvae', 'mmjsd',
               'mopoe')
@@ -148,12 +155,20 @@ def host_transfers(hlo_text: str) -> int:
 
 
 _RNG_LOOP_MARKERS = ('threefry', 'jit(_uniform)', 'jit(_normal)', 'random_bits')
+_FLOAT_TYPES = re.compile(r'\b(f16|bf16|f32|f64)\[')
 
 
 def has_loops(hlo_text: str) -> bool:
-  """Whether the program has loops besides the PRNG's own (threefry rounds, no FLOPs)."""
-  return any(' while(' in line and not any(m in line for m in _RNG_LOOP_MARKERS)
-             for line in hlo_text.splitlines())
+  """Whether the program has loops besides the PRNG's own (threefry rounds, no FLOPs).
+
+  PRNG loops are told by name (compiled HLO) or by a loop state without floating-point values.
+  """
+  for line in hlo_text.splitlines():
+    if ' while(' not in line or any(m in line for m in _RNG_LOOP_MARKERS):
+      continue
+    if _FLOAT_TYPES.search(line.split(' while(')[0]):
+      return True
+  return False
 
 
 def get_config(scale: str, model: str):
@@ -190,7 +205,8 @@ def bench_matmul(repeats: int) -> dict:
   return {**s, 'gflops': 2 * n**3 / s['median_s'] / 1e9, 'shape': [n, n, n]}
 
 
-def bench_train(scale: str, model_name: str, mesh, counter: CompileCounter) -> dict:
+def _train_setup(scale: str, model_name: str, mesh):
+  """(config, train.Model, compiled steps, initial state, a synthetic batch on the mesh)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from moe_ebm_jax import config_lib  # pylint: disable=g-import-not-at-top
@@ -203,7 +219,12 @@ def bench_train(scale: str, model_name: str, mesh, counter: CompileCounter) -> d
   state = steps['init'](jax.random.PRNGKey(0))
   images = np.random.default_rng(0).random(
       (config.batch_size, config.data.num_modalities, 28, 28, 3), np.float32)
-  batch = jax.device_put(images, steps['batch'])
+  return config, model, steps, state, jax.device_put(images, steps['batch'])
+
+
+def bench_train(scale: str, model_name: str, mesh, counter: CompileCounter) -> dict:
+  from moe_ebm_jax import train  # pylint: disable=g-import-not-at-top
+  config, model, steps, state, batch = _train_setup(scale, model_name, mesh)
   start = time.perf_counter()
   lowered = steps['train'].lower(state, batch)
   lower_s = time.perf_counter() - start
@@ -211,7 +232,16 @@ def bench_train(scale: str, model_name: str, mesh, counter: CompileCounter) -> d
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
   hlo = compiled.as_text()
-  flops = cost_flops(compiled)
+  flops, flops_hlo = cost_flops(compiled), hlo
+  if config.model.get('conv_backward', 'xla') != 'xla':
+    # XLA's cost analysis counts a loop body once, and conv.py's products run in loops over
+    # chunks of examples: count the same maths with XLA's own convolutions (lowered only).
+    reference = config.copy_and_resolve_references()
+    reference.model.conv_backward = 'xla'
+    reference_steps = train.compile_steps(reference, train.make_model(reference), mesh)
+    reference_lowered = reference_steps['train'].lower(state, batch)
+    flops = cost_flops(reference_lowered)
+    flops_hlo = reference_lowered.compiler_ir('hlo').as_hlo_text()
   # Every call goes through the jitted function as train.py calls it; the compilation above
   # is in its cache, so any compilation from here on is a recompilation.
   with counter:
@@ -233,7 +263,7 @@ def bench_train(scale: str, model_name: str, mesh, counter: CompileCounter) -> d
          'batch_size': config.batch_size, 'devices': mesh.size, **s,
          'examples_per_s': config.batch_size / s['median_s'], 'lower_s': lower_s,
          'compile_s': compile_s, 'flops_per_step': flops,
-         'flops_lower_bound': has_loops(hlo), 'gflops_per_s': (flops / s['median_s'] / 1e9
+         'flops_lower_bound': has_loops(flops_hlo), 'gflops_per_s': (flops / s['median_s'] / 1e9
                                                                 if flops else None),
          'memory_plan_bytes': memory_plan_bytes(compiled), 'recompiles': recompiles,
          'host_transfers': host_transfers(hlo),
@@ -400,10 +430,13 @@ def tables(record: dict) -> str:
                    f"| {q['median_s']:.3f} ({q['decoders']} decoders) | "
                    f"{_fmt(q['gflops_per_s'], '.1f')} |")
   if record.get('ebm_overhead'):
-    lines += ['', '| scale | MOE-EBM step - MMVAE+ step, s | prior chain + posterior steps x '
-              'one posterior step, s | unexplained, s |', '|---|---|---|---|']
+    lines += ['', '| scale | MOE-EBM step - MMVAE+ step (pairs timed alternately), s | prior '
+              'chain + posterior steps x one posterior step, s | unexplained, s |',
+              '|---|---|---|---|']
     for r in record['ebm_overhead']:
-      lines.append(f"| {r['scale']} | {r['measured_extra_s']:.3f} | {r['chains_s']:.3f} "
+      lo, hi = r['measured_extra_range_s']
+      lines.append(f"| {r['scale']} | {r['measured_extra_s']:.3f} ({lo:.3f} to {hi:.3f}, "
+                   f"{r['pairs']} pairs) | {r['chains_s']:.3f} "
                    f"({r['prior_chain_s'] * 1e3:.1f} ms + {r['posterior_steps']} x "
                    f"{r['posterior_step_s']:.3f}) | {r['unexplained_s']:+.3f} |")
   if record.get('generation'):
@@ -430,20 +463,45 @@ def tables(record: dict) -> str:
   return '\n'.join(lines)
 
 
-def ebm_overhead(train_rows: list[dict], langevin_rows: list[dict]) -> list[dict]:
-  rows = []
-  for lr in langevin_rows:
-    by_model = {r['model']: r for r in train_rows if r['scale'] == lr['scale']}
-    if 'moe_ebm' not in by_model or 'mmvaeplus' not in by_model:
-      continue
-    extra = by_model['moe_ebm']['median_s'] - by_model['mmvaeplus']['median_s']
-    k = by_model['moe_ebm']['posterior_steps']
-    chains = lr['prior_chain']['median_s'] + k * lr['posterior_step']['median_s']
-    rows.append({'scale': lr['scale'], 'measured_extra_s': extra, 'chains_s': chains,
-                 'prior_chain_s': lr['prior_chain']['median_s'], 'posterior_steps': k,
-                 'posterior_step_s': lr['posterior_step']['median_s'],
-                 'unexplained_s': extra - chains})
-  return rows
+def paired_ebm_extra(scale: str, mesh, pairs: int) -> dict:
+  """MOE-EBM's training step minus MMVAE+'s, the two steps timed alternately.
+
+  Separate runs of each drift apart by a few percent (the machine's speed varies over minutes),
+  as much as the posterior steps cost; alternating steps cancels the drift: the median of
+  `pairs` differences between neighbouring steps.
+  """
+  runs = {}
+  for name in ('mmvaeplus', 'moe_ebm'):
+    config, model, steps, state, batch = _train_setup(scale, name, mesh)
+    for _ in range(2):  # The first call compiles; then one untimed step.
+      state, metrics = steps['train'](state, batch)
+    _block(metrics)
+    runs[name] = [steps['train'], state, batch]
+    if name == 'moe_ebm':
+      posterior_steps = model.posterior_steps
+  times = {name: [] for name in runs}
+  for _ in range(pairs):
+    for name, run in runs.items():
+      start = time.perf_counter()
+      run[1], metrics = run[0](run[1], run[2])
+      _block(metrics)
+      times[name].append(time.perf_counter() - start)
+  diffs = [b - a for a, b in zip(times['mmvaeplus'], times['moe_ebm'])]
+  return {'pairs': pairs, 'median_extra_s': statistics.median(diffs), 'min_extra_s': min(diffs),
+          'max_extra_s': max(diffs), 'mmvaeplus_s': times['mmvaeplus'],
+          'moe_ebm_s': times['moe_ebm'], 'posterior_steps': posterior_steps}
+
+
+def ebm_overhead(scale: str, paired: dict, langevin_row: dict) -> dict:
+  """The paired extra cost set against MOE-EBM's chains timed alone."""
+  k = paired['posterior_steps']
+  chains = langevin_row['prior_chain']['median_s'] + k * langevin_row['posterior_step']['median_s']
+  return {'scale': scale, 'measured_extra_s': paired['median_extra_s'],
+          'measured_extra_range_s': [paired['min_extra_s'], paired['max_extra_s']],
+          'pairs': paired['pairs'], 'chains_s': chains,
+          'prior_chain_s': langevin_row['prior_chain']['median_s'], 'posterior_steps': k,
+          'posterior_step_s': langevin_row['posterior_step']['median_s'],
+          'unexplained_s': paired['median_extra_s'] - chains}
 
 
 def main(argv):
@@ -492,7 +550,15 @@ def main(argv):
       record['langevin'].append(bench_langevin(scale, _REPEATS.value))
       print(f"langevin {scale}: {record['langevin'][-1]['posterior_step']['median_s']:.3f} s "
             'per posterior step', flush=True)
-    record['ebm_overhead'] = ebm_overhead(record.get('train', []), record['langevin'])
+  if 'ebm_overhead' in sections:
+    record['ebm_overhead'] = []
+    for scale in _SCALES.value:
+      langevin_row = next((r for r in record.get('langevin', []) if r['scale'] == scale), None)
+      if langevin_row is None:
+        langevin_row = bench_langevin(scale, _REPEATS.value)
+      paired = paired_ebm_extra(scale, mesh, _STEPS.value)
+      record['ebm_overhead'].append(ebm_overhead(scale, paired, langevin_row))
+      print(f"ebm_overhead {scale}: {paired['median_extra_s']:.3f} s", flush=True)
   if 'generation' in sections:
     record['generation'] = [bench_generation(s, _REPEATS.value) for s in _SCALES.value]
     print('generation done', flush=True)

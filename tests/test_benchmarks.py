@@ -1,4 +1,5 @@
-"""benchmarks/suite.py: its checks and bookkeeping, and one real run at smoke scale."""
+"""benchmarks/: the suite's checks and bookkeeping, one real run at smoke scale, and the
+conv alternatives of conv_layers.py against XLA's convolution."""
 
 import importlib.util
 import json
@@ -8,20 +9,38 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load_suite():
+def _load(name):
   spec = importlib.util.spec_from_file_location(
-      'suite', os.path.join(ROOT, 'benchmarks', 'suite.py'))
+      name, os.path.join(ROOT, 'benchmarks', f'{name}.py'))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
 
 
-suite = _load_suite()
+suite = _load('suite')
+conv_layers = _load('conv_layers')
+
+
+@pytest.mark.parametrize('shape', [(10, 14, 14, 32, 40), (10, 14, 15, 3, 64), (10, 15, 14, 8, 3),
+                                   (3, 7, 7, 5, 6)])
+def test_conv_layers_forward_alternatives_equal_xla_conv(shape):
+  n, h, w, c, d = shape  # N = 10: chunks of 5 examples; the last shape is left to XLA.
+  x = jax.random.normal(jax.random.PRNGKey(0), (n, h, w, c))
+  kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, c, d))
+  want = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  fns = [conv_layers.folded_forward, conv_layers.output_taps_forward,
+         conv_layers.chunked(conv_layers.folded_forward), conv_layers.best_forward]
+  for fn in fns:
+    got = jax.jit(fn)(x, kernel)
+    assert got.shape == (n, h, w, d)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5 * float(jnp.abs(want).max()))
 
 
 def test_flops_of_a_matmul_and_of_a_rolled_loop():
@@ -37,6 +56,11 @@ def test_flops_of_a_matmul_and_of_a_rolled_loop():
   assert suite.has_loops(looped.as_text())  # Its FLOPs are then a lower bound.
   rng_only = jax.jit(lambda k: jax.random.normal(jax.random.fold_in(k, 3), (4,)))
   assert not suite.has_loops(rng_only.lower(jax.random.PRNGKey(0)).compile().as_text())
+  # Before XLA's passes (the FLOPs counted on a lowered program), loops are told by their state.
+  lowered = jax.jit(ten_matmuls).lower(jnp.ones((8, 8)), jnp.ones((8, 8)))
+  assert suite.has_loops(lowered.compiler_ir('hlo').as_hlo_text())
+  assert not suite.has_loops(rng_only.lower(jax.random.PRNGKey(0)).compiler_ir('hlo')
+                             .as_hlo_text())
 
 
 def test_host_transfers_are_found():
@@ -49,25 +73,23 @@ def test_host_transfers_are_found():
 
 
 def test_ebm_overhead_accounting():
-  train = [{'scale': 'cpu', 'model': 'mmvaeplus', 'median_s': 1.0},
-           {'scale': 'cpu', 'model': 'moe_ebm', 'median_s': 1.5, 'posterior_steps': 2},
-           {'scale': 'paper', 'model': 'mmvaeplus', 'median_s': 9.0}]
-  langevin = [{'scale': 'cpu', 'prior_chain': {'median_s': 0.1},
-               'posterior_step': {'median_s': 0.15}},
-              {'scale': 'paper', 'prior_chain': {'median_s': 0.1},
-               'posterior_step': {'median_s': 1.0}}]
-  (row,) = suite.ebm_overhead(train, langevin)  # No MOE-EBM at paper scale: no row.
-  assert row['scale'] == 'cpu'
+  paired = {'pairs': 3, 'median_extra_s': 0.5, 'min_extra_s': 0.45, 'max_extra_s': 0.6,
+            'posterior_steps': 2}
+  langevin = {'scale': 'cpu', 'prior_chain': {'median_s': 0.1},
+              'posterior_step': {'median_s': 0.15}}
+  row = suite.ebm_overhead('cpu', paired, langevin)
   assert row['measured_extra_s'] == pytest.approx(0.5)
-  assert row['chains_s'] == pytest.approx(0.4)
+  assert row['chains_s'] == pytest.approx(0.1 + 2 * 0.15)
   assert row['unexplained_s'] == pytest.approx(0.1)
+  assert row['measured_extra_range_s'] == [0.45, 0.6]
 
 
 def test_smoke_run_prints_tables_and_a_json_record(tmp_path):
   out = tmp_path / 'bench.json'
   result = subprocess.run(
       [sys.executable, os.path.join(ROOT, 'benchmarks', 'suite.py'), '--scales=smoke',
-       '--models=mmvaeplus,moe_ebm', '--sections=matmul,train,langevin,generation',
+       '--models=mmvaeplus,moe_ebm',
+       '--sections=matmul,train,langevin,ebm_overhead,generation',
        '--batch_size=8', '--steps=2', '--repeats=1', '--host_devices=2',
        '--set=model.conv_backward=matmul', f'--json_out={out}'],
       capture_output=True, text=True, timeout=900, cwd=tmp_path)
@@ -86,6 +108,9 @@ def test_smoke_run_prints_tables_and_a_json_record(tmp_path):
   assert rows['moe_ebm']['flops_per_step'] > rows['mmvaeplus']['flops_per_step']
   (overhead,) = record['ebm_overhead']
   assert overhead['posterior_steps'] == rows['moe_ebm']['posterior_steps']
+  assert overhead['pairs'] == 2
+  lo, hi = overhead['measured_extra_range_s']
+  assert lo <= overhead['measured_extra_s'] <= hi
   assert '| smoke | mmvaeplus |' in result.stdout and 'GFLOP/s' in result.stdout
 
 
