@@ -470,15 +470,14 @@ def paired_ebm_extra(scale: str, mesh, pairs: int) -> dict:
   as much as the posterior steps cost; alternating steps cancels the drift: the median of
   `pairs` differences between neighbouring steps.
   """
-  runs = {}
+  runs, posterior_steps = {}, None
   for name in ('mmvaeplus', 'moe_ebm'):
-    config, model, steps, state, batch = _train_setup(scale, name, mesh)
+    _, model, steps, state, batch = _train_setup(scale, name, mesh)
     for _ in range(2):  # The first call compiles; then one untimed step.
       state, metrics = steps['train'](state, batch)
     _block(metrics)
     runs[name] = [steps['train'], state, batch]
-    if name == 'moe_ebm':
-      posterior_steps = model.posterior_steps
+    posterior_steps = model.posterior_steps  # MOE-EBM's, the last.
   times = {name: [] for name in runs}
   for _ in range(pairs):
     for name, run in runs.items():
