@@ -72,10 +72,11 @@ def output_taps_forward(x, kernel):
 def chunked(fn):
   """fn(x, kernel) over chunks of _FORWARD_CHUNK examples (jax.lax.map)."""
   import jax  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax import conv  # pylint: disable=g-import-not-at-top
 
   def run(x, kernel):
     n = x.shape[0]
-    chunk = max(k for k in range(1, min(n, _FORWARD_CHUNK) + 1) if n % k == 0)
+    chunk = conv._chunk_size(n, _FORWARD_CHUNK)  # pylint: disable=protected-access
     y = jax.lax.map(lambda xs: fn(xs, kernel), x.reshape((n // chunk, chunk) + x.shape[1:]))
     return y.reshape((n,) + y.shape[2:])
   return run
