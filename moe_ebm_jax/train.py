@@ -382,7 +382,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                            batch_size=config.batch_size,
                                            every_steps=config.log_every_steps)
   eval_key = jax.random.PRNGKey(config.seed + 1)
-  with checkpointing.GracefulShutdown() as shutdown:
+  # On any exit, an error included (divergence, a failing data source), the asynchronous save
+  # in flight completes, so the last good checkpoint is on disk, and the logs are flushed.
+  with ckpt, writer, checkpointing.GracefulShutdown() as shutdown:
     step = start_step
     while step < config.num_train_steps:
       batch = next(data_iter)
@@ -421,9 +423,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         logging.warning('Interrupted at step %d: saving a checkpoint and stopping.', step)
         save(state, force=True)
         break
-  ckpt.wait_until_finished()
-  ckpt.close()
-  writer.close()
   return state
 
 
@@ -439,6 +438,7 @@ def _handle_divergence(config, state, ckpt, abstract, data_iter):
   what = describe_divergence(state)
   message = (f'Training diverged at step {int(state.step)}: {int(state.bad_steps)} bad steps in '
              f'a row ({what}); {int(state.skipped_steps)} skipped in total.')
+  ckpt.wait_until_finished()  # The newest good step may still be being written.
   good = ckpt.latest_step()
   if config.on_divergence == 'stop' or good is None:
     raise DivergenceError(message + (' Stopping (config.on_divergence=stop).'

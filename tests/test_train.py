@@ -315,3 +315,40 @@ def test_beta_warmup_step_equals_a_step_with_the_scaled_beta(polymnist_dir):
   _, full_metrics = step_once(1)
   assert abs(float(full_metrics['vae_loss']) - float(step_once(
       1, **{'model.beta_warmup_steps': 4})[1]['vae_loss'])) > 1e-3
+
+
+class BreakingIterator:
+  """Wraps the training iterator and raises on the `at`-th batch (a data source that fails)."""
+
+  def __init__(self, inner, at):
+    self.inner, self.at, self.count = inner, at, 0
+
+  def __next__(self):
+    self.count += 1
+    if self.count == self.at:
+      raise OSError('the data source went away')
+    return next(self.inner)
+
+  def get_state(self):
+    return self.inner.get_state()
+
+  def set_state(self, state):
+    self.inner.set_state(state)
+
+
+def test_an_error_mid_run_keeps_the_checkpoint_being_written(polymnist_dir, tmp_path,
+                                                             monkeypatch):
+  """The asynchronous save of step 2 completes although step 3 fails straight after it."""
+  real = train.input_pipeline.train_iterator
+  monkeypatch.setattr(train.input_pipeline, 'train_iterator',
+                      lambda *a, **k: BreakingIterator(real(*a, **k), at=3))
+  config = smoke_config(polymnist_dir, 'mmvaeplus', num_train_steps=10,
+                        checkpoint_every_steps=2)
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(OSError, match='went away'):
+    train.train_and_evaluate(config, workdir)
+  assert checkpointing.Checkpointer(workdir, keep_latest=3, keep_best=1).latest_step() == 2
+  # And the run resumes from it.
+  monkeypatch.setattr(train.input_pipeline, 'train_iterator', real)
+  config.num_train_steps = 4
+  assert int(train.train_and_evaluate(config, workdir).step) == 4
