@@ -16,6 +16,12 @@ BACKGROUNDS_DIR = SHARED_DATA / 'polymnist_backgrounds'
 jax.config.update('jax_compilation_cache_dir', os.environ.get(
     'MOE_EBM_JAX_COMPILATION_CACHE', os.path.expanduser('~/.cache/moe_ebm_jax/jax_compilation_cache')))
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+# The tests compare against exact sums and closed forms: full f32 products on every backend
+# (a GPU's default runs f32 products on TF32 tensor cores, a TPU's on bf16 passes; a CPU is
+# unchanged), and deterministic GPU kernels, so that resuming reproduces a run bit for bit there.
+jax.config.update('jax_default_matmul_precision', 'highest')
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_gpu_deterministic_ops=true').strip()
 
 
 def _require(path: pathlib.Path) -> pathlib.Path:

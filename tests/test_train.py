@@ -182,6 +182,7 @@ def test_divergence_stops_or_restores_the_last_good_checkpoint(polymnist_dir, tm
 
 SHARDED_SCRIPT = textwrap.dedent('''
     import os, sys, functools
+    os.environ['JAX_PLATFORMS'] = 'cpu'  # A CPU split in four, also beside an accelerator.
     os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
     import jax, jax.numpy as jnp, numpy as np
     sys.path.insert(0, {root!r})
@@ -217,23 +218,25 @@ def test_step_on_four_devices_equals_one_device(polymnist_dir, model):
 
 TWO_PROCESS_SCRIPT = textwrap.dedent('''
     import os, sys
+    os.environ['JAX_PLATFORMS'] = 'cpu'  # One CPU device per process, also beside a GPU.
     os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=1'
     import jax, numpy as np
     sys.path.insert(0, {root!r})
     sys.path.insert(0, {tests!r})
     from test_train import smoke_config
     from moe_ebm_jax import train
-    process_id = int(sys.argv[1])
+    process_id, num_processes = int(sys.argv[1]), int(sys.argv[2])
     config = smoke_config({data!r}, 'moe_ebm', num_train_steps=4, eval_every_steps=4)
-    config.distributed.enabled = True
-    config.distributed.coordinator_address = {address!r}
-    config.distributed.num_processes = 2
-    config.distributed.process_id = process_id
-    state = train.train_and_evaluate(config, {workdir!r})
-    assert jax.process_count() == 2 and jax.device_count() == 2
+    if num_processes > 1:
+      config.distributed.enabled = True
+      config.distributed.coordinator_address = {address!r}
+      config.distributed.num_processes = num_processes
+      config.distributed.process_id = process_id
+    state = train.train_and_evaluate(config, sys.argv[3])
+    assert jax.process_count() == num_processes and jax.device_count() == num_processes
     if process_id == 0:
       leaves = [np.asarray(x) for x in jax.tree.leaves((state.vae_params, state.ebm_params))]
-      np.savez({out!r}, *leaves)
+      np.savez(sys.argv[4], *leaves)
     print('PROCESS_DONE', process_id)
 ''')
 
@@ -246,21 +249,25 @@ def free_port():
 
 
 def test_two_processes_over_loopback_agree_with_one(polymnist_dir, tmp_path):
-  out = str(tmp_path / 'two_process_params.npz')
-  script = TWO_PROCESS_SCRIPT.format(
-      root=ROOT, tests=os.path.join(ROOT, 'tests'), data=polymnist_dir,
-      address=f'127.0.0.1:{free_port()}', workdir=str(tmp_path / 'two'), out=out)
-  procs = [subprocess.Popen([sys.executable, '-c', script, str(i)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True) for i in range(2)]
-  outputs = [p.communicate(timeout=600) for p in procs]
-  for i, (stdout, stderr) in enumerate(outputs):
-    assert f'PROCESS_DONE {i}' in stdout, stderr[-3000:]
-  single = train.train_and_evaluate(
-      smoke_config(polymnist_dir, 'moe_ebm', num_train_steps=4, eval_every_steps=4),
-      str(tmp_path / 'one'))
-  with np.load(out) as f:
-    two = [f[f'arr_{i}'] for i in range(len(f.files))]
-  one = [np.asarray(x) for x in jax.tree.leaves((single.vae_params, single.ebm_params))]
+  """Two processes (one CPU device each) train as one process does, both on the CPU."""
+  script = TWO_PROCESS_SCRIPT.format(root=ROOT, tests=os.path.join(ROOT, 'tests'),
+                                     data=polymnist_dir, address=f'127.0.0.1:{free_port()}')
+
+  def launch(num_processes):
+    workdir, out = str(tmp_path / f'run{num_processes}'), str(tmp_path / f'{num_processes}.npz')
+    return out, [subprocess.Popen(
+        [sys.executable, '-c', script, str(i), str(num_processes), workdir, out],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(num_processes)]
+
+  runs = [launch(2), launch(1)]
+  params = []
+  for out, procs in runs:
+    for i, proc in enumerate(procs):
+      stdout, stderr = proc.communicate(timeout=600)
+      assert f'PROCESS_DONE {i}' in stdout, stderr[-3000:]
+    with np.load(out) as f:
+      params.append([f[f'arr_{i}'] for i in range(len(f.files))])
+  two, one = params
   assert len(one) == len(two)
   for a, b in zip(one, two):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
