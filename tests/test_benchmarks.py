@@ -96,6 +96,7 @@ def test_smoke_run_prints_tables_and_a_json_record(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   record = json.loads(out.read_text())
   assert record['num_devices'] == 2 and record['matmul']['gflops'] > 0
+  assert record['matmul']['shape'] == [2048] * 3 and record['matmul']['highest_gflops'] > 0
   rows = {r['model']: r for r in record['train']}
   assert set(rows) == {'mmvaeplus', 'moe_ebm'}
   for r in rows.values():
