@@ -49,8 +49,12 @@ def base_config(model: str | None) -> ml_collections.ConfigDict:
   c.data.mnist = config_dict.placeholder(str)  # .npz or IDX folder; None: cache, TFDS, PyPI.
   c.data.train_subset = config_dict.placeholder(int)  # First N train tuples; None: all.
   c.data.test_subset = config_dict.placeholder(int)
-  c.data.num_threads = 2  # grain reader threads.
+  c.data.num_threads = 2  # grain reader threads (per worker process, if any).
   c.data.prefetch_batches = 8
+  # Worker processes reading training batches (0: threads in the training process). Decoding is
+  # mostly Python under the GIL, so threads barely scale; processes do. A checkpoint's data
+  # position has the form of its worker count: resume with the same value.
+  c.data.num_workers = 0
 
   objective_name, prior, posterior_sampler = MODEL_SPECS[model]
   objective = objectives.get(objective_name)
@@ -147,6 +151,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f'data.num_modalities={config.data.num_modalities!r} must be an integer >= 2')
   for key in ('batch_size', 'eval_batch_size'):
     check(isinstance(config[key], int) and config[key] > 0, f'{key}={config[key]!r} must be > 0')
+  for key, least in (('num_threads', 1), ('num_workers', 0), ('prefetch_batches', 1)):
+    check(isinstance(config.data[key], int) and config.data[key] >= least,
+          f'data.{key}={config.data[key]!r} must be an integer >= {least}')
   for key in ('train_subset', 'test_subset'):
     value = config.data[key]
     check(value is None or value > 0, f'data.{key}={value!r} must be > 0 or None')

@@ -19,6 +19,7 @@ from typing import Any
 import grain
 import ml_collections
 import numpy as np
+from absl import flags
 from absl import logging
 
 from moe_ebm_jax import polymnist
@@ -162,7 +163,33 @@ def train_iterator(config: ml_collections.ConfigDict, process_index: int = 0,
   # Threads decode and batch ahead of the training step; the state stays {'next_index': n}.
   read_options = grain.ReadOptions(num_threads=config.data.num_threads,
                                    prefetch_buffer_size=config.data.prefetch_batches)
-  return iter(ds.to_iter_dataset(read_options))
+  it_ds = ds.to_iter_dataset(read_options)
+  if config.data.num_workers:
+    # Worker w produces batches w, w + W, ... (spawned processes: safe beside JAX); the batches
+    # and their order are those of the in-process iterator. grain's workers read absl flags:
+    # outside an absl app (tests, notebooks) take their defaults.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    it_ds = it_ds.mp_prefetch(
+        grain.multiprocessing.MultiprocessingOptions(num_workers=config.data.num_workers))
+  return iter(it_ds)
+
+
+def workers_of_position(state: dict[str, Any]) -> int:
+  """How many worker processes the iterator that saved `state` had (0: none)."""
+  return len(state['iterators_in_use_states']) if 'iterators_in_use_states' in state else 0
+
+
+def restore_position(it: grain.DatasetIterator, state: dict[str, Any],
+                     config: ml_collections.ConfigDict) -> None:
+  """it.set_state(state), with a clear error when the worker count differs from the saver's."""
+  saved = workers_of_position(state)
+  if saved != config.data.num_workers:
+    raise ValueError(
+        f'the checkpoint\'s data position was saved with data.num_workers={saved}, the config '
+        f'has {config.data.num_workers}: resume with --config.data.num_workers={saved} (each '
+        'worker count keeps its position in another form).')
+  it.set_state(state)
 
 
 def eval_dataset(config: ml_collections.ConfigDict, split: str = 'test', process_index: int = 0,

@@ -365,7 +365,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   restores = 0
   if ckpt.latest_step() is not None:
     state, extra = ckpt.restore(abstract)
-    data_iter.set_state(extra['data'])
+    input_pipeline.restore_position(data_iter, extra['data'], config)
     restores = extra.get('restores', 0)
     logging.info('Resumed from step %d in %s.', int(state.step), workdir)
   else:
@@ -445,5 +445,5 @@ def _handle_divergence(config, state, ckpt, abstract, data_iter):
                                      if good is not None else ' No checkpoint to restore.'))
   logging.error('%s Restoring step %d with a fresh random stream.', message, good)
   restored, extra = ckpt.restore(abstract, step=good)
-  data_iter.set_state(extra['data'])
+  input_pipeline.restore_position(data_iter, extra['data'], config)
   return restored, int(restored.step)

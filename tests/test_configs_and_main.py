@@ -52,6 +52,8 @@ def test_unknown_model_is_rejected():
     ('eval.fid_batch_size', 0, 'fid_batch_size'),
     ('ebm.energy_l2', -0.1, 'energy_l2=-0.1'),
     ('model.conv_backward', 'fast', "conv_backward='fast'"),
+    ('data.num_workers', -1, 'num_workers=-1 must be an integer >= 0'),
+    ('data.num_threads', 0, 'num_threads=0 must be an integer >= 1'),
 ])
 def test_bad_values_fail_validation(field, value, message):
   config = load_config('smoke')

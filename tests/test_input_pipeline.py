@@ -97,6 +97,29 @@ def test_iterator_position_restores_exactly(config):
   assert [first_index(next(resumed)) for _ in range(3)] == expected
 
 
+def test_worker_processes_give_the_same_batches_and_restore_exactly(config):
+  """Two worker processes: the in-process iterator's batches in its order; positions restore."""
+  plain = input_pipeline.train_iterator(config)
+  expected = [next(plain) for _ in range(16)]  # Past one epoch of 10 batches.
+  workers = config.copy_and_resolve_references()
+  workers.data.num_workers = 2
+  it = input_pipeline.train_iterator(workers)
+  got = [next(it) for _ in range(13)]
+  for a, b in zip(expected, got):
+    np.testing.assert_array_equal(a['mnist_index'], b['mnist_index'])
+    np.testing.assert_array_equal(a['images'], b['images'])
+  state = it.get_state()
+  assert input_pipeline.workers_of_position(state) == 2
+  resumed = input_pipeline.train_iterator(workers)
+  input_pipeline.restore_position(resumed, state, workers)
+  assert [first_index(next(resumed)) for _ in range(3)] == [first_index(b) for b in expected[13:]]
+  # A position of two workers does not fit the in-process iterator, and says so.
+  with pytest.raises(ValueError, match='saved with data.num_workers=2, the config has 0'):
+    input_pipeline.restore_position(input_pipeline.train_iterator(config), state, config)
+  for iterator in (it, resumed):
+    iterator.close()
+
+
 def test_subset_and_drop_remainder(train_source):
   ds = input_pipeline.make_dataset(train_source, num_modalities=M, batch_size=32, subset=100,
                                    num_epochs=1)
