@@ -16,6 +16,7 @@ the last good checkpoint (with a fresh random stream) or stops, saying what dive
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -383,8 +384,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                            every_steps=config.log_every_steps)
   eval_key = jax.random.PRNGKey(config.seed + 1)
   # On any exit, an error included (divergence, a failing data source), the asynchronous save
-  # in flight completes, so the last good checkpoint is on disk, and the logs are flushed.
-  with ckpt, writer, checkpointing.GracefulShutdown() as shutdown:
+  # in flight completes, so the last good checkpoint is on disk, the logs are flushed and the
+  # input threads and worker processes stop.
+  with ckpt, writer, contextlib.closing(data_iter), checkpointing.GracefulShutdown() as shutdown:
     step = start_step
     while step < config.num_train_steps:
       batch = next(data_iter)

@@ -157,6 +157,9 @@ class PoisonedIterator:
   def set_state(self, state):
     self.inner.set_state(state)
 
+  def close(self):
+    self.inner.close()
+
 
 @pytest.mark.parametrize('policy', ['stop', 'restore'])
 def test_divergence_stops_or_restores_the_last_good_checkpoint(polymnist_dir, tmp_path,
@@ -341,6 +344,9 @@ class BreakingIterator:
 
   def set_state(self, state):
     self.inner.set_state(state)
+
+  def close(self):
+    self.inner.close()
 
 
 def test_an_error_mid_run_keeps_the_checkpoint_being_written(polymnist_dir, tmp_path,
