@@ -327,26 +327,17 @@ def test_beta_warmup_step_equals_a_step_with_the_scaled_beta(polymnist_dir):
       1, **{'model.beta_warmup_steps': 4})[1]['vae_loss'])) > 1e-3
 
 
-class BreakingIterator:
+class BreakingIterator(PoisonedIterator):
   """Wraps the training iterator and raises on the `at`-th batch (a data source that fails)."""
 
   def __init__(self, inner, at):
-    self.inner, self.at, self.count = inner, at, 0
+    super().__init__(inner, bad_steps=())
+    self.at = at
 
   def __next__(self):
-    self.count += 1
-    if self.count == self.at:
+    if self.count + 1 == self.at:
       raise OSError('the data source went away')
-    return next(self.inner)
-
-  def get_state(self):
-    return self.inner.get_state()
-
-  def set_state(self, state):
-    self.inner.set_state(state)
-
-  def close(self):
-    self.inner.close()
+    return super().__next__()
 
 
 def test_an_error_mid_run_keeps_the_checkpoint_being_written(polymnist_dir, tmp_path,
