@@ -11,7 +11,9 @@ import ml_collections
 from ml_collections import config_dict
 
 from moe_ebm_jax import conv
+from moe_ebm_jax import networks
 from moe_ebm_jax import objectives
+from moe_ebm_jax import optimizers
 
 # Model names accepted as the config argument (--config=configs/x.py:<model>): each is an
 # objective (objectives.py), a prior on z and a posterior sampler for the EBM's learning.
@@ -70,6 +72,13 @@ def base_config(model: str | None) -> ml_collections.ConfigDict:
   # Conv kernel gradients (conv.py): 'auto' (matmuls on CPU, XLA's own elsewhere), 'xla', 'matmul'.
   c.model.conv_backward = 'auto'
   c.model.likelihood_scale = 0.75  # Laplace scale of p(x | w, z) (MMVAE+).
+  # Parameter initialisation of the encoders and decoders: 'pytorch' (PyTorch's Conv2d/Linear
+  # defaults, kernels and biases uniform within 1/sqrt(fan_in): the references') or 'lecun'
+  # (Flax's defaults: LeCun-normal kernels, zero biases; about 10x louder outputs at the start).
+  c.model.param_init = 'pytorch'
+  # Added to every posterior and auxiliary-prior scale: the MMVAE+ reference's 1e-20 for
+  # MMVAE+, MMVAE's 1e-6 for the others.
+  c.model.scale_eps = 1e-20 if objective_name == 'mmvaeplus' else 1e-6
   c.model.posterior_scale_multiplier = 1.0  # Times every posterior scale (models.py); 1: MMVAE+.
   c.model.beta = 2.5
   # KL warm-up: beta grows linearly over the first N training steps (0: constant, the paper).
@@ -83,14 +92,20 @@ def base_config(model: str | None) -> ml_collections.ConfigDict:
   c.model.posterior_sampler = posterior_sampler
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.learning_rate = 1e-3  # MMVAE+: Adam with amsgrad, lr 1e-3.
+  c.optim.learning_rate = 1e-3  # MMVAE+: torch.optim.Adam(amsgrad=True), lr 1e-3.
   c.optim.amsgrad = True
+  # 'torch': torch.optim.Adam's algorithm (optimizers.torch_adam), the references'; 'optax':
+  # optax.adam / optax.amsgrad, whose AMSGrad takes several times smaller steps early on.
+  c.optim.implementation = 'torch'
+  # Adam's eps as the reference sets it, for its batch-summed loss (optimizers.make_optimizers).
+  c.optim.eps = 1e-8
   c.optim.grad_clip_norm = config_dict.placeholder(float)  # None: no clipping (as MMVAE+).
 
   # EBM prior and Langevin. The paper gives no values: these start from Pang et al. 2020.
   c.ebm = ml_collections.ConfigDict()
   c.ebm.hidden = (200, 200)
   c.ebm.activation = 'gelu'
+  c.ebm.param_init = 'pytorch'  # As model.param_init: Pang et al.'s EBM is PyTorch nn.Linear layers.
   c.ebm.learning_rate = 2e-5
   c.ebm.b1 = 0.5
   c.ebm.b2 = 0.999
@@ -162,6 +177,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f'({config.batch_size})')
   check(config.model.modality_loop in ('unroll', 'map'),
         f"model.modality_loop={config.model.modality_loop!r}, expected 'unroll' or 'map'")
+  for key in ('model.param_init', 'ebm.param_init'):
+    section, name = key.split('.')
+    check(config[section][name] in networks.INITS,
+          f'{key}={config[section][name]!r}, expected one of {networks.INITS}')
+  check(config.optim.implementation in optimizers.IMPLEMENTATIONS,
+        f'optim.implementation={config.optim.implementation!r}, expected one of '
+        f'{optimizers.IMPLEMENTATIONS}')
+  check(config.optim.eps > 0, f'optim.eps={config.optim.eps} must be > 0')
+  check(config.model.scale_eps > 0, f"model.scale_eps={config.model.scale_eps} must be > 0")
   check(config.model.conv_backward in conv.BACKWARD_MODES,
         f'model.conv_backward={config.model.conv_backward!r}, expected one of '
         f'{conv.BACKWARD_MODES}')

@@ -50,7 +50,7 @@ class MultimodalVAE:
   latent_w: int = 32
   latent_z: int = 32
   likelihood_scale: float = 0.75  # Fixed Laplace scale of p(x | w, z) (MMVAE+).
-  scale_eps: float = 1e-6
+  scale_eps: float = 1e-20  # The MMVAE+ reference's eta (config.model.scale_eps).
   # Multiplies every posterior scale (1: the reference). Below 1 the posteriors start less
   # noisy: MMVAE+'s softmax scales sum to D, so at initialisation each latent carries Laplace
   # noise of scale 1 against encoder means that vary by ~0.1 across examples, and a narrow
@@ -64,6 +64,7 @@ class MultimodalVAE:
   modality_loop: str = 'unroll'
   # How the conv kernels' gradients are computed (conv.py): 'auto' is fast on every backend.
   conv_backward: str = 'auto'
+  param_init: str = 'pytorch'  # Parameter initialisation (networks.INITS).
 
   def _per_modality(self, apply_fn, stacked_params: Params, inputs: jax.Array):
     """apply_fn(params_m, inputs[m]) for every modality m, stacked on a leading axis M."""
@@ -76,11 +77,12 @@ class MultimodalVAE:
   @property
   def encoder(self) -> networks.Encoder:
     return networks.Encoder(self.widths, self.latent_w, self.latent_z,
-                            conv_backward=self.conv_backward)
+                            conv_backward=self.conv_backward, param_init=self.param_init)
 
   @property
   def decoder(self) -> networks.Decoder:
-    return networks.Decoder(self.widths, IMAGE_SHAPE[-1], conv_backward=self.conv_backward)
+    return networks.Decoder(self.widths, IMAGE_SHAPE[-1], conv_backward=self.conv_backward,
+                            param_init=self.param_init)
 
   def init(self, key: jax.Array) -> Params:
     k_enc, k_dec = jax.random.split(key)
@@ -136,11 +138,13 @@ def make_vae(config: ml_collections.ConfigDict) -> MultimodalVAE:
                        posterior_scale_multiplier=config.model.posterior_scale_multiplier,
                        distribution=config.model.distribution,
                        modality_loop=config.model.modality_loop,
-                       conv_backward=config.model.conv_backward)
+                       conv_backward=config.model.conv_backward,
+                       param_init=config.model.param_init, scale_eps=config.model.scale_eps)
 
 
 def make_energy(config: ml_collections.ConfigDict) -> networks.EnergyMLP:
-  return networks.EnergyMLP(hidden=tuple(config.ebm.hidden), activation=config.ebm.activation)
+  return networks.EnergyMLP(hidden=tuple(config.ebm.hidden), activation=config.ebm.activation,
+                            param_init=config.ebm.param_init)
 
 
 def base_log_prob(z: jax.Array) -> jax.Array:

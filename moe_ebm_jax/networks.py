@@ -8,11 +8,14 @@ reference. Narrower widths (e.g. (8, 16, 32)) give the same architecture for CPU
 The energy network (section 1) is Pang et al.'s MLP: Dense-act-Dense-act-Dense(1), whose output
 f_a(z) is the negative energy.
 
-Initialisation is Flax's default (LeCun-normal kernels, zero biases), not PyTorch's.
+Initialisation (`param_init`): 'pytorch' (the default) draws every kernel and bias uniformly within
++-1/sqrt(fan_in), PyTorch's default for Conv2d and Linear and so the reference's; 'lecun' is
+Flax's default (LeCun-normal kernels, i.e. three times the variance, and zero biases).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -28,6 +31,44 @@ Array = jax.Array
 IMAGE_SIZE = 28
 BASE_SIZE = 7  # Spatial size at the bottom of the towers: 28 -> 14 -> 7.
 LEAKY_SLOPE = 0.2
+
+
+INITS = ('pytorch', 'lecun')
+
+
+def pytorch_uniform(fan_in: int) -> nn.initializers.Initializer:
+  """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default for Conv2d/Linear kernels (its
+  kaiming_uniform_ with a = sqrt(5)) and biases."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def kernel_init(init: str, fan_in: int) -> nn.initializers.Initializer:
+  """The kernel initialiser of scheme `init` for a layer with `fan_in` inputs per output
+  (in_features, or in_channels * kh * kw)."""
+  _check_init(init)
+  return pytorch_uniform(fan_in) if init == 'pytorch' else nn.initializers.lecun_normal()
+
+
+def bias_init(init: str, fan_in: int) -> nn.initializers.Initializer:
+  _check_init(init)
+  return pytorch_uniform(fan_in) if init == 'pytorch' else nn.initializers.zeros_init()
+
+
+def _check_init(init: str) -> None:
+  if init not in INITS:
+    raise ValueError(f'unknown initialisation {init!r}; choose one of {INITS}.')
+
+
+def dense(features: int, fan_in: int, init: str, name: str, dtype: Dtype | None = None
+          ) -> nn.Dense:
+  """nn.Dense with the kernel and bias initialisers of scheme `init`."""
+  return nn.Dense(features, dtype=dtype, kernel_init=kernel_init(init, fan_in),
+                  bias_init=bias_init(init, fan_in), name=name)
 
 
 def leaky_relu(x: Array) -> Array:
@@ -52,27 +93,31 @@ def upsample_nearest_2x(x: Array) -> Array:
 class Conv3x3(nn.Module):
   """3x3 stride-1 convolution, zero padding 1, with bias: (N, H, W, C) -> (N, H, W, features).
 
-  The same parameters ('kernel' (3, 3, C, features), LeCun-normal; 'bias', zeros) and outputs as
-  nn.Conv(features, (3, 3), padding=1); the kernel gradient is computed as conv.py says
-  (`backward`: 'auto', 'xla' or 'matmul'), fast on XLA:CPU.
+  The same parameters ('kernel' (3, 3, C, features), 'bias') and outputs as
+  nn.Conv(features, (3, 3), padding=1) (with param_init='lecun', the same initialisation too); the
+  kernel gradient is computed as conv.py says (`backward`: 'auto', 'xla' or 'matmul'), fast on
+  XLA:CPU.
   """
   features: int
   backward: str = 'auto'
   dtype: Dtype | None = None
+  param_init: str = 'pytorch'
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+    fan_in = 9 * x.shape[-1]
+    kernel = self.param('kernel', kernel_init(self.param_init, fan_in),
                         (3, 3, x.shape[-1], self.features))
-    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
+    bias = self.param('bias', bias_init(self.param_init, fan_in), (self.features,))
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     lead = x.shape[:-3]
     y = conv.conv3x3(x.reshape((-1,) + x.shape[-3:]), kernel, self.backward)
     return y.reshape(lead + y.shape[1:]) + bias
 
 
-def _conv3x3(features: int, name: str, dtype: Dtype | None, backward: str) -> Conv3x3:
-  return Conv3x3(features, backward, dtype, name=name)
+def _conv3x3(features: int, name: str, dtype: Dtype | None, backward: str,
+             init: str) -> Conv3x3:
+  return Conv3x3(features, backward, dtype, init, name=name)
 
 
 class ResBlock(nn.Module):
@@ -86,18 +131,21 @@ class ResBlock(nn.Module):
   residual_scale: float = 0.1
   dtype: Dtype | None = None
   conv_backward: str = 'auto'  # How the 3x3 kernels' gradients are computed (conv.py).
+  param_init: str = 'pytorch'
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     features_in = x.shape[-1]
     hidden = min(features_in, self.features_out)
-    dx = _conv3x3(hidden, 'conv_0', self.dtype, self.conv_backward)(leaky_relu(x))
-    dx = _conv3x3(self.features_out, 'conv_1', self.dtype, self.conv_backward)(leaky_relu(dx))
+    conv3x3 = functools.partial(_conv3x3, dtype=self.dtype, backward=self.conv_backward,
+                                init=self.param_init)
+    dx = conv3x3(hidden, 'conv_0')(leaky_relu(x))
+    dx = conv3x3(self.features_out, 'conv_1')(leaky_relu(dx))
     if features_in == self.features_out:
       shortcut = x
     else:
       shortcut = nn.Conv(self.features_out, (1, 1), use_bias=False, dtype=self.dtype,
-                         name='shortcut')(x)
+                         kernel_init=kernel_init(self.param_init, features_in), name='shortcut')(x)
     return shortcut + self.residual_scale * dx
 
 
@@ -111,22 +159,22 @@ class ConvTower(nn.Module):
   latent_dim: int = 32
   dtype: Dtype | None = None
   conv_backward: str = 'auto'
+  param_init: str = 'pytorch'
 
   @nn.compact
   def __call__(self, x: Array) -> tuple[Array, Array]:
     w0, w1, w2 = self.widths
-    h = _conv3x3(w0, 'conv_in', self.dtype, self.conv_backward)(x)
-    h = ResBlock(w0, dtype=self.dtype, conv_backward=self.conv_backward,
-                 name='block_0')(h)
+    block = functools.partial(ResBlock, dtype=self.dtype, conv_backward=self.conv_backward,
+                              param_init=self.param_init)
+    h = _conv3x3(w0, 'conv_in', self.dtype, self.conv_backward, self.param_init)(x)
+    h = block(w0, name='block_0')(h)
     h = avg_pool_3x3_s2(h)
-    h = ResBlock(w1, dtype=self.dtype, conv_backward=self.conv_backward,
-                 name='block_1')(h)
+    h = block(w1, name='block_1')(h)
     h = avg_pool_3x3_s2(h)
-    h = ResBlock(w2, dtype=self.dtype, conv_backward=self.conv_backward,
-                 name='block_2')(h)
+    h = block(w2, name='block_2')(h)
     h = h.reshape(h.shape[:-3] + (-1,))
-    loc = nn.Dense(self.latent_dim, dtype=self.dtype, name='loc')(h)
-    scale_logits = nn.Dense(self.latent_dim, dtype=self.dtype, name='scale_logits')(h)
+    loc = dense(self.latent_dim, h.shape[-1], self.param_init, 'loc', self.dtype)(h)
+    scale_logits = dense(self.latent_dim, h.shape[-1], self.param_init, 'scale_logits', self.dtype)(h)
     return loc, scale_logits
 
 
@@ -142,16 +190,17 @@ class Encoder(nn.Module):
   latent_z: int = 32
   dtype: Dtype | None = None
   conv_backward: str = 'auto'
+  param_init: str = 'pytorch'
 
   @nn.compact
   def __call__(self, x: Array) -> tuple[Array, Array, Array, Array]:
     z_loc, z_scale_logits = ConvTower(self.widths, self.latent_z, self.dtype, self.conv_backward,
-                                     name='tower_z')(x)
+                                      self.param_init, name='tower_z')(x)
     if not self.latent_w:  # Single-latent models (MMVAE, MVAE, mmJSD, MoPoE): no w tower.
       empty = jnp.zeros(z_loc.shape[:-1] + (0,), z_loc.dtype)
       return empty, empty, z_loc, z_scale_logits
     w_loc, w_scale_logits = ConvTower(self.widths, self.latent_w, self.dtype, self.conv_backward,
-                                         name='tower_w')(x)
+                                      self.param_init, name='tower_w')(x)
     return w_loc, w_scale_logits, z_loc, z_scale_logits
 
 
@@ -166,23 +215,24 @@ class Decoder(nn.Module):
   out_channels: int = 3
   dtype: Dtype | None = None
   conv_backward: str = 'auto'
+  param_init: str = 'pytorch'
 
   @nn.compact
   def __call__(self, latent: Array) -> Array:
     w0, w1, w2 = self.widths
     lead = latent.shape[:-1]
     h = latent.reshape((-1, latent.shape[-1]))
-    h = nn.Dense(BASE_SIZE * BASE_SIZE * w2, dtype=self.dtype, name='dense_in')(h)
+    h = dense(BASE_SIZE * BASE_SIZE * w2, h.shape[-1], self.param_init, 'dense_in', self.dtype)(h)
     h = h.reshape((-1, BASE_SIZE, BASE_SIZE, w2))
-    h = ResBlock(w1, dtype=self.dtype, conv_backward=self.conv_backward,
-                 name='block_0')(h)
+    block = functools.partial(ResBlock, dtype=self.dtype, conv_backward=self.conv_backward,
+                              param_init=self.param_init)
+    h = block(w1, name='block_0')(h)
     h = upsample_nearest_2x(h)
-    h = ResBlock(w0, dtype=self.dtype, conv_backward=self.conv_backward,
-                 name='block_1')(h)
+    h = block(w0, name='block_1')(h)
     h = upsample_nearest_2x(h)
-    h = ResBlock(w0, dtype=self.dtype, conv_backward=self.conv_backward,
-                 name='block_2')(h)
-    h = _conv3x3(self.out_channels, 'conv_out', self.dtype, self.conv_backward)(leaky_relu(h))
+    h = block(w0, name='block_2')(h)
+    h = _conv3x3(self.out_channels, 'conv_out', self.dtype, self.conv_backward,
+                 self.param_init)(leaky_relu(h))
     return h.reshape(lead + h.shape[1:])
 
 
@@ -217,14 +267,15 @@ class EnergyMLP(nn.Module):
   hidden: Sequence[int] = (200, 200)
   activation: str = 'gelu'
   dtype: Dtype | None = None
+  param_init: str = 'pytorch'
 
   @nn.compact
   def __call__(self, z: Array) -> Array:
     act = get_activation(self.activation)
     h = z
     for i, width in enumerate(self.hidden):
-      h = act(nn.Dense(width, dtype=self.dtype, name=f'dense_{i}')(h))
-    return nn.Dense(1, dtype=self.dtype, name='dense_out')(h)[..., 0]
+      h = act(dense(width, h.shape[-1], self.param_init, f'dense_{i}', self.dtype)(h))
+    return dense(1, h.shape[-1], self.param_init, 'dense_out', self.dtype)(h)[..., 0]
 
 
 def count_params(params: Any) -> int:

@@ -42,6 +42,7 @@ from moe_ebm_jax import metric_logging
 from moe_ebm_jax import models
 from moe_ebm_jax import networks
 from moe_ebm_jax import objectives
+from moe_ebm_jax import optimizers
 
 Params = Any
 
@@ -50,7 +51,7 @@ BAD_VAE, BAD_EBM, BAD_ENERGY = 1, 2, 4
 # Keys that must match to resume a workdir (others, e.g. num_train_steps, may change).
 COMPATIBLE_KEYS = ('model.name', 'model.widths', 'model.latent_w', 'model.latent_z',
                    'model.prior', 'ebm.hidden', 'ebm.activation', 'data.num_modalities',
-                   'data.seed', 'data.backgrounds', 'optim.amsgrad',
+                   'data.seed', 'data.backgrounds', 'optim.amsgrad', 'optim.implementation',
                    'optim.grad_clip_norm', 'model.posterior_scale_multiplier')
 
 
@@ -126,13 +127,8 @@ def make_model(config: ml_collections.ConfigDict) -> Model:
 
 
 def make_optimizers(config: ml_collections.ConfigDict):
-  """(VAE optimiser, EBM optimiser): separate transformations with separate states."""
-  adam = optax.amsgrad if config.optim.amsgrad else optax.adam
-  vae_tx = adam(config.optim.learning_rate)
-  if config.optim.grad_clip_norm is not None:
-    vae_tx = optax.chain(optax.clip_by_global_norm(config.optim.grad_clip_norm), vae_tx)
-  ebm_tx = optax.adam(config.ebm.learning_rate, b1=config.ebm.b1, b2=config.ebm.b2)
-  return vae_tx, ebm_tx
+  """(VAE optimiser, EBM optimiser): see optimizers.make_optimizers."""
+  return optimizers.make_optimizers(config)
 
 
 def init_state(model: Model, vae_tx, ebm_tx, key: jax.Array) -> TrainState:

@@ -122,3 +122,31 @@ def test_unknown_override_key_is_refused(tmp_path):
       capture_output=True, text=True, timeout=300, cwd=tmp_path)
   assert result.returncode != 0
   assert 'conv_speed' in result.stderr
+
+
+def test_coherence_probe_at_smoke_scale(tmp_path, polymnist_dir, mnist_npz):
+  out = tmp_path / 'probe.json'
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'benchmarks', 'coherence_probe.py'),
+       '--config=configs/smoke.py:mmvaeplus', '--at=2,4', '--num_test=24', '--num_joint=8',
+       '--norms', '--log_every=2', f'--config.data.data_dir={polymnist_dir}',
+       f'--config.data.mnist={mnist_npz}', '--classifier_max_steps=2',
+       '--classifier_test_subset=32', f'--json_out={out}'],
+      capture_output=True, text=True, timeout=900, cwd=ROOT)
+  assert result.returncode == 0, result.stderr[-3000:]
+  record = json.loads(out.read_text())
+  assert [p['step'] for p in record['probes']] == [2, 4]
+  assert [entry['step'] for entry in record['log']] == [2, 4]
+  for probe in record['probes']:
+    matrix = np.array(probe['matrix_q'])
+    assert matrix.shape == (5, 5) and ((0 <= matrix) & (matrix <= 1)).all()
+    # Cross coherence is the mean over the off-diagonal pairs, counted over 24 tuples.
+    off = matrix[~np.eye(5, dtype=bool)]
+    assert probe['cross_coherence_q'] == pytest.approx(off.mean(), abs=1e-3)
+    assert 0 <= probe['joint_coherence'] <= 1
+    norms = probe['norms']
+    assert set(norms) == {'grad', 'update', 'param'}
+    assert 'decoders/params/conv_out/kernel' in norms['grad']
+    assert all(v > 0 for v in norms['update'].values())
+  assert record['config']['model']['name'] == 'mmvaeplus'
+  assert '| 4 |' in result.stdout

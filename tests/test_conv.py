@@ -83,7 +83,7 @@ def test_conv3x3_values_and_gradients_match_xla_autodiff(backward, shape):
 
 def test_conv3x3_module_is_nn_conv_with_the_same_parameters():
   x = jax.random.normal(jax.random.PRNGKey(5), (2, 3, 7, 7, 4))  # Two leading batch axes.
-  ours = networks.Conv3x3(6)
+  ours = networks.Conv3x3(6, param_init='lecun')  # Flax's initialisers, as nn.Conv's.
   ref = nn.Conv(6, (3, 3), padding=((1, 1), (1, 1)))
   key = jax.random.PRNGKey(6)
   params, params_ref = ours.init(key, x), ref.init(key, x)

@@ -176,3 +176,68 @@ def test_energy_mlp_activations():
   assert not np.allclose(outs['leaky_relu'], outs['relu'])
   with pytest.raises(ValueError, match='unknown activation'):
     networks.EnergyMLP((8,), 'softplusx').init(jax.random.key(0), z)
+
+
+def _layers(tree, path=()):
+  """(path, kernel, bias or None) of every layer in a params tree."""
+  if 'kernel' in tree:
+    yield path, np.asarray(tree['kernel']), (np.asarray(tree['bias']) if 'bias' in tree else None)
+    return
+  for name, sub in tree.items():
+    if isinstance(sub, dict):
+      yield from _layers(sub, path + (name,))
+
+
+def _init_all(init):
+  key = jax.random.key(3)
+  enc = networks.Encoder(SMOKE, 8, 8, param_init=init).init(key, jnp.zeros((1, 28, 28, 3)))
+  dec = networks.Decoder(SMOKE, 3, param_init=init).init(key, jnp.zeros((1, 16)))
+  mlp = networks.EnergyMLP((200, 200), param_init=init).init(key, jnp.zeros((1, 32)))
+  return [layer for tree in (enc, dec, mlp) for layer in _layers(tree['params'])]
+
+
+def test_pytorch_init_is_uniform_within_one_over_sqrt_fan_in():
+  layers = _init_all('pytorch')
+  assert len(layers) == 2 * 11 + 10 + 3  # Two towers, a decoder, the energy MLP.
+  for path, kernel, bias in layers:
+    fan_in = math.prod(kernel.shape[:-1])
+    bound = 1 / math.sqrt(fan_in)
+    assert np.abs(kernel).max() <= bound, path
+    if kernel.size >= 2000:  # Uniform(-b, b): std b / sqrt(3), and it reaches its bounds.
+      assert kernel.std() == pytest.approx(bound / math.sqrt(3), rel=0.05), path
+      assert np.abs(kernel).max() > 0.98 * bound, path
+    if bias is not None:
+      assert 0 < np.abs(bias).max() <= bound, path
+  shortcuts = [k for p, k, b in layers if p[-1] == 'shortcut']
+  assert shortcuts and all(k.shape[:2] == (1, 1) for k in shortcuts)  # Bias-free, fan_in = C.
+
+
+def test_pytorch_init_bounds_are_torchs():
+  """The bound is what torch's own Conv2d / Linear draw within, for our layers' shapes."""
+  torch = pytest.importorskip('torch')
+  torch.manual_seed(0)
+  for path, kernel, bias in _init_all('pytorch'):
+    if kernel.ndim == 4:
+      kh, kw, cin, cout = kernel.shape
+      layer = torch.nn.Conv2d(cin, cout, (kh, kw), bias=bias is not None)
+    else:
+      layer = torch.nn.Linear(*kernel.shape)
+    ours = 1 / math.sqrt(math.prod(kernel.shape[:-1]))
+    theirs = layer.weight.detach().abs().max().item()
+    assert theirs <= ours * (1 + 1e-6), path
+    if kernel.size >= 2000:
+      assert theirs > 0.98 * ours, path
+      assert layer.weight.detach().std().item() == pytest.approx(kernel.std(), rel=0.05), path
+    if bias is not None:
+      assert layer.bias.detach().abs().max().item() <= ours * (1 + 1e-6), path
+
+
+def test_lecun_init_is_flaxs_default():
+  pytorch = {p: k for p, k, _ in _init_all('pytorch')}
+  for path, kernel, bias in _init_all('lecun'):
+    if bias is not None:
+      assert not bias.any(), path  # Zero biases.
+    if kernel.size >= 2000:  # Three times the variance of PyTorch's default.
+      assert kernel.var() / pytorch[path].var() == pytest.approx(3.0, rel=0.1), path
+  with pytest.raises(ValueError, match='choose one of'):
+    networks.Conv3x3(4, param_init='xavier').init(jax.random.key(0), jnp.zeros((1, 5, 5, 2)))
