@@ -137,6 +137,9 @@ def base_config(model: str | None) -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.num_test_examples = config_dict.placeholder(int)  # None: the whole test split (subset).
   c.eval.num_joint_samples = 10_000
+  # Coherence classifies the decoders' raw means, as the MMVAE+ reference does; True clips them
+  # to [0, 1] first (this library's behaviour before; docs/fidelity.md has the difference).
+  c.eval.clip_for_coherence = False
   # FID (method.md section 5): N generated vs the first N test images per modality, for joint
   # samples and for every (source, target) of cross generation. 0 skips FID.
   c.eval.num_fid_samples = 10_000

@@ -78,6 +78,15 @@ class Evaluator:
         for post_ld in ((False, True) if model.has_ebm else (False,))}
     self._joint = jax.jit(functools.partial(generation.joint_generate, model=model,
                                             num_samples=config.eval_batch_size))
+    # What the classifiers see: the MMVAE+ reference classifies the decoders' raw means
+    # (eval.clip_for_coherence=False); figures and FID always use images clipped to [0, 1].
+    clip = config.eval.clip_for_coherence
+    self._coherence_conditional = {
+        post_ld: jax.jit(functools.partial(generation.conditional_generate, model=model,
+                                           post_ld=post_ld, clip=clip))
+        for post_ld in self.ld_modes}
+    self._coherence_joint = jax.jit(functools.partial(
+        generation.joint_generate, model=model, num_samples=config.eval_batch_size, clip=clip))
 
   @property
   def ld_modes(self) -> tuple[bool, ...]:
@@ -102,7 +111,7 @@ class Evaluator:
         for j, s in enumerate(all_subsets):
           mask = jnp.asarray(np.isin(np.arange(m), s))
           k = jax.random.fold_in(jax.random.fold_in(key, i), j * 2 + int(ld))
-          decodes, _, _ = self._conditional[ld](state, images, mask, k)
+          decodes, _, _ = self._coherence_conditional[ld](state, images, mask, k)
           predicted = np.asarray(self.classify(decodes))
           hits[ld][s] += (predicted == labels[:, None]).sum(axis=0)
       count += len(labels)
@@ -127,7 +136,7 @@ class Evaluator:
     predictions = []
     n = 0
     while n < num_joint:
-      samples, _ = self._joint(state, jax.random.fold_in(key, 10_000 + n))
+      samples, _ = self._coherence_joint(state, jax.random.fold_in(key, 10_000 + n))
       predictions.append(np.asarray(self.classify(samples)))
       n += samples.shape[0]
     predictions = np.concatenate(predictions)[:num_joint]

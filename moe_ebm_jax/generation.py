@@ -32,27 +32,29 @@ def sample_prior_z(state, key: jax.Array, num_samples: int, *, model,
   return z, (diag['trajectory'] if keep_trajectory else None)
 
 
-def decode_shared(model, vae_params, w: jax.Array, z: jax.Array) -> jax.Array:
-  """Decodes every modality from its w (M, N, Dw) and the shared z (N, Dz): (N, M, 28, 28, 3)
-  clipped to [0, 1]."""
+def decode_shared(model, vae_params, w: jax.Array, z: jax.Array, clip: bool = True) -> jax.Array:
+  """Decodes every modality from its w (M, N, Dw) and the shared z (N, Dz): the likelihood's
+  means (N, M, 28, 28, 3), clipped to the pixel range [0, 1] unless `clip` is False."""
   m = model.vae.num_modalities
   latents = jnp.concatenate([w, jnp.broadcast_to(z[None], (m,) + z.shape)], axis=-1)
-  return jnp.moveaxis(jnp.clip(model.vae.decode(vae_params, latents), 0.0, 1.0), 0, 1)
+  means = model.vae.decode(vae_params, latents)
+  return jnp.moveaxis(jnp.clip(means, 0.0, 1.0) if clip else means, 0, 1)
 
 
 def joint_generate(state, key: jax.Array, *, model, num_samples: int,
-                   keep_trajectory: bool = False):
-  """Joint samples (N, M, 28, 28, 3) in [0, 1], and the prior chain's trajectory or None."""
+                   keep_trajectory: bool = False, clip: bool = True):
+  """Joint samples (N, M, 28, 28, 3) (in [0, 1] with `clip`), and the prior chain's
+  trajectory or None."""
   vae = model.vae
   k_prior, k_w = jax.random.split(key)
   z, trajectory = sample_prior_z(state, k_prior, num_samples, model=model,
                                  keep_trajectory=keep_trajectory)
   w = vae.sample_prior(k_w, (vae.num_modalities, num_samples, vae.latent_w))
-  return decode_shared(model, state.vae_params, w, z), trajectory
+  return decode_shared(model, state.vae_params, w, z, clip), trajectory
 
 
 def conditional_generate(state, images: jax.Array, subset: jax.Array, key: jax.Array, *, model,
-                         post_ld: bool, keep_trajectory: bool = False):
+                         post_ld: bool, keep_trajectory: bool = False, clip: bool = True):
   """Decodes every modality given the modalities in `subset`.
 
   Args:
@@ -60,8 +62,10 @@ def conditional_generate(state, images: jax.Array, subset: jax.Array, key: jax.A
     subset: bool (M,), the observed modalities (at least one).
     post_ld: refine z by the posterior Langevin chain on the observed modalities (EBM models).
 
+    clip: clip the decodes to [0, 1] (False: the likelihood's raw means).
+
   Returns:
-    (decodes (B, M, 28, 28, 3) clipped to [0, 1], z (B, Dz), trajectory (steps, B, Dz) or None).
+    (decodes (B, M, 28, 28, 3), z (B, Dz), trajectory (steps, B, Dz) or None).
   """
   vae = model.vae
   k_z, k_w, k_prior_w, k_ld = jax.random.split(key, 4)
@@ -82,7 +86,7 @@ def conditional_generate(state, images: jax.Array, subset: jax.Array, key: jax.A
     if keep_trajectory:
       trajectory = diag['trajectory']['z']
   w = jnp.where(subset[:, None, None], w_q, vae.sample_prior(k_prior_w, w_q.shape))
-  return decode_shared(model, state.vae_params, w, z), z, trajectory
+  return decode_shared(model, state.vae_params, w, z, clip), z, trajectory
 
 
 def sample_grids(state, images: jax.Array, key: jax.Array, *, model,

@@ -145,3 +145,31 @@ def test_eval_of_a_run_with_another_model_config_is_refused(trained, tmp_path):
   with pytest.raises(checkpointing.IncompatibleRunError, match='posterior_scale_multiplier'):
     evaluation.evaluate_run(other, workdir, classify=lambda x: np.zeros(x.shape[:2], int))
   assert open(os.path.join(workdir, 'config.json')).read() == before
+
+
+@pytest.mark.parametrize('clip', [False, True])
+def test_coherence_classifies_raw_means_as_the_reference_unless_told_to_clip(trained, clip):
+  config, _, state = trained
+  config = config.copy_and_resolve_references()
+  config.eval.clip_for_coherence = clip
+  model = train.make_model(config)
+  seen = []
+
+  def classify(images):
+    seen.append(np.asarray(images))
+    return np.zeros(images.shape[:2], int)
+
+  evaluator = evaluation.Evaluator(config, model, classify)
+  images = np.random.default_rng(1).random((6, 5, 28, 28, 3), np.float32)
+  evaluator.coherence(state, [{'images': images, 'label': np.zeros(6, int)}],
+                      jax.random.PRNGKey(0), num_joint=4, cross_only=True)
+  assert len(seen) == 5 * len(evaluator.ld_modes) + 1  # Each source and LD mode, then joint.
+  # The decodes the classifier got equal the generation functions' raw or clipped means.
+  expected, _, _ = jax.jit(functools.partial(
+      generation.conditional_generate, model=model, post_ld=False, clip=clip))(
+          state, jnp.asarray(images), jnp.arange(5) == 0,
+          jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(0), 0), 0))
+  np.testing.assert_allclose(seen[0], expected, rtol=1e-6, atol=1e-6)
+  everything = np.concatenate([s.reshape(-1) for s in seen])
+  inside = (everything >= 0) & (everything <= 1)
+  assert inside.all() if clip else not inside.all()  # Untrained decoders overshoot [0, 1].
