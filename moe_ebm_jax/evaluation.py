@@ -145,20 +145,30 @@ class Evaluator:
     return results
 
   def figures(self, state, images: np.ndarray, key: jax.Array, out_dir: str) -> dict[str, str]:
-    """Writes the report's pictures as PNGs; returns {name: file name}."""
+    """Writes the report's pictures as titled, labelled PNGs; returns {name: file name}."""
     os.makedirs(out_dir, exist_ok=True)
     m = self.model.vae.num_modalities
     n = images.shape[0]
+    name = self.config.model.name
+    modalities = [f'm{d}' for d in range(m)]
+    tests = [f'test {i + 1}' for i in range(n)]
     files = {}
     joint, trajectory = jax.jit(functools.partial(
         generation.joint_generate, model=self.model, num_samples=n, keep_trajectory=True))(state, key)
-    files['joint'] = self._save(out_dir, 'joint_samples.png', np.asarray(joint))
+    files['joint'] = self._save(
+        out_dir, 'joint_samples.png', np.asarray(joint),
+        title=f'Joint samples of {name}: {self._prior_z_wording()}, each w_m ~ p(w)',
+        col_labels=modalities, row_labels=[f'sample {i + 1}' for i in range(n)])
     images = jnp.asarray(images)
     for src in range(m):
       mask = jnp.zeros((m,), bool).at[src].set(True)
       decodes, _, _ = self._conditional[False](state, images, mask, jax.random.fold_in(key, src))
       tiles = np.concatenate([np.asarray(images[:, src:src + 1]), np.asarray(decodes)], axis=1)
-      files[f'cross_from_m{src}'] = self._save(out_dir, f'cross_from_m{src}.png', tiles)
+      z_from = f'z ~ q(z | x_m{src})' + (', pre-LD' if self.model.has_ebm else '')
+      files[f'cross_from_m{src}'] = self._save(
+          out_dir, f'cross_from_m{src}.png', tiles,
+          title=f'Cross generation from m{src} ({name}; {z_from}, w ~ p(w))',
+          col_labels=[f'source m{src}'] + modalities, row_labels=tests)
     if self.model.has_ebm:
       mask = jnp.zeros((m,), bool).at[0].set(True)
       k = jax.random.fold_in(key, 99)
@@ -166,9 +176,24 @@ class Evaluator:
       post, _, _ = self._conditional[True](state, images, mask, k)
       rows = np.concatenate([np.asarray(images[:, :1]), np.asarray(pre), np.asarray(post)],
                             axis=1)
-      files['pre_post_ld'] = self._save(out_dir, 'pre_vs_post_ld_from_m0.png', rows)
+      # 'pre m0' rather than 'pre-LD m0': a label must fit one 56-px column.
+      files['pre_post_ld'] = self._save(
+          out_dir, 'pre_vs_post_ld_from_m0.png', rows,
+          title=f'From m0 ({name}): pre-LD decodes (z ~ q) vs post-LD decodes (z after '
+                f'{self.model.posterior_steps}-step posterior Langevin)',
+          col_labels=(['source m0'] + [f'pre {d}' for d in modalities] +
+                      [f'post {d}' for d in modalities]),
+          row_labels=tests)
       files['prior_trajectory'] = self._trajectory_figure(state, trajectory, out_dir)
     return files
+
+  def _prior_z_wording(self) -> str:
+    """Where joint generation's z comes from, for figure titles."""
+    if not self.model.has_ebm:
+      return 'z ~ p(z)'
+    if not self.model.prior_steps:
+      return 'z ~ p0(z), no prior Langevin'
+    return f'z from {self.model.prior_steps}-step prior Langevin'
 
   def _trajectory_figure(self, state, trajectory, out_dir: str) -> str:
     """Decodes of modality 0 along the prior chain: rows are chains, columns chain steps."""
@@ -179,11 +204,19 @@ class Evaluator:
     decoder_0 = models.modality_params(state.vae_params['decoders'], 0)
     decodes = self.model.vae.decoder.apply(decoder_0, jnp.concatenate([w, z], axis=-1))
     tiles = np.clip(np.asarray(decodes), 0, 1).transpose(1, 0, 2, 3, 4)  # (chains, T, ...)
-    return self._save(out_dir, 'prior_langevin_trajectory.png', tiles)
+    # trajectory[i] is the state after step i + 1 (langevin.sample).
+    return self._save(
+        out_dir, 'prior_langevin_trajectory.png', tiles,
+        title=f'Prior Langevin chains of {self.config.model.name}: m0 decoded from z along '
+              'the chain, w at the median of p(w)',
+        col_labels=[f'step {i + 1}' for i in picks],
+        row_labels=[f'chain {c + 1}' for c in range(tiles.shape[0])])
 
   @staticmethod
-  def _save(out_dir: str, name: str, tiles: np.ndarray) -> str:
-    metric_logging.save_png(os.path.join(out_dir, name), metric_logging.image_grid(tiles))
+  def _save(out_dir: str, name: str, tiles: np.ndarray, **labels) -> str:
+    """Writes tiles (rows, cols, 28, 28, 3) as metric_logging.labelled_grid(tiles, **labels)."""
+    metric_logging.save_png(os.path.join(out_dir, name),
+                            metric_logging.labelled_grid(tiles, **labels))
     return name
 
 

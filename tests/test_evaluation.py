@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from moe_ebm_jax import checkpointing
 from moe_ebm_jax import comparison
@@ -116,6 +117,26 @@ def test_constant_classifier_gives_closed_form_coherence(trained, polymnist_dir)
   for name in ('joint_samples.png', 'cross_from_m0.png', 'pre_vs_post_ld_from_m0.png',
                'prior_langevin_trajectory.png'):
     assert os.path.getsize(os.path.join(out, name)) > 100 and name in report
+  # Labelled figures: RGB, 28-px tiles shown at 56 px with 2-px padding, under a title band
+  # and a column-label band and right of a row-label margin (metric_logging.labelled_grid).
+  n_img = config.num_image_samples
+  picks = min(config.ebm.prior_steps, 8)  # Chain steps shown (distinct for so few steps).
+  layouts = {'joint_samples.png': (n_img, 5), 'cross_from_m0.png': (n_img, 6),
+             'pre_vs_post_ld_from_m0.png': (n_img, 11),
+             'prior_langevin_trajectory.png': (min(n_img, 4), picks)}
+  for name, (rows, cols) in layouts.items():
+    with Image.open(os.path.join(out, name)) as image:
+      figure = np.asarray(image)
+    grid_h, grid_w = rows * 58 + 2, cols * 58 + 2
+    assert figure.ndim == 3 and figure.shape[-1] == 3, name
+    assert figure.shape[0] > grid_h + 20 and figure.shape[1] > grid_w, (name, figure.shape)
+    assert (figure[:figure.shape[0] - grid_h] < 128).any(), name  # Title and labels drawn.
+    # The grid's padding lines (white) sit where the layout puts them.
+    top, left = figure.shape[0] - grid_h, figure.shape[1] - grid_w
+    for r in range(rows + 1):
+      assert (figure[top + r * 58:top + r * 58 + 2, left:] == 255).all(), (name, r)
+    for k in range(cols + 1):
+      assert (figure[top:, left + k * 58:left + k * 58 + 2] == 255).all(), (name, k)
   # --mode=compare reads this run's real metrics.json into the paper's rows.
   pre, post = comparison.collect([workdir])
   assert (pre.paper_name, post.paper_name) == ('MOE-EBM pre-LD', 'MOE-EBM post-LD')

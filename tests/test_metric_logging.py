@@ -1,4 +1,4 @@
-"""Image grids, TensorBoard writing and reading back without TensorFlow, progress lines."""
+"""Image grids, labelled figures, TensorBoard writing and reading back without TensorFlow, progress lines."""
 
 import os
 import struct
@@ -93,6 +93,124 @@ def test_save_png_round_trips(tmp_path, channels):
   with Image.open(path) as image:
     back = np.asarray(image)
   np.testing.assert_array_equal(back.reshape(grid.shape), grid)
+
+
+# ----------------------------------------------------------------------------------------------
+# labelled_grid.
+
+
+def _dark(pixels):
+  """Whether any pixel is drawn (text is black, anti-aliased grey, on white)."""
+  return bool((np.asarray(pixels) < 128).any())
+
+
+def _grid_shape(rows, cols, h, w, scale, pad):
+  return rows * (scale * h + pad) + pad, cols * (scale * w + pad) + pad
+
+
+@pytest.mark.parametrize('channels', [1, 3])
+def test_labelled_grid_places_upscaled_tiles_under_bands(channels):
+  rows, cols, h, w, scale, pad = 2, 3, 5, 4, 2, 2
+  tiles = np.random.default_rng(0).random((rows, cols, h, w, channels))
+  figure = ml.labelled_grid(tiles, title='A title', col_labels=['a', 'b', 'c'],
+                            row_labels=['row 1', 'row 2'], scale=scale, pad=pad)
+  assert figure.dtype == np.uint8 and figure.ndim == 3 and figure.shape[-1] == 3
+  grid_h, grid_w = _grid_shape(rows, cols, h, w, scale, pad)
+  top, left = figure.shape[0] - grid_h, figure.shape[1] - grid_w
+  assert top > 20 and left > 10  # A title band, a label band and a row-label margin.
+  expected = ml.to_uint8(tiles)
+  for r in range(rows):
+    for k in range(cols):
+      y, x = top + pad + r * (scale * h + pad), left + pad + k * (scale * w + pad)
+      # Nearest-neighbour: every input pixel becomes a scale x scale block, in every channel.
+      upscaled = np.kron(expected[r, k], np.ones((scale, scale, 1), np.uint8))
+      np.testing.assert_array_equal(figure[y:y + scale * h, x:x + scale * w],
+                                    np.broadcast_to(upscaled, (scale * h, scale * w, 3)))
+  # The grid region is exactly the bare grid: text never lands on tiles or padding.
+  bare = ml.labelled_grid(tiles, title='', scale=scale, pad=pad)
+  assert bare.shape == (grid_h, grid_w, 3)
+  np.testing.assert_array_equal(figure[top:, left:], bare)
+
+
+def test_labelled_grid_draws_title_and_every_label_in_its_band():
+  rows, cols, h, w = 3, 4, 28, 28
+  tiles = np.zeros((rows, cols, h, w, 3))
+  grid_h, grid_w = _grid_shape(rows, cols, h, w, 2, 2)
+  plain = ml.labelled_grid(tiles, title='')
+  assert plain.shape == (grid_h, grid_w, 3)  # No title: no band at all.
+  titled = ml.labelled_grid(tiles, title='Joint samples')
+  band = titled.shape[0] - grid_h
+  assert band > 0 and titled.shape[1] == grid_w
+  assert _dark(titled[:band]) and not _dark(titled[:, :2])  # Drawn, with a white margin.
+  assert not np.array_equal(titled[:band], ml.labelled_grid(tiles, title='Other words')[:band])
+  # A title wider than the figure wraps onto more lines: taller, never wider.
+  long = ml.labelled_grid(tiles, title=' '.join(['word'] * 40))
+  assert long.shape[0] > titled.shape[0] and long.shape[1] == grid_w
+  full = ml.labelled_grid(tiles, title='T', col_labels=[f'm{k}' for k in range(cols)],
+                          row_labels=[f'chain {r + 1}' for r in range(rows)])
+  top, left = full.shape[0] - grid_h, full.shape[1] - grid_w
+  labels = full[band:top, left:]
+  assert top > band and _dark(labels)
+  for k in range(cols):  # Each column's label sits above that column.
+    x = 2 + k * (56 + 2)
+    assert _dark(labels[:, x:x + 56]), k
+  for r in range(rows):  # Each row's label sits beside that row.
+    y = top + 2 + r * (56 + 2)
+    assert _dark(full[y:y + 56, :left]), r
+  assert not _dark(full[top:top + 2, :left])  # Nothing beside the top padding line.
+
+
+def test_title_wrap_keeps_lone_symbols_with_their_words():
+  font = ml._font(12)  # pylint: disable=protected-access
+  wrap = lambda text, width: ml._wrap(text, font, width)  # pylint: disable=protected-access
+  assert wrap('z ~ q(z | x_m0), w ~ p(w)', 1) == ['z ~ q(z | x_m0),', 'w ~ p(w)']
+  assert wrap('one two three', 10_000) == ['one two three'] and wrap('', 100) == []
+  lines = wrap(' '.join(['word'] * 30), 100)
+  assert len(lines) > 1 and all(ml._text_width(font, l) <= 100 for l in lines)  # pylint: disable=protected-access
+
+
+def test_labelled_grid_uint8_and_float_agree_and_scale_one_is_the_grid():
+  raw = np.random.default_rng(1).integers(0, 256, (2, 2, 3, 3, 3), dtype=np.uint8)
+  kwargs = dict(title='t', col_labels=['x', 'y'], row_labels=['1', '2'])
+  np.testing.assert_array_equal(ml.labelled_grid(raw, **kwargs),
+                                ml.labelled_grid(raw / 255.0, **kwargs))
+  np.testing.assert_array_equal(ml.labelled_grid(raw, title='', scale=1, pad=1),
+                                ml.image_grid(raw, pad=1))
+
+
+def test_labelled_grid_rejects_mismatched_labels_and_bad_input():
+  tiles = np.zeros((2, 3, 4, 4, 3))
+  with pytest.raises(ValueError, match='2 col_labels for 3 cols'):
+    ml.labelled_grid(tiles, title='t', col_labels=['a', 'b'])
+  with pytest.raises(ValueError, match='3 row_labels for 2 rows'):
+    ml.labelled_grid(tiles, title='t', row_labels=['a', 'b', 'c'])
+  with pytest.raises(ValueError):
+    ml.labelled_grid(np.zeros((3, 4, 4, 3)), title='t')  # Not (rows, cols, h, w, c).
+  with pytest.raises(ValueError):
+    ml.labelled_grid(np.zeros((1, 1, 4, 4, 2)), title='t')
+  with pytest.raises(ValueError):
+    ml.labelled_grid(tiles, title='t', scale=0)
+
+
+def test_labelled_grid_falls_back_to_the_bitmap_font(monkeypatch):
+  """PIL < 10.1 (load_default takes no size) or no FreeType: the fixed font still draws."""
+  load_default = ml.ImageFont.load_default
+
+  def no_sizes(size=None):
+    if size is not None:
+      raise TypeError('load_default() got an unexpected keyword argument size')
+    return load_default()
+
+  monkeypatch.setattr(ml.ImageFont, 'load_default', no_sizes)
+  ml._font.cache_clear()  # pylint: disable=protected-access
+  try:
+    tiles = np.zeros((1, 2, 28, 28, 3))
+    figure = ml.labelled_grid(tiles, title='Title', col_labels=['m0', 'm1'], row_labels=['s'])
+    grid_h, grid_w = _grid_shape(1, 2, 28, 28, 2, 2)
+    assert figure.shape[0] > grid_h and figure.shape[1] > grid_w
+    assert _dark(figure[:figure.shape[0] - grid_h])
+  finally:
+    ml._font.cache_clear()  # pylint: disable=protected-access
 
 
 # ----------------------------------------------------------------------------------------------
