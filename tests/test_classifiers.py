@@ -12,9 +12,8 @@ from moe_ebm_jax import classifiers
 from moe_ebm_jax import config_lib
 from moe_ebm_jax import input_pipeline
 
-# Small enough for CPU CI (120 steps of the cheaper 'wide' net), large enough to learn digits.
-SMALL = dict(architecture='wide', num_epochs=3, batch_size=100, train_subset=4000,
-             test_subset=500)
+# Small enough for CPU CI (120 steps of the default net), large enough to learn digits.
+SMALL = dict(num_epochs=3, batch_size=100, train_subset=4000, test_subset=500)
 
 
 @pytest.fixture(scope='module')
@@ -59,6 +58,38 @@ def test_reference_architecture_layout():
                     'Dense_1': (128, 10)}
 
 
+@pytest.mark.parametrize('shape', [(2, 28, 28, 3, 32), (3, 14, 14, 32, 64), (2, 7, 7, 8, 5),
+                                   (1, 6, 9, 2, 3)])
+def test_patch_conv_equals_strided_convolution(shape):
+  """patch_conv_inputs @ the reshaped kernel is lax's 4x4 stride-2 padding-1 convolution."""
+  b, h, w, c, c_out = shape
+  kx, kk = jax.random.split(jax.random.PRNGKey(sum(shape)))
+  x = jax.random.normal(kx, (b, h, w, c))
+  kernel = jax.random.normal(kk, (4, 4, c, c_out))
+  want = jax.lax.conv_general_dilated(x, kernel, (2, 2), ((1, 1), (1, 1)),
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                      precision='highest')
+  got = jnp.einsum('bhwk,ko->bhwo', classifiers.patch_conv_inputs(x),
+                   classifiers.conv_kernel_to_patch_kernel(kernel), precision='highest')
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_fast_architecture_is_the_wide_layout_as_matmuls():
+  """'fast' with 'wide''s weights (kernels reshaped) gives 'wide''s logits on centred inputs."""
+  wide = classifiers.DigitClassifier(features=(32, 64), hidden=128, dropout_rate=0.0)
+  fast = classifiers.make_module('fast')
+  x = jax.random.uniform(jax.random.PRNGKey(0), (4, 28, 28, 3))
+  p = wide.init(jax.random.PRNGKey(1), x)['params']
+  q = {f'PatchConv_{i}': {'kernel': classifiers.conv_kernel_to_patch_kernel(p[f'Conv_{i}']['kernel']),
+                          'bias': p[f'Conv_{i}']['bias']} for i in range(2)}
+  q.update(Dense_0=p['Dense_0'], Dense_1=p['Dense_1'])
+  assert jax.tree.map(jnp.shape, q) == jax.tree.map(
+      jnp.shape, fast.init(jax.random.PRNGKey(2), x)['params'])
+  np.testing.assert_allclose(fast.apply({'params': q}, x), wide.apply({'params': p}, x - 0.5),
+                             rtol=1e-4, atol=1e-4)
+
+
 def test_small_training_is_well_above_chance(bank, config):
   assert bank.trained
   assert len(bank.accuracies) == config.data.num_modalities
@@ -86,7 +117,7 @@ def test_cache_is_keyed_by_fingerprint_and_reused(bank, config, test_batch, monk
   with open(os.path.join(bank.cache_dir, classifiers.META_FILENAME)) as f:
     meta = json.load(f)
   assert meta['fingerprint'] == fingerprint
-  assert meta['architecture'] == SMALL['architecture'] == bank.architecture
+  assert meta['architecture'] == classifiers.DEFAULT_ARCHITECTURE == bank.architecture
   assert meta['accuracies'] == list(bank.accuracies)
 
   def no_training(*args, **kwargs):
