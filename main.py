@@ -1,7 +1,7 @@
 r"""moe_ebm_jax command line.
 
-  python main.py --config=configs/polymnist.py:moe_ebm --workdir=/tmp/moe_ebm   # train
-  python main.py --config=configs/polymnist.py:moe_ebm --workdir=/tmp/moe_ebm --mode=eval
+  python main.py --config=configs/polymnist.py:moe_ebm --workdir=/tmp/moe_ebm   # train, evaluate
+  python main.py --config=configs/polymnist.py:moe_ebm --workdir=/tmp/moe_ebm --mode=eval  # again
   python main.py --config=configs/polymnist.py --mode=prepare
   python main.py --config=configs/smoke.py:moe_ebm --config.data.mnist=/path/mnist.npz --mode=prepare
   python main.py --mode=compare --workdir=/tmp/mmvaeplus --workdir=/tmp/moe_ebm --compare_dir=/tmp/cmp
@@ -31,7 +31,8 @@ _COMPARE_DIR = flags.DEFINE_string('compare_dir', 'comparison',
                                    'Where --mode=compare writes comparison.md, .json and .png.')
 _MODE = flags.DEFINE_enum(
     'mode', 'train', ['train', 'eval', 'prepare', 'train_classifiers', 'compare'],
-    'train: train (resuming a run in --workdir), with periodic test loss and sample grids; '
+    'train: train (resuming a run in --workdir), with periodic test loss and sample grids, '
+    'then the evaluation of --mode=eval of the final step (config.eval.at_end_of_training); '
     'eval: coherence and figures of the latest checkpoint in --workdir (<workdir>/eval); '
     'prepare: only build PolyMNIST into config.data.data_dir; '
     'train_classifiers: train (or load) the coherence classifiers of the dataset; '

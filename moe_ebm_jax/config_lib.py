@@ -135,6 +135,9 @@ def base_config(model: str | None) -> ml_collections.ConfigDict:
   c.max_consecutive_bad_steps = 20  # Non-finite or exploding steps in a row before acting.
   c.on_divergence = 'restore'  # 'restore' the last good checkpoint, or 'stop'.
   c.eval = ml_collections.ConfigDict()
+  # --mode=train ends with --mode=eval's evaluation of the final step (evaluation.evaluate_state)
+  # into <workdir>/eval; a relaunch of a finished run skips it if eval/metrics.json is of that step.
+  c.eval.at_end_of_training = True
   c.eval.num_test_examples = config_dict.placeholder(int)  # None: the whole test split (subset).
   c.eval.num_joint_samples = 10_000
   # Coherence classifies the decoders' raw means, as the MMVAE+ reference does; True clips them
@@ -234,6 +237,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(config.ebm.energy_l2 >= 0, f'ebm.energy_l2={config.ebm.energy_l2} < 0')
   check(config.on_divergence in ('restore', 'stop'),
         f"on_divergence={config.on_divergence!r}, expected 'restore' or 'stop'")
+  check(isinstance(config.eval.at_end_of_training, bool),
+        f'eval.at_end_of_training={config.eval.at_end_of_training!r} must be True or False')
   for key in ('num_joint_samples', 'num_fid_samples', 'fid_batch_size'):
     check(isinstance(config.eval[key], int) and config.eval[key] >= 0,
           f'eval.{key}={config.eval[key]!r} must be an integer >= 0')

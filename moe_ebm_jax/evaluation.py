@@ -12,7 +12,9 @@ Protocols (../shared/docs/method.md section 5):
 - For models with an EBM prior, every conditional number is reported pre-LD (z from q) and
   post-LD (z refined by posterior Langevin on log p(x_S | z, w_S) + f_a(z) + log p0(z)).
 
-`evaluate_run(config, workdir)` writes <workdir>/eval/metrics.json and report.md with figures.
+`evaluate_run(config, workdir)` (--mode=eval) restores the latest checkpoint and writes
+<workdir>/eval/metrics.json and report.md with figures; `evaluate_state` does the same for a
+state already in memory (train.train_and_evaluate at the end of training).
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ from moe_ebm_jax import input_pipeline
 from moe_ebm_jax import metric_logging
 from moe_ebm_jax import models
 from moe_ebm_jax import train as train_lib
+
+# FID compares Gaussians fitted to the 2,048-d Inception pool3 features: with fewer samples per
+# set the covariance is rank-deficient and FID is biased upwards by an amount that depends on
+# the model, so numbers below this do not rank models.
+MIN_RANKING_FID_SAMPLES = 2048
+PAPER_FID_SAMPLES = 10_000
 
 
 def subsets(num_modalities: int) -> list[tuple[int, ...]]:
@@ -135,10 +143,15 @@ class Evaluator:
       return results
     predictions = []
     n = 0
+    start = time.time()
     while n < num_joint:
       samples, _ = self._coherence_joint(state, jax.random.fold_in(key, 10_000 + n))
       predictions.append(np.asarray(self.classify(samples)))
       n += samples.shape[0]
+      elapsed = time.time() - start
+      logging.info('joint coherence: %d/%d samples, %.1f s, ETA %s', min(n, num_joint),
+                   num_joint, elapsed, metric_logging.format_duration(
+                       elapsed / min(n, num_joint) * max(num_joint - n, 0)))
     predictions = np.concatenate(predictions)[:num_joint]
     results['joint_coherence'] = joint_coherence(predictions)
     results['num_joint_samples'] = int(len(predictions))
@@ -260,8 +273,16 @@ def reference_statistics(features, images: np.ndarray, chunk: int
                          ) -> list[tuple[np.ndarray, np.ndarray]]:
   """Per-modality FID statistics of test tuples (N, M, 28, 28, 3)."""
   from moe_ebm_jax import fid  # pylint: disable=g-import-not-at-top
-  return [fid.statistics(_chunked(features, images[:, m], chunk))
-          for m in range(images.shape[1])]
+  n, m = images.shape[:2]
+  stats = []
+  start = time.time()
+  for d in range(m):
+    stats.append(fid.statistics(_chunked(features, images[:, d], chunk)))
+    elapsed = time.time() - start
+    logging.info('FID reference statistics: m%d done (%d/%d sets of %d), %.1f s, %.1f images/s, '
+                 'ETA %s', d, d + 1, m, n, elapsed, n * (d + 1) / max(elapsed, 1e-9),
+                 metric_logging.format_duration(elapsed / (d + 1) * (m - d - 1)))
+  return stats
 
 
 def cached_reference_statistics(config, features, images: np.ndarray, chunk: int,
@@ -362,30 +383,29 @@ def write_report(out_dir: str, metrics: dict[str, Any], figures: dict[str, str])
   c = metrics['coherence']
   fid_metrics = metrics.get('fid')
   fmt = lambda v, spec: 'n/a' if v is None else format(v, spec)
+  tags = [t for t in ('q', 'pre_ld', 'post_ld') if t in c]
   lines = [f"# Evaluation of {metrics['model']} at step {metrics['step']}", '',
            f"Coherence: {c['num_test_examples']} test examples (cross); "
-           f"{c['num_joint_samples']} joint samples.  "]
-  if fid_metrics:
-    lines.append(f"FID ({metrics['fid_network']}): {fid_metrics['num_samples']} generated vs "
-                 f"{fid_metrics['num_samples']} test images per modality and set (the paper: "
-                 '10,000); small N biases FID upwards.  ')
-  else:
-    lines.append('FID: not computed (eval.num_fid_samples = 0).  ')
-  accuracies = metrics['classifiers'].get('accuracies')
-  lines.append('Coherence classifiers: ' + (
-      'test accuracy ' + ', '.join(f'm{i} {a:.4f}' for i, a in enumerate(accuracies))
-      if accuracies else metrics['classifiers'].get('description', 'injected')) + '.')
-  lines += ['', '| model | joint coherence | cross coherence | joint FID | cross FID |',
-            '|---|---|---|---|---|']
-  tags = [t for t in ('q', 'pre_ld', 'post_ld') if t in c]
+           f"{c['num_joint_samples']} joint samples.  ", _classifier_line(metrics['classifiers']),
+           '', *_fid_note(metrics, tags)]
+  n_fid = fid_metrics['num_samples'] if fid_metrics else 0
+  # Labelled where the numbers are, so that a copied table keeps its warning.
+  biased = (f' (N = {n_fid:,} < {MIN_RANKING_FID_SAMPLES:,}: biased, does not rank models)'
+            if 0 < n_fid < MIN_RANKING_FID_SAMPLES else '')
+  no_fid = 'not computed'
+  lines += ['', f'| model | joint coherence | cross coherence | joint FID{biased} | '
+                f'cross FID{biased} |', '|---|---|---|---|---|']
   for tag in tags:
     name = metrics['model'] + {'q': '', 'pre_ld': ' pre-LD', 'post_ld': ' post-LD'}[tag]
     joint_row = tag != 'pre_ld'  # Joint generation does not use the posterior.
     joint_coh = c['joint_coherence'] if joint_row else None
-    joint_fid = fid_metrics['joint_fid'] if fid_metrics and joint_row else None
-    cross_fid = fid_metrics[tag]['cross_fid'] if fid_metrics else None
+    if fid_metrics:
+      joint_fid = fmt(fid_metrics['joint_fid'] if joint_row else None, '.2f')
+      cross_fid = fmt(fid_metrics[tag]['cross_fid'], '.2f')
+    else:
+      joint_fid, cross_fid = (no_fid if joint_row else 'n/a'), no_fid
     lines.append(f"| {name} | {fmt(joint_coh, '.3f')} | {c[tag]['cross_coherence']:.3f} | "
-                 f"{fmt(joint_fid, '.2f')} | {fmt(cross_fid, '.2f')} |")
+                 f"{joint_fid} | {cross_fid} |")
   lines += ['', 'Conditional coherence per number of observed modalities (MoPoE protocol):', '']
   lines += ['| inputs | ' + ' | '.join(tags) + ' |', '|---' * (len(tags) + 1) + '|']
   sizes = list(c[tags[0]]['subset_coherence'])
@@ -396,10 +416,10 @@ def write_report(out_dir: str, metrics: dict[str, Any], figures: dict[str, str])
   for tag in tags:
     lines += [f'{tag}:', '', _matrix_table(c[tag]['cross_coherence_matrix'], '.3f', True), '']
   if fid_metrics:
-    lines += ['Joint FID per modality: ' + ', '.join(
+    lines += [f'Joint FID per modality{biased}: ' + ', '.join(
         f'm{i} {v:.2f}' for i, v in enumerate(fid_metrics['joint_fid_per_modality'])) + '.', '',
               'Cross FID per source (rows) and target (columns), self-reconstruction on the '
-              'diagonal:', '']
+              f'diagonal{biased}:', '']
     for tag in tags:
       lines += [f'{tag}:', '', _matrix_table(fid_metrics[tag]['cross_fid_matrix'], '.2f', False),
                 '']
@@ -413,6 +433,54 @@ def write_report(out_dir: str, metrics: dict[str, Any], figures: dict[str, str])
   lines.append(f"Evaluation took {metrics['eval_seconds']:.0f} s.")
   with open(os.path.join(out_dir, 'report.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
+
+
+def _classifier_line(classifiers: dict[str, Any]) -> str:
+  """The coherence classifiers' test accuracy per modality: coherence is only as good as they."""
+  accuracies = classifiers.get('accuracies')
+  if not accuracies:
+    return (f"Coherence classifiers: {classifiers.get('description', 'injected by the caller')}"
+            ' (no test accuracies recorded).')
+  architecture = classifiers.get('architecture')
+  return ('Coherence classifiers' + (f' ({architecture})' if architecture else '') +
+          ', test accuracy per modality: ' +
+          ', '.join(f'm{i} {a:.4f}' for i, a in enumerate(accuracies)) + '.')
+
+
+def _fid_note(metrics: dict[str, Any], tags: list[str]) -> list[str]:
+  """What the FID numbers are (or why there are none), for a reader of the report."""
+  fid_metrics = metrics.get('fid')
+  why = (f'FID compares Gaussians fitted to the {MIN_RANKING_FID_SAMPLES:,}-d Inception pool3 '
+         f'features, so from fewer than ~{MIN_RANKING_FID_SAMPLES:,} samples per set their '
+         'covariance is rank-deficient and FID is biased upwards by an amount that depends on '
+         f'the model: such numbers do not rank models (the paper uses N = '
+         f'{PAPER_FID_SAMPLES:,}).')
+  again = (f'`--mode=eval --config.eval.num_fid_samples={PAPER_FID_SAMPLES}` on this workdir, '
+           f'on an accelerator (configs/polymnist.py keeps N = {PAPER_FID_SAMPLES:,})')
+  if not fid_metrics:
+    m = len(metrics['coherence'][tags[0]]['cross_coherence_matrix'])
+    ld = 2 if 'post_ld' in tags else 1
+    sets = m * (1 + m * ld)
+    images = (sets + m) * PAPER_FID_SAMPLES  # Generated sets, then the test reference once.
+    cross = f'{m * m} (source, target) sets' + (', pre- and post-LD' if ld == 2 else '')
+    return [
+        '**FID: not computed** (eval.num_fid_samples = 0). ' + why + ' The standard FID network '
+        f'runs at ~4-8 images/s on a 2-core CPU, and N = {PAPER_FID_SAMPLES:,} per set over this '
+        f'model\'s {sets} sets (joint: {m} modalities; cross: {cross}) plus the reference '
+        f'statistics of {m} x {PAPER_FID_SAMPLES:,} test images is {images:,} images, '
+        f'~{images / 8 / 3600:.0f}-{images / 4 / 3600:.0f} hours there. Run FID with ' + again +
+        '.']
+  n = fid_metrics['num_samples']
+  head = (f"FID ({metrics.get('fid_network', 'unknown network')}): {n:,} generated vs {n:,} test "
+          'images per modality and set')
+  if n < MIN_RANKING_FID_SAMPLES:
+    return [f'{head}. **N = {n:,} < {MIN_RANKING_FID_SAMPLES:,}: biased, does not rank models**: '
+            'the FID numbers below are diagnostics, not results. ' + why + ' For results, '
+            'run ' + again + '.']
+  if n < PAPER_FID_SAMPLES:
+    return [f'{head} (the paper: {PAPER_FID_SAMPLES:,}). FID falls as N grows: compare runs at '
+            'the same N.']
+  return [f'{head}, as the paper.']
 
 
 def _matrix_table(matrix, spec: str, blank_diagonal: bool) -> str:
@@ -438,15 +506,10 @@ def _test_batches(config, count: int | None) -> list[dict[str, np.ndarray]]:
 
 
 def evaluate_run(config, workdir: str, classify=None, features=None) -> dict[str, Any]:
-  """Evaluates the latest checkpoint in `workdir`; writes <workdir>/eval/{metrics.json,
-  report.md, *.png}.
+  """Evaluates the latest checkpoint in `workdir` (--mode=eval): `evaluate_state` of it.
 
   Args:
-    classify: images (N, M, 28, 28, 3) -> digits (N, M); None: the coherence classifiers of
-      this dataset, trained on first use.
-    features: images (N, 28, 28, 3) in [0, 1] -> (N, D) FID features; None: the standard FID
-      Inception (fid.py) with its reference statistics cached. Unused when
-      config.eval.num_fid_samples is 0.
+    classify, features: as `evaluate_state`.
   """
   from moe_ebm_jax import checkpointing  # pylint: disable=g-import-not-at-top
   if os.path.exists(os.path.join(workdir, checkpointing.CONFIG_FILENAME)):
@@ -461,37 +524,82 @@ def evaluate_run(config, workdir: str, classify=None, features=None) -> dict[str
     raise FileNotFoundError(f'no checkpoint in {workdir}: train first (--mode=train).')
   state, _ = ckpt.restore(abstract)
   ckpt.close()
+  return evaluate_state(config, workdir, state, model=model, classify=classify,
+                        features=features)
+
+
+def evaluated_step(workdir: str) -> int | None:
+  """The step <workdir>/eval/metrics.json was written for; None if there is none (or unreadable)."""
+  try:
+    with open(os.path.join(workdir, 'eval', 'metrics.json')) as f:
+      return int(json.load(f)['step'])
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+
+
+def evaluate_state(config, workdir: str, state, *, model: train_lib.Model | None = None,
+                   classify=None, features=None) -> dict[str, Any]:
+  """Evaluates `state` (a train.TrainState) of `workdir`'s run; writes <workdir>/eval/
+  {metrics.json, report.md, *.png}. Phases: coherence, FID (if eval.num_fid_samples > 0),
+  figures.
+
+  Every process runs it alike (the generation functions are compiled over every device).
+
+  Args:
+    model: train.make_model(config), if the caller has it already.
+    classify: images (N, M, 28, 28, 3) -> digits (N, M); None: the coherence classifiers of
+      this dataset, trained on first use.
+    features: images (N, 28, 28, 3) in [0, 1] -> (N, D) FID features; None: the standard FID
+      Inception (fid.py) with its reference statistics cached. Unused when
+      config.eval.num_fid_samples is 0.
+  """
+  step = int(state.step)
+  out_dir = os.path.join(workdir, 'eval')
+  num_fid = config.eval.num_fid_samples
+  limit = config.eval.num_test_examples
+  logging.info('Evaluating step %d into %s: coherence (%s test tuples, %d joint samples), %s, '
+               'figures.', step, out_dir, 'all' if limit is None else limit,
+               config.eval.num_joint_samples,
+               f'FID (N = {num_fid} per set)' if num_fid else 'no FID (eval.num_fid_samples = 0)')
+  model = model or train_lib.make_model(config)
   # Classifiers and the FID network load (or train / convert) only once a checkpoint is known.
   classifier_info: dict[str, Any] = {'description': 'injected by the caller'}
   if classify is None:
     from moe_ebm_jax import classifiers  # pylint: disable=g-import-not-at-top
+    logging.info('Coherence classifiers: loading them (trained on first use of a dataset).')
     bank = classifiers.load_or_train(config.data)
     classify = bank.predict
     classifier_info = {'architecture': bank.architecture,
                        'accuracies': [round(a, 4) for a in bank.accuracies],
                        'cache_dir': bank.cache_dir}
-  num_fid = config.eval.num_fid_samples
   fid_network, fid_cache = 'injected by the caller', None
   if num_fid and features is None:
     from moe_ebm_jax import fid  # pylint: disable=g-import-not-at-top
     fid_cache = config.eval.fid_cache_dir or fid.default_cache_dir()
     features = fid.make_feature_fn(fid.load_params(fid_cache))
     fid_network = 'Inception-v3 2015-12-05, pool3'
-  step = int(state.step)
   evaluator = Evaluator(config, model, classify)
-  limit = config.eval.num_test_examples
   batches = _test_batches(config, limit)
   key = jax.random.PRNGKey(config.seed + 2)
   start = time.time()
+  phases = 2 + bool(num_fid)
+  logging.info('Evaluation 1/%d: coherence.', phases)
   coherence = evaluator.coherence(state, batches, key, num_joint=config.eval.num_joint_samples)
+  logging.info('Evaluation 1/%d: coherence done in %s.', phases,
+               metric_logging.format_duration(time.time() - start))
   metrics = {'model': config.model.name, 'step': step, 'coherence': coherence,
              'classifiers': classifier_info}
   if num_fid:
+    phase_start = time.time()
+    logging.info('Evaluation 2/3: FID, N = %d per set.', num_fid)
     fid_batches = _test_batches(config, num_fid)
     test_images = np.concatenate([b['images'] for b in fid_batches])
     if len(test_images) < num_fid:
       logging.warning('FID: the test split has only %d examples; using N = %d, not %d.',
                       len(test_images), len(test_images), num_fid)
+    if len(test_images) < MIN_RANKING_FID_SAMPLES:
+      logging.warning('FID: N = %d < %d: biased upwards, does not rank models.',
+                      len(test_images), MIN_RANKING_FID_SAMPLES)
     chunk = config.eval.fid_batch_size
     if fid_cache:
       reference = cached_reference_statistics(config, features, test_images, chunk, fid_cache)
@@ -501,14 +609,21 @@ def evaluate_run(config, workdir: str, classify=None, features=None) -> dict[str
                                 FidScorer(features, reference, chunk),
                                 batch_size=config.eval_batch_size)
     metrics['fid_network'] = fid_network
-  out_dir = os.path.join(workdir, 'eval')
+    logging.info('Evaluation 2/3: FID done in %s.',
+                 metric_logging.format_duration(time.time() - phase_start))
+  phase_start = time.time()
+  logging.info('Evaluation %d/%d: figures.', phases, phases)
   figures = evaluator.figures(state, batches[0]['images'][:config.num_image_samples],
                               jax.random.fold_in(key, 1), out_dir)
+  logging.info('Evaluation %d/%d: figures done in %s.', phases, phases,
+               metric_logging.format_duration(time.time() - phase_start))
   metrics['eval_seconds'] = time.time() - start
   write_report(out_dir, metrics, figures)
   summary = {t: round(coherence[t]['cross_coherence'], 3) for t in ('q', 'pre_ld', 'post_ld')
              if t in coherence}
-  logging.info('Evaluation of step %d written to %s: joint coherence %.3f, cross coherence %s%s',
-               step, out_dir, coherence['joint_coherence'], summary,
+  logging.info('Evaluation of step %d written to %s (report.md) in %s: joint coherence %.3f, '
+               'cross coherence %s%s', step, out_dir,
+               metric_logging.format_duration(metrics['eval_seconds']),
+               coherence['joint_coherence'], summary,
                f", joint FID {metrics['fid']['joint_fid']:.2f} (N={num_fid})" if num_fid else '')
   return metrics

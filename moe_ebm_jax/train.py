@@ -338,8 +338,20 @@ class DivergenceError(RuntimeError):
   """Training diverged and could not (or was told not to) recover."""
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains (resuming from `workdir` if it holds a compatible run), evaluates, checkpoints."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, classify=None,
+                       features=None) -> TrainState:
+  """Trains (resuming from `workdir` if it holds a compatible run), evaluates, checkpoints.
+
+  Once the run reaches config.num_train_steps, and config.eval.at_end_of_training is set, it
+  runs --mode=eval's evaluation of the final state (evaluation.evaluate_state: coherence, FID,
+  figures into <workdir>/eval), unless <workdir>/eval/metrics.json is already of that step.
+
+  Args:
+    config: the run's config (configs/*.py).
+    workdir: checkpoints, TensorBoard logs and the evaluation.
+    classify, features: passed to evaluation.evaluate_state (None: the coherence classifiers
+      and the standard FID network).
+  """
   config_lib.validate(config)
   maybe_initialize_distributed(config)
   check_batch_divides(config, jax.device_count())
@@ -421,7 +433,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         logging.warning('Interrupted at step %d: saving a checkpoint and stopping.', step)
         save(state, force=True)
         break
+  # After the `with`: the final checkpoint is on disk and the input pipeline has stopped.
+  if config.eval.at_end_of_training and int(state.step) >= config.num_train_steps:
+    _evaluate_at_end(config, workdir, model, state, classify, features)
   return state
+
+
+def _evaluate_at_end(config, workdir, model, state, classify, features) -> None:
+  """--mode=eval's evaluation of the final state, unless <workdir>/eval holds it already."""
+  # Imported here: evaluation imports this module.
+  from moe_ebm_jax import evaluation  # pylint: disable=g-import-not-at-top
+  step = int(state.step)
+  done = evaluation.evaluated_step(workdir) == step
+  # Evaluation runs compiled functions over every device: all processes do it, or none.
+  if not _any_process(not done):
+    logging.info('Training finished at step %d; its evaluation is already in %s (metrics.json, '
+                 'report.md). To redo it: --mode=eval with the same --config and --workdir.',
+                 step, os.path.join(workdir, 'eval'))
+    return
+  logging.info('Training finished at step %d: evaluating it as --mode=eval does (switch off '
+               'with --config.eval.at_end_of_training=False).', step)
+  try:
+    evaluation.evaluate_state(config, workdir, state, model=model, classify=classify,
+                              features=features)
+  except Exception:
+    logging.error('The evaluation of step %d failed; the checkpoint is saved. Relaunching the '
+                  'run (or --mode=eval) evaluates it again.', step)
+    raise
 
 
 def _any_process(flag: bool) -> bool:

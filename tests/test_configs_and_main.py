@@ -37,6 +37,14 @@ def test_default_model_and_scales():
   assert smoke.data.train_subset <= 100
 
 
+def test_training_ends_with_the_evaluation_except_at_smoke_scale():
+  paper, cpu, smoke = (load_config(n) for n in CONFIGS)
+  assert config_lib.base_config(None).eval.at_end_of_training is True
+  assert paper.eval.at_end_of_training and cpu.eval.at_end_of_training
+  assert paper.eval.num_fid_samples == 10_000
+  assert smoke.eval.at_end_of_training is False  # Tests turn it on with injected stand-ins.
+
+
 def test_unknown_model_is_rejected():
   with pytest.raises(ValueError, match="unknown model 'mmvae_plus'"):
     load_config('smoke', 'mmvae_plus')
@@ -54,6 +62,7 @@ def test_unknown_model_is_rejected():
     ('model.conv_backward', 'fast', "conv_backward='fast'"),
     ('data.num_workers', -1, 'num_workers=-1 must be an integer >= 0'),
     ('data.num_threads', 0, 'num_threads=0 must be an integer >= 1'),
+    ('eval.at_end_of_training', None, 'at_end_of_training=None must be True or False'),
 ])
 def test_bad_values_fail_validation(field, value, message):
   config = load_config('smoke')

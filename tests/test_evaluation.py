@@ -1,5 +1,5 @@
-"""Evaluation: coherence formulas on known inputs, conditional generation's expert choice, and
-the report of a trained smoke run."""
+"""Evaluation: coherence formulas on known inputs, conditional generation's expert choice, the
+report of a trained smoke run, and the evaluation at the end of training."""
 
 import functools
 import json
@@ -113,6 +113,11 @@ def test_constant_classifier_gives_closed_form_coherence(trained, polymnist_dir)
   report = open(os.path.join(out, 'report.md')).read()
   assert 'moe_ebm post-LD' in report and 'moe_ebm pre-LD' in report
   assert f'{n} generated vs {n} test images' in report and 'cross FID' in report
+  # N = 8 FID numbers are labelled as not ranking models, in the table header and the notes.
+  biased = 'N = 8 < 2,048: biased, does not rank models'
+  assert f'| joint FID ({biased}) | cross FID ({biased}) |' in report
+  assert f'Joint FID per modality ({biased})' in report and 'not results' in report
+  assert 'Coherence classifiers: injected by the caller (no test accuracies recorded).' in report
   assert f"{f['post_ld']['cross_fid']:.2f}" in report
   for name in ('joint_samples.png', 'cross_from_m0.png', 'pre_vs_post_ld_from_m0.png',
                'prior_langevin_trajectory.png'):
@@ -194,3 +199,118 @@ def test_coherence_classifies_raw_means_as_the_reference_unless_told_to_clip(tra
   everything = np.concatenate([s.reshape(-1) for s in seen])
   inside = (everything >= 0) & (everything <= 1)
   assert inside.all() if clip else not inside.all()  # Untrained decoders overshoot [0, 1].
+
+
+class FakeBank:
+  """Stands in for classifiers.load_or_train's bank: fixed accuracies, always predicts 7."""
+  architecture = 'fake'
+  accuracies = [0.99, 0.981, 0.97, 0.9612, 0.95]
+  cache_dir = '/nowhere'
+
+  def predict(self, images):
+    return np.full(images.shape[:2], 7)
+
+
+def test_training_ends_with_the_evaluation_once(polymnist_dir, tmp_path, monkeypatch):
+  from moe_ebm_jax import classifiers  # pylint: disable=g-import-not-at-top
+  loads = []
+  monkeypatch.setattr(classifiers, 'load_or_train', lambda data: loads.append(data) or FakeBank())
+  workdir = str(tmp_path / 'run')
+  config = smoke_config(polymnist_dir, 'mmvaeplus', num_train_steps=4, eval_every_steps=4,
+                        **{'eval.at_end_of_training': True, 'eval.num_fid_samples': 0})
+  state = train.train_and_evaluate(config, workdir)
+  assert int(state.step) == 4 and len(loads) == 1
+  out = os.path.join(workdir, 'eval')
+  with open(os.path.join(out, 'metrics.json')) as f:
+    metrics = json.load(f)
+  assert metrics['step'] == 4 and metrics['model'] == 'mmvaeplus' and 'fid' not in metrics
+  assert metrics['classifiers']['accuracies'] == FakeBank.accuracies
+  assert metrics['coherence']['num_test_examples'] == config.eval.num_test_examples
+  assert evaluation.evaluated_step(workdir) == 4
+  report = open(os.path.join(out, 'report.md')).read()
+  assert '# Evaluation of mmvaeplus at step 4' in report
+  assert ('Coherence classifiers (fake), test accuracy per modality: m0 0.9900, m1 0.9810, '
+          'm2 0.9700, m3 0.9612, m4 0.9500.') in report
+  # Why there is no FID, in words: the bias below 2,048 samples, the paper's N, the CPU cost
+  # (30 sets of 10,000 plus 5 x 10,000 reference images at 4-8 images/s), where to run it.
+  assert '**FID: not computed** (eval.num_fid_samples = 0)' in report
+  for words in ('fewer than ~2,048 samples per set', 'rank-deficient', 'do not rank models',
+                'the paper uses N = 10,000', '~4-8 images/s on a 2-core CPU',
+                "this model's 30 sets (joint: 5 modalities; cross: 25 (source, target) sets)",
+                '350,000 images, ~12-24 hours', 'on an accelerator',
+                '--config.eval.num_fid_samples=10000'):
+    assert words in report, words
+  assert '| mmvaeplus | 1.000 |' in report and '| not computed | not computed |' in report
+  for name in ['joint_samples.png'] + [f'cross_from_m{m}.png' for m in range(5)]:
+    assert os.path.getsize(os.path.join(out, name)) > 100 and name in report
+  assert comparison.collect([workdir])[0].ours['cross_fid'] is None
+
+  # A relaunch of the finished run finds the evaluation of its final step and leaves it.
+  def must_not_run(*args, **kwargs):
+    raise AssertionError('evaluated again')
+
+  mtimes = {f: os.path.getmtime(os.path.join(out, f)) for f in os.listdir(out)}
+  with monkeypatch.context() as patch:
+    patch.setattr(evaluation, 'evaluate_state', must_not_run)
+    assert int(train.train_and_evaluate(config, workdir).step) == 4
+  assert mtimes == {f: os.path.getmtime(os.path.join(out, f)) for f in os.listdir(out)}
+  # Trained on, the run ends at a new final step: evaluated again, for that step.
+  config.num_train_steps = 6
+  assert int(train.train_and_evaluate(config, workdir).step) == 6
+  assert evaluation.evaluated_step(workdir) == 6 and len(loads) == 2
+  assert '# Evaluation of mmvaeplus at step 6' in open(os.path.join(out, 'report.md')).read()
+
+
+def test_switched_off_or_interrupted_training_writes_no_evaluation(polymnist_dir, tmp_path,
+                                                                   monkeypatch):
+  called = []
+  monkeypatch.setattr(evaluation, 'evaluate_state', lambda *a, **k: called.append(a))
+  config = smoke_config(polymnist_dir, 'mmvaeplus', num_train_steps=2, eval_every_steps=2,
+                        **{'eval.at_end_of_training': False})
+  train.train_and_evaluate(config, str(tmp_path / 'off'))
+  assert not called and not os.path.exists(tmp_path / 'off' / 'eval')
+  config.eval.at_end_of_training = True
+  train.train_and_evaluate(config, str(tmp_path / 'on'))
+  assert len(called) == 1 and int(called[0][2].step) == 2
+
+
+def report_metrics(model, tags, **extra):
+  """The metrics evaluate_state writes, with made-up numbers."""
+  matrix = np.full((5, 5), 0.5).tolist()
+  coherence = {'num_test_examples': 10, 'num_joint_samples': 10, 'joint_coherence': 0.25}
+  for tag in tags:
+    coherence[tag] = {'cross_coherence': 0.5, 'cross_coherence_matrix': matrix,
+                      'subset_coherence': {'1': 0.5}}
+  return dict({'model': model, 'step': 7, 'coherence': coherence, 'eval_seconds': 1.0,
+               'classifiers': {'architecture': 'paper', 'accuracies': [0.98] * 5}}, **extra)
+
+
+def fid_metrics(n, tags):
+  matrix = np.full((5, 5), 80.0).tolist()
+  return dict({'num_samples': n, 'joint_fid': 90.0, 'joint_fid_per_modality': [90.0] * 5},
+              **{t: {'cross_fid': 80.0, 'cross_fid_matrix': matrix} for t in tags})
+
+
+def test_report_says_what_fid_is_and_why_it_is_missing(tmp_path):
+  tags = ('pre_ld', 'post_ld')
+
+  def report(**extra):
+    evaluation.write_report(str(tmp_path), report_metrics('moe_ebm', tags, **extra), {})
+    return (tmp_path / 'report.md').read_text()
+
+  text = report()
+  assert 'm4 0.9800' in text and '**FID: not computed**' in text
+  # 5 joint + 2 x 25 cross sets and the reference: 600,000 images at 8 to 4 images/s.
+  assert "55 sets (joint: 5 modalities; cross: 25 (source, target) sets, pre- and post-LD)" in text
+  assert '600,000 images, ~21-42 hours' in text
+  assert '| moe_ebm pre-LD | n/a | 0.500 | n/a | not computed |' in text
+  text = report(fid=fid_metrics(100, tags), fid_network='net')
+  assert 'N = 100 < 2,048: biased, does not rank models' in text and '80.00' in text
+  text = report(fid=fid_metrics(5000, tags), fid_network='net')
+  assert 'biased, does not rank models' not in text and 'not computed' not in text
+  assert 'FID (net): 5,000 generated vs 5,000 test images per modality and set (the paper: ' \
+         '10,000). FID falls as N grows: compare runs at the same N.' in text
+  assert '| joint FID | cross FID |' in text
+  text = report(fid=fid_metrics(10_000, tags), fid_network='net')
+  assert 'per modality and set, as the paper.' in text
+  assert json.loads((tmp_path / 'metrics.json').read_text())['fid']['num_samples'] == 10_000

@@ -2,6 +2,7 @@
 planted NaNs; the sharded step equals the single-device step."""
 
 import functools
+import json
 import os
 import signal
 import subprocess
@@ -46,9 +47,10 @@ def leaves_equal(a, b, **tol):
 @pytest.mark.parametrize('model', ['mmvaeplus', 'ebm_mmvaeplus', 'moe_ebm'])
 def test_smoke_model_trains_checkpoints_logs_and_resumes(polymnist_dir, tmp_path, model):
   workdir = str(tmp_path / model)
-  config = smoke_config(polymnist_dir, model)
+  config = smoke_config(polymnist_dir, model, **{'eval.at_end_of_training': False})
   state = train.train_and_evaluate(config, workdir)
   assert int(state.step) == 6 and int(state.skipped_steps) == 0
+  assert not os.path.exists(os.path.join(workdir, 'eval'))  # Switched off: no evaluation.
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
   scalars = metric_logging.read_scalars(os.path.join(workdir, 'tensorboard'))
   assert [s for s, _ in scalars['train/vae_loss']] == [2, 4, 6]
@@ -229,13 +231,16 @@ TWO_PROCESS_SCRIPT = textwrap.dedent('''
     from test_train import smoke_config
     from moe_ebm_jax import train
     process_id, num_processes = int(sys.argv[1]), int(sys.argv[2])
-    config = smoke_config({data!r}, 'moe_ebm', num_train_steps=4, eval_every_steps=4)
+    # The evaluation at the end runs on every process, as --mode=eval does (cheap classifier).
+    config = smoke_config({data!r}, 'moe_ebm', num_train_steps=4, eval_every_steps=4,
+                          **{{'eval.at_end_of_training': True, 'eval.num_fid_samples': 0}})
     if num_processes > 1:
       config.distributed.enabled = True
       config.distributed.coordinator_address = {address!r}
       config.distributed.num_processes = num_processes
       config.distributed.process_id = process_id
-    state = train.train_and_evaluate(config, sys.argv[3])
+    state = train.train_and_evaluate(config, sys.argv[3],
+                                     classify=lambda x: np.zeros(x.shape[:2], int))
     assert jax.process_count() == num_processes and jax.device_count() == num_processes
     if process_id == 0:
       leaves = [np.asarray(x) for x in jax.tree.leaves((state.vae_params, state.ebm_params))]
@@ -252,24 +257,27 @@ def free_port():
 
 
 def test_two_processes_over_loopback_agree_with_one(polymnist_dir, tmp_path):
-  """Two processes (one CPU device each) train as one process does, both on the CPU."""
+  """Two processes (one CPU device each) train as one process does, both on the CPU, and
+  evaluate at the end as one does."""
   script = TWO_PROCESS_SCRIPT.format(root=ROOT, tests=os.path.join(ROOT, 'tests'),
                                      data=polymnist_dir, address=f'127.0.0.1:{free_port()}')
 
   def launch(num_processes):
     workdir, out = str(tmp_path / f'run{num_processes}'), str(tmp_path / f'{num_processes}.npz')
-    return out, [subprocess.Popen(
+    return out, workdir, [subprocess.Popen(
         [sys.executable, '-c', script, str(i), str(num_processes), workdir, out],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(num_processes)]
 
   runs = [launch(2), launch(1)]
   params = []
-  for out, procs in runs:
+  for out, workdir, procs in runs:
     for i, proc in enumerate(procs):
       stdout, stderr = proc.communicate(timeout=600)
       assert f'PROCESS_DONE {i}' in stdout, stderr[-3000:]
     with np.load(out) as f:
       params.append([f[f'arr_{i}'] for i in range(len(f.files))])
+    with open(os.path.join(workdir, 'eval', 'metrics.json')) as f:
+      assert json.load(f)['step'] == 4
   two, one = params
   assert len(one) == len(two)
   for a, b in zip(one, two):
