@@ -68,11 +68,13 @@ def make_norms_fn(config, model):
 
   @jax.jit
   def norms(state, images):
+    beta = model.beta_at(state.step)
+
     def loss_fn(params):
       return objectives.get(model.objective).fn(
-          model.vae, params, images, jax.random.fold_in(state.key, 12345),
-          beta=model.beta_at(state.step), num_samples=model.num_samples,
-          estimator=model.estimator, log_prior_z=model.log_prior_z(state.ebm_params))[0]
+          model.vae, params, images, jax.random.fold_in(state.key, 12345), beta=beta,
+          num_samples=model.num_samples, estimator=model.estimator,
+          log_prior_z=model.log_prior_z(state.ebm_params, beta))[0]
     grads = jax.grad(loss_fn)(state.vae_params)
     updates, _ = vae_tx.update(grads, state.vae_opt_state, state.vae_params)
     return grads, updates

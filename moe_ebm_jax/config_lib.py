@@ -29,6 +29,8 @@ MODEL_SPECS = {
     'mopoe': ('mopoe', 'fixed', 'q'),
 }
 MODELS = tuple(MODEL_SPECS)
+# Weight of f_a in the VAE's bound (config.ebm.energy_weight): 'beta' or 'one'.
+ENERGY_WEIGHTS = ('beta', 'one')
 DEFAULT_MODEL = 'moe_ebm'
 
 
@@ -122,6 +124,10 @@ def base_config(model: str | None) -> ml_collections.ConfigDict:
   # paper's loss. Without it a CPU-width MOE-EBM diverged (f_a at posterior samples in the
   # thousands) by step 1,200 in a GPU probe.
   c.ebm.energy_l2 = 0.0
+  # How f_a enters the VAE's bound. 'beta': with the prior terms, times beta (lw = recon +
+  # beta * (f_a(z) + log p0(z) + log p(w) - log q)); 'one': the paper's Eq. 5, the ELBO plus f_a
+  # unweighted (lw = recon + beta * (log p0(z) + log p(w) - log q) + f_a(z)).
+  c.ebm.energy_weight = 'beta'
   c.ebm.max_abs_energy = 1e4  # An |energy| above this counts as an explosion (step skipped).
 
   c.num_train_steps = 250 * 468  # 250 epochs of 60,000 / 128 (the MMVAE+ schedule).
@@ -235,6 +241,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(isinstance(config.model.beta_warmup_steps, int) and config.model.beta_warmup_steps >= 0,
         f'model.beta_warmup_steps={config.model.beta_warmup_steps!r} must be an integer >= 0')
   check(config.ebm.energy_l2 >= 0, f'ebm.energy_l2={config.ebm.energy_l2} < 0')
+  check(config.ebm.energy_weight in ENERGY_WEIGHTS,
+        f'ebm.energy_weight={config.ebm.energy_weight!r}, expected one of {ENERGY_WEIGHTS}')
   check(config.on_divergence in ('restore', 'stop'),
         f"on_divergence={config.on_divergence!r}, expected 'restore' or 'stop'")
   check(isinstance(config.eval.at_end_of_training, bool),

@@ -89,6 +89,7 @@ class Model:
   energy_l2: float = 0.0  # Weight of the EBM's energy-magnitude penalty (config.ebm.energy_l2).
   langevin_unroll: int | bool = 1  # lax.scan's unroll for the chains (config.ebm.unroll_chains).
   beta_warmup_steps: int = 0  # beta grows linearly from beta / N to beta over the first N steps.
+  energy_weight: str = 'beta'  # f_a's weight in the VAE's bound (config.ebm.energy_weight).
 
   @property
   def has_ebm(self) -> bool:
@@ -105,10 +106,15 @@ class Model:
       return self.beta
     return self.beta * jnp.minimum(1.0, (step + 1) / self.beta_warmup_steps)
 
-  def log_prior_z(self, ebm_params: Params):
+  def log_prior_z(self, ebm_params: Params, beta: jax.Array | float):
+    """log p(z) as the objectives take it: z (..., D) -> (...). They multiply it by `beta` (the
+    KL weight of this step), so with energy_weight 'one' f_a enters divided by beta: its net
+    weight is then 1, the paper's Eq. 5."""
     if not self.has_ebm:
       return self.vae.prior_log_prob
-    return ebm_lib.prior_log_prob(self.energy, ebm_params)
+    if self.energy_weight == 'beta':
+      return ebm_lib.prior_log_prob(self.energy, ebm_params)
+    return lambda z: self.energy.apply(ebm_params, z) / beta + models.base_log_prob(z)
 
 
 def make_model(config: ml_collections.ConfigDict) -> Model:
@@ -122,7 +128,7 @@ def make_model(config: ml_collections.ConfigDict) -> Model:
       posterior_steps=config.ebm.posterior_steps,
       posterior_step_size=config.ebm.posterior_step_size, noise_scale=config.ebm.noise_scale,
       posterior_latents=config.ebm.posterior_latents, max_abs_energy=config.ebm.max_abs_energy,
-      energy_l2=config.ebm.energy_l2,
+      energy_l2=config.ebm.energy_l2, energy_weight=config.ebm.energy_weight,
       langevin_unroll=True if config.ebm.unroll_chains else 1)
 
 
@@ -154,11 +160,12 @@ def train_step(state: TrainState, images: jax.Array, *, model: Model, vae_tx,
                                                         5)
   del key  # Keys derive from (state.key, step): resuming reproduces them exactly.
 
+  beta = model.beta_at(state.step)
+
   def vae_loss_fn(vae_params):
     return objectives.get(model.objective).fn(
-        model.vae, vae_params, images, k_vae, beta=model.beta_at(state.step),
-        num_samples=model.num_samples,
-        estimator=model.estimator, log_prior_z=model.log_prior_z(state.ebm_params))
+        model.vae, vae_params, images, k_vae, beta=beta, num_samples=model.num_samples,
+        estimator=model.estimator, log_prior_z=model.log_prior_z(state.ebm_params, beta))
 
   (vae_loss, aux), vae_grads = jax.value_and_grad(vae_loss_fn, has_aux=True)(state.vae_params)
   metrics = dict(aux.metrics)
@@ -226,7 +233,7 @@ def eval_step(state: TrainState, images: jax.Array, key: jax.Array, *,
   loss, aux = objectives.mmvaeplus_objective(
       model.vae, state.vae_params, images, key, beta=model.beta, num_samples=model.num_samples,
       estimator='iwae' if model.estimator == 'dreg' else model.estimator,
-      log_prior_z=model.log_prior_z(state.ebm_params))
+      log_prior_z=model.log_prior_z(state.ebm_params, model.beta))
   b = images.shape[0]
   return {'loss_sum': loss * b, 'recon_sum': aux.metrics['recon'] * b, 'count': jnp.float32(b)}
 

@@ -364,3 +364,35 @@ def test_an_error_mid_run_keeps_the_checkpoint_being_written(polymnist_dir, tmp_
   monkeypatch.setattr(train.input_pipeline, 'train_iterator', real)
   config.num_train_steps = 4
   assert int(train.train_and_evaluate(config, workdir).step) == 4
+
+
+def test_energy_weight_one_adds_f_a_to_the_bound_unweighted(polymnist_dir):
+  """ebm.energy_weight: 'beta' puts beta * f_a(z) in every log-weight, 'one' f_a(z) (Eq. 5). With
+  the same samples the ELBO losses (minus the mean log-weight) differ by (beta - 1) mean f_a."""
+  from moe_ebm_jax import objectives  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.uniform(size=(4, 5, 28, 28, 3)), jnp.float32)
+  beta = 2.5
+  losses = {}
+  for weight in config_lib.ENERGY_WEIGHTS:
+    config = smoke_config(polymnist_dir, 'moe_ebm', **{'ebm.energy_weight': weight,
+                                                       'model.beta': beta})
+    model = train.make_model(config)
+    vae_params = model.vae.init(jax.random.PRNGKey(0))
+    ebm_params = model.energy.init(jax.random.PRNGKey(1), jnp.zeros((1, model.vae.latent_z)))
+    loss, aux = objectives.mmvaeplus_objective(
+        model.vae, vae_params, images, jax.random.PRNGKey(2), beta=beta, num_samples=1,
+        estimator='elbo', log_prior_z=model.log_prior_z(ebm_params, beta))
+    losses[weight] = float(loss)
+    f_a = model.energy.apply(ebm_params, aux.latents.z)  # (M, K, B): the same samples for both.
+  assert abs(float(f_a.mean())) > 1e-3  # Else the check below could not fail.
+  # float32 losses of ~7,600 (ulp ~5e-4): a tolerance far below the 0.4 being checked.
+  assert losses['one'] - losses['beta'] == pytest.approx((beta - 1) * float(f_a.mean()),
+                                                         abs=5e-3)
+  # And a training step runs with it.
+  config = smoke_config(polymnist_dir, 'moe_ebm', **{'ebm.energy_weight': 'one'})
+  state, step = one_step_setup(config)
+  state, metrics = step(state, images)
+  assert float(metrics['step_ok']) == 1.0
+  with pytest.raises(ValueError, match='ebm.energy_weight'):
+    config_lib.validate(smoke_config(polymnist_dir, 'moe_ebm', **{'ebm.energy_weight': 'half'}))
