@@ -64,6 +64,10 @@ class Row:
   paper_name: str | None
   paper: dict[str, float | None]
   counts: str  # Sample counts behind our numbers.
+  # Coherence per number of observed modalities (MoPoE protocol): {'1': .., ..}; {} if absent.
+  subsets: dict[str, float] = dataclasses.field(default_factory=dict)
+  # Runs with equal `config` except the training seed repeat one experiment (seed_summary).
+  config_key: str = ''
 
   @property
   def label(self) -> str:
@@ -110,8 +114,104 @@ def rows_of_run(workdir: str, metrics: dict[str, Any]) -> list[Row]:
     paper_values = PAPER_TABLE[paper_name] if paper_name else (None,) * len(METRICS)
     rows.append(Row(run=workdir, model=metrics['model'], tag=tag, step=int(metrics['step']),
                     ours=ours, paper_name=paper_name, paper=dict(zip(METRICS, paper_values)),
-                    counts=counts))
+                    counts=counts, subsets=dict(c[tag].get('subset_coherence', {})),
+                    config_key=_config_key(workdir)))
   return rows
+
+
+def _config_key(workdir: str) -> str:
+  """<workdir>/config.json without its training seed, flattened, as canonical JSON ('' if
+  absent)."""
+  try:
+    with open(os.path.join(workdir, 'config.json')) as f:
+      config = json.load(f)
+  except (OSError, ValueError):
+    return ''
+
+  def flat(d, prefix=''):
+    out = {}
+    for k, v in d.items():
+      out.update(flat(v, f'{prefix}{k}.') if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+  config = flat(config)
+  config.pop('seed', None)
+  return json.dumps(config, sort_keys=True)
+
+
+def _same_experiment(key_a: str, key_b: str) -> bool:
+  """Equal configs but for the seed. A key only one of them has (a field a later version added,
+  whose default keeps the earlier behaviour) does not separate them."""
+  if not key_a or not key_b:
+    return key_a == key_b
+  a, b = json.loads(key_a), json.loads(key_b)
+  return all(a[k] == b[k] for k in a.keys() & b.keys())
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedGroup:
+  """One system over runs that differ only in the training seed (same step and counts)."""
+  label: str
+  step: int
+  runs: tuple[str, ...]
+  values: dict[str, list[float]]  # metric (or 'inputs=k') -> one value per run.
+
+  def mean(self, metric: str) -> float:
+    return float(sum(self.values[metric]) / len(self.values[metric]))
+
+  def spread(self, metric: str) -> float:
+    """Sample standard deviation over runs (n - 1); 0 for one run."""
+    v = self.values[metric]
+    if len(v) < 2:
+      return 0.0
+    m = sum(v) / len(v)
+    return float((sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5)
+
+
+def seed_summary(rows: Sequence[Row]) -> list[SeedGroup]:
+  """Rows grouped by system, step, counts and config except the seed, in first-seen order."""
+  groups: list[list[Row]] = []
+  for r in rows:
+    for members in groups:
+      first = members[0]
+      if ((first.label, first.step, first.counts) == (r.label, r.step, r.counts) and
+          _same_experiment(first.config_key, r.config_key)):
+        members.append(r)
+        break
+    else:
+      groups.append([r])
+  out = []
+  for members in groups:
+    label, step = members[0].label, members[0].step
+    values = {}
+    for metric in ('joint_coherence', 'cross_coherence'):
+      if all(r.ours[metric] is not None for r in members):
+        values[metric] = [r.ours[metric] for r in members]
+    for k in sorted(set.intersection(*(set(r.subsets) for r in members)), key=int):
+      values[f'inputs={k}'] = [r.subsets[k] for r in members]
+    out.append(SeedGroup(label=label, step=step, runs=tuple(r.run for r in members),
+                         values=values))
+  return out
+
+
+def seed_table(groups: Sequence[SeedGroup]) -> str:
+  """Mean +- sample std over seeds, and every run's value, per system and metric."""
+  metrics = []
+  for g in groups:
+    metrics += [m for m in g.values if m not in metrics]
+  lines = ['| system | step | runs | ' + ' | '.join(metrics) + ' |',
+           '|---' * (3 + len(metrics)) + '|']
+  for g in groups:
+    cells = []
+    for m in metrics:
+      if m not in g.values:
+        cells.append('-')
+        continue
+      each = ', '.join(f'{v:.3f}' for v in g.values[m])
+      cells.append(f'{g.mean(m):.3f} +- {g.spread(m):.3f} ({each})' if len(g.runs) > 1
+                   else f'{g.mean(m):.3f}')
+    lines.append(f'| {g.label} | {g.step} | {len(g.runs)} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
 
 
 def collect(workdirs: Sequence[str]) -> list[Row]:
@@ -147,6 +247,12 @@ def report(rows: Sequence[Row], plot_file: str | None) -> str:
           'per set; ours use the N in the counts column, and small N biases FID upwards, so only '
           'FIDs with equal N compare). "-": not defined for that row or not measured.', '',
           markdown_table(rows), '']
+  groups = seed_summary(rows)
+  if any(len(g.runs) > 1 for g in groups):
+    text += ['## Over seeds', '',
+             'Runs whose config.json differ only in the training seed, grouped: mean +- sample '
+             'standard deviation, then each run\'s value. inputs=k: coherence given k observed '
+             'modalities (MoPoE protocol).', '', seed_table(groups), '']
   if plot_file:
     text += [f'![comparison]({plot_file})', '']
   return '\n'.join(text)
@@ -187,9 +293,10 @@ def plot(rows: Sequence[Row], path: str) -> bool:
 
 
 def compare(workdirs: Sequence[str], out_dir: str) -> dict[str, Any]:
-  """Writes out_dir/comparison.md, comparison.json and (with matplotlib) comparison.png.
+  """Writes out_dir/comparison.md, comparison.json, seeds.json (runs grouped over training
+  seeds) and (with matplotlib) comparison.png.
 
-  Returns {'rows': [...], 'table': markdown, 'plot': file name or None}.
+  Returns {'rows': [...], 'table': markdown, 'plot': file name or None, 'seeds': [...]}.
   """
   rows = collect(workdirs)
   os.makedirs(out_dir, exist_ok=True)
@@ -198,6 +305,13 @@ def compare(workdirs: Sequence[str], out_dir: str) -> dict[str, Any]:
   with open(os.path.join(out_dir, 'comparison.md'), 'w') as f:
     f.write(text)
   records = [dict(dataclasses.asdict(r), label=r.label) for r in rows]
+  for r in records:
+    r.pop('config_key')  # The runs' config.json hold it.
+  groups = [dict(dataclasses.asdict(g), mean={m: g.mean(m) for m in g.values},
+                 spread={m: g.spread(m) for m in g.values}) for g in seed_summary(rows)]
   with open(os.path.join(out_dir, 'comparison.json'), 'w') as f:
     json.dump(records, f, indent=2)
-  return {'rows': records, 'table': markdown_table(rows), 'plot': plot_file}
+  with open(os.path.join(out_dir, 'seeds.json'), 'w') as f:
+    json.dump(groups, f, indent=2)
+  return {'rows': records, 'table': markdown_table(rows), 'plot': plot_file,
+          'seeds': groups}

@@ -109,3 +109,41 @@ def test_main_rejects_missing_runs_and_several_workdirs_for_train(tmp_path):
   assert result.returncode != 0 and 'exactly one --workdir' in result.stderr
   result = run_main(f'--workdir={tmp_path / "a"}')
   assert result.returncode != 0 and '--config is required' in result.stderr
+
+
+def _seeded_run(path, model, seed, *, cross, joint, subsets, lr=3e-3, **more):
+  """An evaluated run with a config.json that differs from its siblings' only by `seed` (and
+  by the keys in `more`, added to its 'ebm' section)."""
+  coherence = {'joint_coherence': joint, 'num_joint_samples': 500, 'num_test_examples': 300,
+               'q': {'cross_coherence': cross, 'subset_coherence': subsets}}
+  os.makedirs(os.path.join(path, 'eval'))
+  with open(os.path.join(path, 'eval', 'metrics.json'), 'w') as f:
+    json.dump({'model': model, 'step': 100, 'coherence': coherence, 'fid': None}, f)
+  with open(os.path.join(path, 'config.json'), 'w') as f:
+    json.dump({'seed': seed, 'optim': {'learning_rate': lr}, 'model': {'name': model},
+               'ebm': more}, f)
+  return str(path)
+
+
+def test_runs_differing_only_in_seed_are_grouped_with_mean_and_sample_std(tmp_path):
+  a = _seeded_run(tmp_path / 'a', 'mmvaeplus', 0, cross=0.5, joint=0.2,
+                  subsets={'1': 0.5, '2': 0.6})
+  # A key the first run's version did not write yet does not separate the runs.
+  b = _seeded_run(tmp_path / 'b', 'mmvaeplus', 1, cross=0.7, joint=0.3,
+                  subsets={'1': 0.7, '2': 0.8}, energy_weight='beta')
+  c = _seeded_run(tmp_path / 'c', 'mmvaeplus', 0, cross=0.9, joint=0.1,
+                  subsets={'1': 0.9, '2': 0.9}, lr=1e-3)  # Another experiment.
+  groups = comparison.seed_summary(comparison.collect([a, b, c]))
+  assert [g.runs for g in groups] == [(a, b), (c,)]
+  pair = groups[0]
+  assert pair.mean('cross_coherence') == pytest.approx(0.6)
+  # Two values 0.1 either side of the mean: sample std (n - 1) = 0.1 * sqrt(2).
+  assert pair.spread('cross_coherence') == pytest.approx(0.1 * 2 ** 0.5)
+  assert pair.mean('joint_coherence') == pytest.approx(0.25)
+  assert pair.values['inputs=2'] == [0.6, 0.8]
+  assert groups[1].spread('cross_coherence') == 0.0
+  table = comparison.seed_table(groups)
+  assert '0.600 +- 0.141 (0.500, 0.700)' in table
+  result = comparison.compare([a, b, c], str(tmp_path / 'cmp'))
+  assert len(result['seeds']) == 2 and list(result['seeds'][0]['runs']) == [a, b]
+  assert '## Over seeds' in (tmp_path / 'cmp' / 'comparison.md').read_text()
