@@ -505,11 +505,11 @@ def _test_batches(config, count: int | None) -> list[dict[str, np.ndarray]]:
   return batches
 
 
-def evaluate_run(config, workdir: str, classify=None, features=None) -> dict[str, Any]:
-  """Evaluates the latest checkpoint in `workdir` (--mode=eval): `evaluate_state` of it.
+def restore_latest(config, workdir: str) -> tuple[train_lib.Model, Any]:
+  """(model, train.TrainState) of the latest checkpoint in `workdir`, read-only.
 
-  Args:
-    classify, features: as `evaluate_state`.
+  The config must match the run's at train.COMPATIBLE_KEYS (as for a resume); sampler settings
+  such as ebm.posterior_steps may differ (that is how a trained model is probed with others).
   """
   from moe_ebm_jax import checkpointing  # pylint: disable=g-import-not-at-top
   if os.path.exists(os.path.join(workdir, checkpointing.CONFIG_FILENAME)):
@@ -524,6 +524,16 @@ def evaluate_run(config, workdir: str, classify=None, features=None) -> dict[str
     raise FileNotFoundError(f'no checkpoint in {workdir}: train first (--mode=train).')
   state, _ = ckpt.restore(abstract)
   ckpt.close()
+  return model, state
+
+
+def evaluate_run(config, workdir: str, classify=None, features=None) -> dict[str, Any]:
+  """Evaluates the latest checkpoint in `workdir` (--mode=eval): `evaluate_state` of it.
+
+  Args:
+    classify, features: as `evaluate_state`.
+  """
+  model, state = restore_latest(config, workdir)
   return evaluate_state(config, workdir, state, model=model, classify=classify,
                         features=features)
 
