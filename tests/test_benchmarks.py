@@ -152,6 +152,13 @@ def test_coherence_probe_at_smoke_scale(tmp_path, polymnist_dir, mnist_npz):
   assert '| 4 |' in result.stdout
 
 
+def test_digit_entropy_is_zero_for_one_digit_and_ln10_for_all_equally():
+  inspect_chains = _load('inspect_chains')
+  assert inspect_chains._entropy(np.full(50, 3)) == 0.0
+  assert inspect_chains._entropy(np.repeat(np.arange(10), 7)) == pytest.approx(np.log(10))
+  assert inspect_chains._entropy(np.array([1, 1, 2, 2])) == pytest.approx(np.log(2))
+
+
 def test_inspect_chains_at_smoke_scale(tmp_path, polymnist_dir, mnist_npz):
   """A 2-step smoke MOE-EBM looked inside. With a tiny step size the Langevin drift is negligible,
   so each coordinate moves by the noise alone: RMS move = s * sqrt(K) (times E sqrt(chi2_D / D))."""
@@ -184,6 +191,10 @@ def test_inspect_chains_at_smoke_scale(tmp_path, polymnist_dir, mnist_npz):
   for entry in record['sweep']:
     assert 0 <= entry['post_ld_cross_coherence'] <= 1
   assert set(record['joint_by_prior_steps']) == {'0', '5', '12'}
+  for joint in record['joint_by_prior_steps'].values():
+    assert 0 <= joint['joint_coherence'] <= 1
+    assert 0 <= joint['agreed_digit_entropy'] <= np.log(10) + 1e-9
+    assert 0 <= joint['m0_digit_entropy'] <= np.log(10) + 1e-9
   for name in record['figures'].values():
     assert (out / name).stat().st_size > 1000
   assert {'posterior_chain', 'prior_chain', 'training_energies'} <= set(record['figures'])
