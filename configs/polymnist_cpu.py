@@ -38,8 +38,9 @@ def get_config(arg=None):
   # MOE-EBM's departures. Two posterior Langevin steps (the paper gives no number; each step is
   # a pass through the five decoders): MOE-EBM ~1.0 s per step here against MMVAE+'s 0.8. The
   # energy penalty (ours, config_lib): without it a GPU probe's EBM diverged (127 skipped steps,
-  # f_a in the thousands at the encoder's samples; docs/results.md, attempt 2). Measured with the
-  # optimiser before issue 14; issue 16 retries without it.
+  # f_a in the thousands at the encoder's samples; docs/results.md, the calibration). Measured
+  # with the optimiser before issue 14; with torch's AMSGrad, MOE-EBM without it skipped no step
+  # and kept |energy| < 0.7 to step 500 (issue 16, docs/results.md): kept until a full run says.
   config.ebm.posterior_steps = 2
   config.ebm.energy_l2 = 0.1
   config.num_train_steps = 1500
