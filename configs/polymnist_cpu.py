@@ -40,7 +40,8 @@ def get_config(arg=None):
   # energy penalty (ours, config_lib): without it a GPU probe's EBM diverged (127 skipped steps,
   # f_a in the thousands at the encoder's samples; docs/results.md, the calibration). Measured
   # with the optimiser before issue 14; with torch's AMSGrad, MOE-EBM without it skipped no step
-  # and kept |energy| < 0.7 to step 500 (issue 16, docs/results.md): kept until a full run says.
+  # in 1,000, but its energies drifted to -2.3 without levelling off (issue 16, docs/results.md):
+  # kept until a longer run says.
   config.ebm.posterior_steps = 2
   config.ebm.energy_l2 = 0.1
   config.num_train_steps = 1500
