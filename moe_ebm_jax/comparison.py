@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import statistics
 from typing import Any, Sequence
 
 # The paper's Table 1 (../shared/docs/method.md section 2): (joint coherence, cross coherence,
@@ -66,8 +67,9 @@ class Row:
   counts: str  # Sample counts behind our numbers.
   # Coherence per number of observed modalities (MoPoE protocol): {'1': .., ..}; {} if absent.
   subsets: dict[str, float] = dataclasses.field(default_factory=dict)
-  # Runs with equal `config` except the training seed repeat one experiment (seed_summary).
-  config_key: str = ''
+  # The run's config.json flattened ('model.name': ...), without the training seed: runs that
+  # agree on it repeat one experiment (seed_summary). {} if the run has no config.json.
+  config: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   @property
   def label(self) -> str:
@@ -115,18 +117,17 @@ def rows_of_run(workdir: str, metrics: dict[str, Any]) -> list[Row]:
     rows.append(Row(run=workdir, model=metrics['model'], tag=tag, step=int(metrics['step']),
                     ours=ours, paper_name=paper_name, paper=dict(zip(METRICS, paper_values)),
                     counts=counts, subsets=dict(c[tag].get('subset_coherence', {})),
-                    config_key=_config_key(workdir)))
+                    config=_config_without_seed(workdir)))
   return rows
 
 
-def _config_key(workdir: str) -> str:
-  """<workdir>/config.json without its training seed, flattened, as canonical JSON ('' if
-  absent)."""
+def _config_without_seed(workdir: str) -> dict[str, Any]:
+  """<workdir>/config.json flattened to dotted keys, without the training seed ({} if absent)."""
   try:
     with open(os.path.join(workdir, 'config.json')) as f:
       config = json.load(f)
   except (OSError, ValueError):
-    return ''
+    return {}
 
   def flat(d, prefix=''):
     out = {}
@@ -136,15 +137,14 @@ def _config_key(workdir: str) -> str:
 
   config = flat(config)
   config.pop('seed', None)
-  return json.dumps(config, sort_keys=True)
+  return config
 
 
-def _same_experiment(key_a: str, key_b: str) -> bool:
+def _same_experiment(a: dict[str, Any], b: dict[str, Any]) -> bool:
   """Equal configs but for the seed. A key only one of them has (a field a later version added,
   whose default keeps the earlier behaviour) does not separate them."""
-  if not key_a or not key_b:
-    return key_a == key_b
-  a, b = json.loads(key_a), json.loads(key_b)
+  if not a or not b:
+    return a == b
   return all(a[k] == b[k] for k in a.keys() & b.keys())
 
 
@@ -157,15 +157,12 @@ class SeedGroup:
   values: dict[str, list[float]]  # metric (or 'inputs=k') -> one value per run.
 
   def mean(self, metric: str) -> float:
-    return float(sum(self.values[metric]) / len(self.values[metric]))
+    return statistics.fmean(self.values[metric])
 
   def spread(self, metric: str) -> float:
     """Sample standard deviation over runs (n - 1); 0 for one run."""
     v = self.values[metric]
-    if len(v) < 2:
-      return 0.0
-    m = sum(v) / len(v)
-    return float((sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5)
+    return statistics.stdev(v) if len(v) > 1 else 0.0
 
 
 def seed_summary(rows: Sequence[Row]) -> list[SeedGroup]:
@@ -175,7 +172,7 @@ def seed_summary(rows: Sequence[Row]) -> list[SeedGroup]:
     for members in groups:
       first = members[0]
       if ((first.label, first.step, first.counts) == (r.label, r.step, r.counts) and
-          _same_experiment(first.config_key, r.config_key)):
+          _same_experiment(first.config, r.config)):
         members.append(r)
         break
     else:
@@ -306,7 +303,7 @@ def compare(workdirs: Sequence[str], out_dir: str) -> dict[str, Any]:
     f.write(text)
   records = [dict(dataclasses.asdict(r), label=r.label) for r in rows]
   for r in records:
-    r.pop('config_key')  # The runs' config.json hold it.
+    r.pop('config')  # The runs' config.json hold it.
   groups = [dict(dataclasses.asdict(g), mean={m: g.mean(m) for m in g.values},
                  spread={m: g.spread(m) for m in g.values}) for g in seed_summary(rows)]
   with open(os.path.join(out_dir, 'comparison.json'), 'w') as f:
