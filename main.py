@@ -45,7 +45,10 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   workdirs = _WORKDIR.value or []
   if _MODE.value == 'compare':
-    result = comparison.compare(workdirs, _COMPARE_DIR.value)
+    try:
+      result = comparison.compare(workdirs, _COMPARE_DIR.value)
+    except comparison.CompareError as e:  # Bad input, not a bug: the message, no traceback.
+      raise SystemExit(f'--mode=compare: {e}') from None
     print(result['table'])
     logging.info('Comparison of %d runs written to %s (plot: %s).', len(workdirs),
                  _COMPARE_DIR.value, result['plot'] or "none: pip install '.[plot]'")

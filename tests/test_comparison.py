@@ -103,6 +103,7 @@ def test_main_rejects_missing_runs_and_several_workdirs_for_train(tmp_path):
   result = run_main('--mode=compare', f'--workdir={tmp_path / "nothing"}',
                     f'--compare_dir={tmp_path / "cmp"}')
   assert result.returncode != 0 and '--mode=eval' in result.stderr
+  assert 'Traceback' not in result.stderr  # The reason alone, as for any bad input.
   assert not os.path.exists(tmp_path / 'cmp')  # Nothing written before every run was read.
   result = run_main('--config=configs/smoke.py:mmvaeplus', f'--workdir={tmp_path / "a"}',
                     f'--workdir={tmp_path / "b"}')
