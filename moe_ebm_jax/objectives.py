@@ -213,7 +213,7 @@ def mmvaeplus_objective(vae: models.MultimodalVAE, params, images: jax.Array, ke
   loss, bound, (latents, terms) = importance_weighted_loss(log_weights_fn, estimator)
   metrics = {'vae_loss': loss, 'bound': bound.mean(), 'recon': terms['recon'].mean(),
              'kl': terms['kl'].mean(), 'log_px_self': terms['log_px_self'].mean(),
-             'posterior_scale_z': post.z_scale.mean()}
+             'posterior_log_scale_z': jnp.log(post.z_scale).mean()}
   stop = jax.lax.stop_gradient
   return loss, VaeAux(jax.tree.map(stop, post), jax.tree.map(stop, latents),
                       jax.tree.map(stop, metrics))
@@ -237,7 +237,7 @@ def _broadcast_to_decoders(z: jax.Array, m: int) -> jax.Array:
 
 def _poe_metrics(loss, bound, recon, kl, post) -> dict[str, jax.Array]:
   return {'vae_loss': loss, 'bound': bound.mean(), 'recon': recon.mean(), 'kl': kl.mean(),
-          'posterior_scale_z': post.z_scale.mean()}
+          'posterior_log_scale_z': jnp.log(post.z_scale).mean()}
 
 
 def _aux(post, metrics) -> VaeAux:

@@ -141,6 +141,13 @@ def test_mmvaeplus_elbo_matches_numpy_reference(tiny, prior):
   np.testing.assert_allclose(float(aux.metrics['recon']), recon.mean(), rtol=1e-5)
   # The KL part is small next to the likelihood: check it on its own, tightly.
   np.testing.assert_allclose(float(aux.metrics['kl']), kl.mean(), rtol=1e-5, atol=1e-4)
+  # MMVAE's Laplace scales are softmax * D, so their arithmetic mean is 1 for every posterior
+  # and only the mean log scale says how concentrated they are (< 0 by Jensen unless all equal).
+  scales = np.asarray(aux.post.z_scale, np.float64)
+  np.testing.assert_allclose(scales.mean(-1), 1.0, rtol=1e-4)
+  np.testing.assert_allclose(float(aux.metrics['posterior_log_scale_z']), np.log(scales).mean(),
+                             rtol=1e-4, atol=1e-6)
+  assert float(aux.metrics['posterior_log_scale_z']) < 0
 
 
 def test_mmvaeplus_prior_term_enters_times_beta(tiny):
