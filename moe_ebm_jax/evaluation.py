@@ -227,9 +227,14 @@ class Evaluator:
 
   @staticmethod
   def _save(out_dir: str, name: str, tiles: np.ndarray, **labels) -> str:
-    """Writes tiles (rows, cols, 28, 28, 3) as metric_logging.labelled_grid(tiles, **labels)."""
-    metric_logging.save_png(os.path.join(out_dir, name),
-                            metric_logging.labelled_grid(tiles, **labels))
+    """Writes tiles (rows, cols, 28, 28, 3) as metric_logging.labelled_grid(tiles, **labels).
+
+    Every process computes the tiles (the generation is compiled over every device); process 0
+    alone writes them, so that processes sharing a workdir never write one file at once.
+    """
+    if jax.process_index() == 0:
+      metric_logging.save_png(os.path.join(out_dir, name),
+                              metric_logging.labelled_grid(tiles, **labels))
     return name
 
 
@@ -628,7 +633,8 @@ def evaluate_state(config, workdir: str, state, *, model: train_lib.Model | None
   logging.info('Evaluation %d/%d: figures done in %s.', phases, phases,
                metric_logging.format_duration(time.time() - phase_start))
   metrics['eval_seconds'] = time.time() - start
-  write_report(out_dir, metrics, figures)
+  if jax.process_index() == 0:  # One writer of metrics.json and report.md (see Evaluator._save).
+    write_report(out_dir, metrics, figures)
   summary = {t: round(coherence[t]['cross_coherence'], 3) for t in ('q', 'pre_ld', 'post_ld')
              if t in coherence}
   logging.info('Evaluation of step %d written to %s (report.md) in %s: joint coherence %.3f, '

@@ -314,3 +314,20 @@ def test_report_says_what_fid_is_and_why_it_is_missing(tmp_path):
   text = report(fid=fid_metrics(10_000, tags), fid_network='net')
   assert 'per modality and set, as the paper.' in text
   assert json.loads((tmp_path / 'metrics.json').read_text())['fid']['num_samples'] == 10_000
+
+
+def test_only_process_zero_writes_the_report(trained, tmp_path, monkeypatch):
+  """Processes sharing a workdir all evaluate (the generation spans every device), but only
+  process 0 writes eval/: two writers of one metrics.json could leave it torn."""
+  config, _, state = trained
+  constant = lambda images: np.full(images.shape[:2], 7)
+  config = config.copy_and_resolve_references()
+  config.eval.num_fid_samples = 0
+  monkeypatch.setattr(evaluation.jax, 'process_index', lambda: 1)
+  metrics = evaluation.evaluate_state(config, str(tmp_path), state, classify=constant)
+  assert metrics['step'] == int(state.step) and 'joint_coherence' in metrics['coherence']
+  out = tmp_path / 'eval'
+  assert not out.exists() or not os.listdir(out)
+  monkeypatch.setattr(evaluation.jax, 'process_index', lambda: 0)
+  evaluation.evaluate_state(config, str(tmp_path), state, classify=constant)
+  assert {'metrics.json', 'report.md', 'joint_samples.png'} <= set(os.listdir(out))
