@@ -32,16 +32,18 @@ def nonempty_subsets(num_modalities: int) -> np.ndarray:
 
 
 def product_of_experts(loc: jax.Array, scale: jax.Array, mask: jax.Array,
-                       prior_expert: bool = False) -> tuple[jax.Array, jax.Array]:
+                       prior_expert: bool = False,
+                       var_eps: float = 1e-8) -> tuple[jax.Array, jax.Array]:
   """Gaussian product of the experts in `mask` (precision-weighted): -> (loc, scale) (B, D).
 
   loc, scale (M, B, D) standard deviations; mask bool (M,) or (M, B). With `prior_expert`,
-  N(0, I) is one more expert (so an empty mask gives the prior).
+  N(0, I) is one more expert (so an empty mask gives the prior). Every expert's variance gets
+  `var_eps` added first, as the MVAE and MoPoE references' PoE does (eps 1e-8).
   """
   mask = jnp.asarray(mask)
   mask = mask.reshape(mask.shape + (1,) * (loc.ndim - mask.ndim)).astype(loc.dtype)
-  precision = mask / jnp.square(scale)
-  total = precision.sum(axis=0) + (1.0 if prior_expert else 0.0)
+  precision = mask / (jnp.square(scale) + var_eps)
+  total = precision.sum(axis=0) + (1.0 / (1.0 + var_eps) if prior_expert else 0.0)
   return (precision * loc).sum(axis=0) / total, jax.lax.rsqrt(total)
 
 

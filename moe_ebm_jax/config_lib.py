@@ -78,9 +78,13 @@ def base_config(model: str | None) -> ml_collections.ConfigDict:
   # defaults, kernels and biases uniform within 1/sqrt(fan_in): the references') or 'lecun'
   # (Flax's defaults: LeCun-normal kernels, zero biases; about 10x louder outputs at the start).
   c.model.param_init = 'pytorch'
-  # Added to every posterior and auxiliary-prior scale: the MMVAE+ reference's 1e-20 for
-  # MMVAE+, MMVAE's 1e-6 for the others.
-  c.model.scale_eps = 1e-20 if objective_name == 'mmvaeplus' else 1e-6
+  # Added to every posterior and auxiliary-prior scale, as each family's reference does: the
+  # MMVAE+ code's eta 1e-20, MMVAE's 1e-6 (iffsid/mmvae); the Gaussian references (MVAE, mmJSD,
+  # MoPoE: std = exp(logvar / 2)) add nothing.
+  if objective_name == 'mmvaeplus':
+    c.model.scale_eps = 1e-20
+  else:
+    c.model.scale_eps = 1e-6 if objective.distribution == 'laplace' else 0.0
   c.model.posterior_scale_multiplier = 1.0  # Times every posterior scale (models.py); 1: MMVAE+.
   c.model.beta = 2.5
   # KL warm-up: beta grows linearly over the first N training steps (0: constant, the paper).
@@ -197,7 +201,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f'optim.implementation={config.optim.implementation!r}, expected one of '
         f'{optimizers.IMPLEMENTATIONS}')
   check(config.optim.eps > 0, f'optim.eps={config.optim.eps} must be > 0')
-  check(config.model.scale_eps > 0, f"model.scale_eps={config.model.scale_eps} must be > 0")
+  # Softmax scales underflow to 0 (log scale -inf) without eta; exp(logvar / 2) only at logvar
+  # below ~-200, as in the Gaussian references.
+  if config.model.distribution == 'laplace':
+    check(config.model.scale_eps > 0,
+          f'model.scale_eps={config.model.scale_eps} must be > 0 for Laplace posteriors')
+  check(config.model.scale_eps >= 0, f'model.scale_eps={config.model.scale_eps} must be >= 0')
   check(config.model.conv_backward in conv.BACKWARD_MODES,
         f'model.conv_backward={config.model.conv_backward!r}, expected one of '
         f'{conv.BACKWARD_MODES}')

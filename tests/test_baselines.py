@@ -38,6 +38,17 @@ def test_product_of_experts_equals_the_normalised_product_of_densities():
       assert float(got_scale[0, d]) == pytest.approx(std, abs=1e-4)
 
 
+def test_product_of_experts_adds_the_references_eps_to_each_variance():
+  # Experts of zero scale (the references' PoE: var = exp(logvar) + 1e-8): the product of two
+  # is finite, at their mean, with variance 1e-8 / 2; a 1e-3 scale gets 1e-8 on its 1e-6.
+  loc = jnp.array([[[1.0]], [[3.0]]])
+  got_loc, got_scale = aggregation.product_of_experts(loc, jnp.zeros((2, 1, 1)), [True, True])
+  assert float(got_loc[0, 0]) == pytest.approx(2.0, rel=1e-6)
+  assert float(got_scale[0, 0]) == pytest.approx(np.sqrt(0.5e-8), rel=1e-5)
+  _, one = aggregation.product_of_experts(loc[:1], jnp.full((1, 1, 1), 1e-3), [True])
+  assert float(one[0, 0]) == pytest.approx(np.sqrt(1e-6 + 1e-8), rel=1e-5)
+
+
 def test_mopoe_draws_subsets_of_the_observed_modalities_uniformly():
   # Experts with distinct tiny-variance means: the PoE mean identifies the drawn subset.
   m, b = 3, 6000

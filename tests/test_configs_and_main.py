@@ -28,6 +28,18 @@ def test_every_config_and_model_validates(name, model):
   assert config.model.name == model
 
 
+def test_scale_eps_is_each_reference_families_eta():
+  # MMVAE+'s code adds 1e-20, MMVAE's 1e-6, the Gaussian references (std = exp(logvar / 2)) 0.
+  expected = {'mmvaeplus': 1e-20, 'mmvae': 1e-6, 'mvae': 0.0, 'mmjsd': 0.0, 'mopoe': 0.0}
+  for model in config_lib.MODELS:
+    config = config_lib.base_config(model)
+    assert config.model.scale_eps == expected[config.model.objective], model
+  config = config_lib.base_config('mopoe')
+  config.model.scale_eps = -1e-6
+  with pytest.raises(ValueError, match='scale_eps=-1e-06 must be >= 0'):
+    config_lib.validate(config)
+
+
 def test_default_model_and_scales():
   assert load_config('polymnist').model.name == config_lib.DEFAULT_MODEL
   paper, cpu, smoke = (load_config(n) for n in CONFIGS)
@@ -63,6 +75,7 @@ def test_unknown_model_is_rejected():
     ('data.num_workers', -1, 'num_workers=-1 must be an integer >= 0'),
     ('data.num_threads', 0, 'num_threads=0 must be an integer >= 1'),
     ('eval.at_end_of_training', None, 'at_end_of_training=None must be True or False'),
+    ('model.scale_eps', 0.0, 'must be > 0 for Laplace posteriors'),  # smoke: MOE-EBM, Laplace.
 ])
 def test_bad_values_fail_validation(field, value, message):
   config = load_config('smoke')
