@@ -16,6 +16,8 @@ import os
 import statistics
 from typing import Any, Sequence
 
+from moe_ebm_jax import config_lib
+
 # The paper's Table 1 (../shared/docs/method.md section 2): (joint coherence, cross coherence,
 # joint FID, cross FID); None where the paper has no number. Rows marked * there were copied from
 # the MMVAE+ paper.
@@ -121,28 +123,36 @@ def rows_of_run(workdir: str, metrics: dict[str, Any]) -> list[Row]:
   return rows
 
 
+def _flat(d: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    out.update(_flat(v, f'{prefix}{k}.') if isinstance(v, dict) else {prefix + k: v})
+  return out
+
+
 def _config_without_seed(workdir: str) -> dict[str, Any]:
-  """<workdir>/config.json flattened to dotted keys, without the training seed ({} if absent)."""
+  """<workdir>/config.json flattened to dotted keys, without the training seed ({} if absent).
+
+  A key the run's version did not write yet (a field added later) takes this version's default
+  for the run's model, the behaviour that version had: so a run from before `ebm.energy_weight`
+  groups with 'beta' runs and not with 'one' runs.
+  """
   try:
     with open(os.path.join(workdir, 'config.json')) as f:
-      config = json.load(f)
+      config = _flat(json.load(f))
   except (OSError, ValueError):
     return {}
-
-  def flat(d, prefix=''):
-    out = {}
-    for k, v in d.items():
-      out.update(flat(v, f'{prefix}{k}.') if isinstance(v, dict) else {prefix + k: v})
-    return out
-
-  config = flat(config)
+  if config.get('model.name') in config_lib.MODELS:
+    defaults = _flat(config_lib.base_config(config['model.name']).to_dict())
+    config = {**{k: v for k, v in defaults.items() if isinstance(v, (str, int, float, bool))},
+              **config}
   config.pop('seed', None)
   return config
 
 
 def _same_experiment(a: dict[str, Any], b: dict[str, Any]) -> bool:
-  """Equal configs but for the seed. A key only one of them has (a field a later version added,
-  whose default keeps the earlier behaviour) does not separate them."""
+  """Equal configs but for the seed. A key only one of them has (not a config key of this
+  version, e.g. one a later version removed) does not separate them."""
   if not a or not b:
     return a == b
   return all(a[k] == b[k] for k in a.keys() & b.keys())
@@ -172,7 +182,7 @@ def seed_summary(rows: Sequence[Row]) -> list[SeedGroup]:
     for members in groups:
       first = members[0]
       if ((first.label, first.step, first.counts) == (r.label, r.step, r.counts) and
-          _same_experiment(first.config, r.config)):
+          all(_same_experiment(m.config, r.config) for m in members)):
         members.append(r)
         break
     else:
@@ -180,6 +190,7 @@ def seed_summary(rows: Sequence[Row]) -> list[SeedGroup]:
   out = []
   for members in groups:
     label, step = members[0].label, members[0].step
+    label += _what_differs(members[0], [g[0] for g in groups if g is not members])
     values = {}
     for metric in ('joint_coherence', 'cross_coherence'):
       if all(r.ours[metric] is not None for r in members):
@@ -189,6 +200,17 @@ def seed_summary(rows: Sequence[Row]) -> list[SeedGroup]:
     out.append(SeedGroup(label=label, step=step, runs=tuple(r.run for r in members),
                          values=values))
   return out
+
+
+def _what_differs(row: Row, others: Sequence[Row], limit: int = 3) -> str:
+  """' (key=value, ...)': the config keys in which `row` differs from another group of the
+  same system and step, so that two such groups read apart; '' when no other group has them."""
+  keys = sorted({k for o in others if (o.label, o.step) == (row.label, row.step)
+                 for k in row.config.keys() & o.config.keys() if row.config[k] != o.config[k]})
+  if not keys:
+    return ''
+  shown = ', '.join(f'{k}={row.config[k]}' for k in keys[:limit])
+  return f' ({shown}{", ..." if len(keys) > limit else ""})'
 
 
 def seed_table(groups: Sequence[SeedGroup]) -> str:

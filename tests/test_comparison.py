@@ -148,3 +148,23 @@ def test_runs_differing_only_in_seed_are_grouped_with_mean_and_sample_std(tmp_pa
   result = comparison.compare([a, b, c], str(tmp_path / 'cmp'))
   assert len(result['seeds']) == 2 and list(result['seeds'][0]['runs']) == [a, b]
   assert '## Over seeds' in (tmp_path / 'cmp' / 'comparison.md').read_text()
+
+
+def test_a_run_from_before_a_new_key_groups_with_that_keys_default(tmp_path):
+  # The run without ebm.energy_weight (written before the key existed) behaved as the default
+  # 'beta': it must group with the 'beta' run, never with the 'one' runs, whatever the order.
+  old = _seeded_run(tmp_path / 'old', 'moe_ebm', 0, cross=0.5, joint=0.2, subsets={'1': 0.5})
+  one0 = _seeded_run(tmp_path / 'one0', 'moe_ebm', 0, cross=0.6, joint=0.2, subsets={'1': 0.6},
+                     energy_weight='one')
+  beta = _seeded_run(tmp_path / 'beta', 'moe_ebm', 1, cross=0.7, joint=0.2, subsets={'1': 0.7},
+                     energy_weight='beta')
+  one1 = _seeded_run(tmp_path / 'one1', 'moe_ebm', 1, cross=0.8, joint=0.2, subsets={'1': 0.8},
+                     energy_weight='one')
+  for order in ([old, one0, beta, one1], [one0, old, one1, beta]):
+    groups = comparison.seed_summary(comparison.collect(order))
+    assert sorted(sorted(g.runs) for g in groups) == sorted([sorted([old, beta]),
+                                                             sorted([one0, one1])])
+  # The two groups of one system say what sets them apart.
+  labels = {g.runs[0]: g.label for g in groups}
+  assert labels[one0] == 'moe_ebm (ebm.energy_weight=one)'
+  assert labels[old] == 'moe_ebm (ebm.energy_weight=beta)'
