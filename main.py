@@ -20,6 +20,7 @@ from moe_ebm_jax import comparison
 from moe_ebm_jax import config_lib
 from moe_ebm_jax import evaluation
 from moe_ebm_jax import input_pipeline
+from moe_ebm_jax import log_setup
 from moe_ebm_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/polymnist.py:moe_ebm.',
@@ -38,11 +39,16 @@ _MODE = flags.DEFINE_enum(
     'train_classifiers: train (or load) the coherence classifiers of the dataset; '
     'compare: the evaluated runs of every --workdir in one table (the paper\'s Table 1 layout, '
     'its numbers beside ours) and a plot, in --compare_dir (no --config needed).')
+_DEBUG_LOGS = flags.DEFINE_bool(
+    'debug_logs', False, 'Show what is hidden by default: the INFO lines of orbax, grain, '
+    'TensorFlow Datasets and JAX, TFDS progress bars, absl\'s full prefix (date, thread, '
+    'file:line) and the whole config at the start.')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  log_setup.setup(debug=_DEBUG_LOGS.value)
   workdirs = _WORKDIR.value or []
   if _MODE.value == 'compare':
     try:
@@ -57,7 +63,11 @@ def main(argv):
   if config is None:
     raise app.UsageError(f'--config is required for --mode={_MODE.value}.')
   config_lib.validate(config)
-  logging.info('Config:\n%s', config)
+  if _DEBUG_LOGS.value:
+    logging.info('Config:\n%s', config)
+  else:
+    logging.info('%s (every field: --debug_logs, or config.json in the workdir).',
+                 config_lib.summary(config))
   if _MODE.value == 'prepare':
     input_pipeline.prepare(config.data)
   elif _MODE.value == 'train_classifiers':

@@ -169,6 +169,20 @@ def base_config(model: str | None) -> ml_collections.ConfigDict:
   return c
 
 
+def summary(config: ml_collections.ConfigDict) -> str:
+  """One line: model, data, steps, batch, widths and the EBM's chains, for the log's start."""
+  m = config.model
+  text = (f'{m.name}: {m.objective} objective, {m.prior} prior on z, widths {tuple(m.widths)}, '
+          f'latents {m.latent_w} + {m.latent_z}; {config.data.name} with '
+          f'{config.data.num_modalities} modalities; {config.num_train_steps:,} steps of batch '
+          f'{config.batch_size}, seed {config.seed}')
+  if m.prior == 'ebm':
+    text += (f'; prior Langevin {config.ebm.prior_steps} steps'
+             + (f', posterior {config.ebm.posterior_steps}' if m.posterior_sampler == 'langevin'
+                else ''))
+  return text
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the bad field; call before building data or compiling."""
 

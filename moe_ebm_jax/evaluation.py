@@ -1,6 +1,6 @@
 """Evaluation: conditional and joint generation, coherence, and the report of a trained run.
 
-Protocols (../shared/docs/method.md section 5):
+Protocols (docs/method.md, section 5):
 - Joint coherence: N prior samples (the EBM models draw z from the prior Langevin chain, each
   w_m ~ p(w)); the fraction on which the M classifiers predict the same digit.
 - Cross coherence (MMVAE+): for each source m and target d != m, the accuracy of clf_d on the
@@ -635,8 +635,9 @@ def evaluate_state(config, workdir: str, state, *, model: train_lib.Model | None
   metrics['eval_seconds'] = time.time() - start
   if jax.process_index() == 0:  # One writer of metrics.json and report.md (see Evaluator._save).
     write_report(out_dir, metrics, figures)
-  summary = {t: round(coherence[t]['cross_coherence'], 3) for t in ('q', 'pre_ld', 'post_ld')
-             if t in coherence}
+  names = {'q': '', 'pre_ld': ' pre-LD', 'post_ld': ' post-LD'}
+  summary = ', '.join(f"{coherence[t]['cross_coherence']:.3f}{names[t]}"
+                      for t in ('q', 'pre_ld', 'post_ld') if t in coherence)
   logging.info('Evaluation of step %d written to %s (report.md) in %s: joint coherence %.3f, '
                'cross coherence %s%s', step, out_dir,
                metric_logging.format_duration(metrics['eval_seconds']),

@@ -13,6 +13,9 @@ iterator's position is a small dict (get_state / set_state) that goes into check
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import time
 from typing import Any
 
@@ -34,6 +37,12 @@ def builder(data_config: ml_collections.ConfigDict) -> polymnist.Polymnist:
                            mnist_path=data_config.mnist)
 
 
+@functools.lru_cache(maxsize=None)
+def _announce_ready(name: str, data_dir: str, fingerprint: str | None) -> None:
+  """Logs that a dataset is ready, once per process (every evaluation reopens it)."""
+  logging.info('PolyMNIST %s is ready in %s (fingerprint %s).', name, data_dir, fingerprint)
+
+
 def prepare(data_config: ml_collections.ConfigDict) -> polymnist.Polymnist:
   """Builds the dataset unless it is already there; returns the prepared builder.
 
@@ -42,12 +51,15 @@ def prepare(data_config: ml_collections.ConfigDict) -> polymnist.Polymnist:
   """
   b = builder(data_config)
   if b.is_prepared():
-    logging.info('PolyMNIST %s is ready in %s (fingerprint %s).', b.builder_config.name,
-                 b.data_dir, b.info.metadata.get('fingerprint'))
+    _announce_ready(b.builder_config.name, b.data_dir, b.info.metadata.get('fingerprint'))
     return b
-  logging.info('Building PolyMNIST %s into %s ...', b.builder_config.name, b.data_dir)
+  logging.info('Building PolyMNIST %s into %s (about a minute on 2 CPU cores) ...',
+               b.builder_config.name, b.data_dir)
   start = time.time()
-  b.download_and_prepare()
+  # TFDS prints its own 'Downloading and preparing' / 'prepared' lines to stdout: these log lines
+  # say the same.
+  with contextlib.redirect_stdout(io.StringIO()):
+    b.download_and_prepare()
   logging.info('Built PolyMNIST in %.1f s: %s (fingerprint %s).', time.time() - start,
                {k: v.num_examples for k, v in b.info.splits.items()}, b.info.metadata['fingerprint'])
   return b

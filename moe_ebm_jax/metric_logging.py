@@ -313,11 +313,15 @@ def format_duration(seconds: float) -> str:
   return f'{hours // 24}d{hours % 24:02d}h'
 
 
-def _format_value(value: Any) -> str:
+def format_value(value: Any) -> str:
+  """4 significant digits; 1,000 <= |x| < 1e7 as a whole number with commas (no exponent)."""
   try:
-    return '%.4g' % float(value)
+    x = float(value)
   except (TypeError, ValueError):
     return str(value)
+  if math.isfinite(x) and 1e3 <= abs(x) < 1e7:
+    return f'{x:,.0f}'
+  return '%.4g' % x
 
 
 def _format_rate(rate: float) -> str:
@@ -325,11 +329,13 @@ def _format_rate(rate: float) -> str:
 
 
 class ProgressLogger:
-  """Logs one absl line with metrics, step rate, examples/s and ETA every so often.
+  """Logs one absl line with metrics, step rate and ETA every so often.
 
   A line is due when `step` crosses a multiple of `every_steps`, when `every_seconds` have passed
-  since the last line, or at `total_steps`. Rates are measured over the interval since the last
-  line (or since construction), so compile time only affects the first line.
+  since the last line, or at `total_steps`. The shown steps/s is measured over the interval since
+  the last line. The ETA is the remaining steps over the rate since `mark_compiled` (the end of
+  the first, compiling step), so compilation never counts as training time; before any
+  `mark_compiled` it uses the interval's rate.
 
   Metrics are converted to float only when a line is due, so device arrays may be passed every
   step without forcing a device sync on the other steps.
@@ -355,8 +361,20 @@ class ProgressLogger:
     self.every_steps = every_steps
     self.every_seconds = every_seconds
     self._clock = clock
+    self._start_time = clock()
     self._last_step = int(start_step)
-    self._last_time = clock()
+    self._last_time = self._start_time
+    self._origin: tuple[int, float] | None = None  # (step, time) at the end of compilation.
+
+  def mark_compiled(self, step: int) -> float:
+    """Call once `step` (the first of this run) has completed; returns the seconds it took.
+
+    Rates and the ETA are then measured from here: the first step's compilation is excluded.
+    """
+    now = self._clock()
+    self._origin = (int(step), now)
+    self._last_step, self._last_time = int(step), now
+    return now - self._start_time
 
   def _due(self, step: int, now: float) -> bool:
     if step >= self.total_steps:
@@ -365,6 +383,17 @@ class ProgressLogger:
         step // self.every_steps > self._last_step // self.every_steps):
       return True
     return self.every_seconds is not None and now - self._last_time >= self.every_seconds
+
+  def eta(self, step: int, now: float) -> float:
+    """Seconds left at `step` and time `now`: remaining steps / the rate since compilation."""
+    remaining = max(self.total_steps - int(step), 0)
+    if remaining == 0:
+      return 0.0
+    since_step, since = self._origin or (self._last_step, self._last_time)
+    elapsed, done = now - since, int(step) - since_step
+    if done <= 0 or elapsed <= 0:
+      return math.inf
+    return remaining * elapsed / done
 
   def update(self, step: int, metrics: Mapping[str, Any] | None = None
              ) -> dict[str, float] | None:
@@ -384,17 +413,13 @@ class ProgressLogger:
       return None
     elapsed = now - self._last_time
     steps_per_sec = (step - self._last_step) / elapsed if elapsed > 0 else math.inf
-    remaining = max(self.total_steps - step, 0)
-    eta_sec = remaining / steps_per_sec if steps_per_sec > 0 else math.inf
-    if remaining == 0:
-      eta_sec = 0.0
+    eta_sec = self.eta(step, now)
     result = {'steps_per_sec': steps_per_sec, 'eta_sec': eta_sec}
-    parts = [f'step {step}/{self.total_steps}']
-    parts += [f'{name} {_format_value(value)}' for name, value in (metrics or {}).items()]
-    parts.append(f'{_format_rate(steps_per_sec)} steps/s')
     if self.batch_size is not None:
       result['examples_per_sec'] = steps_per_sec * self.batch_size
-      parts.append(f'{_format_rate(result["examples_per_sec"])} ex/s')
+    parts = [f'step {step}/{self.total_steps}']
+    parts += [f'{name} {format_value(value)}' for name, value in (metrics or {}).items()]
+    parts.append(f'{_format_rate(steps_per_sec)} steps/s')
     parts.append(f'ETA {format_duration(eta_sec)}')
     logging.info('%s', ' | '.join(parts))
     self._last_step, self._last_time = step, now

@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import functools
 import os
-import time
 from typing import Any
 
 import flax
@@ -332,6 +331,23 @@ def write_samples(writer, config, state, steps, key, step: int) -> None:
   writer.write_images(step, grids)
 
 
+def progress_line_metrics(model: Model, metrics: dict[str, Any],
+                          skipped_steps: int) -> dict[str, Any]:
+  """The few numbers of the terminal's progress line (TensorBoard gets every metric): the loss,
+  then the prior and posterior energies for EBM models, reconstruction and KL for the others,
+  and the skipped steps when there are any."""
+  line = {'loss': metrics['vae_loss']}
+  if model.has_ebm:
+    line['E prior'] = metrics['energy_prior']
+    line['E posterior'] = metrics['energy_posterior']
+  else:
+    line['recon'] = metrics['recon']
+    line['kl'] = metrics['kl']
+  if skipped_steps:
+    line['skipped'] = skipped_steps
+  return line
+
+
 def describe_divergence(state: TrainState) -> str:
   reason = int(state.last_bad_reason)
   parts = [name for bit, name in ((BAD_VAE, 'the VAE loss or its gradients were non-finite'),
@@ -402,30 +418,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, class
   # in flight completes, so the last good checkpoint is on disk, the logs are flushed and the
   # input threads and worker processes stop.
   with ckpt, writer, contextlib.closing(data_iter), checkpointing.GracefulShutdown() as shutdown:
-    step = start_step
+    step, compiled = start_step, False
     while step < config.num_train_steps:
       batch = next(data_iter)
       state, metrics = steps['train'](state, global_batch(batch['images'], steps['batch']))
       step += 1
+      if not compiled:  # The first step compiles: time it apart from training.
+        compiled = True
+        jax.block_until_ready(state)
+        logging.info('Compiled the training step and ran it once in %s; training %d steps.',
+                     metric_logging.format_duration(progress.mark_compiled(step)),
+                     config.num_train_steps - start_step)
       report = None
       if step % config.log_every_steps == 0 or step == config.num_train_steps:
         metrics = jax.device_get(metrics)
-        report = progress.update(step, metrics)
+        skipped = int(state.skipped_steps)
+        report = progress.update(step, progress_line_metrics(model, metrics, skipped))
         if int(state.bad_steps) >= config.max_consecutive_bad_steps:
           state, step = _handle_divergence(config, state, ckpt, abstract, data_iter)
           restores += 1
           state = state.replace(key=jax.random.fold_in(state.key, 10_000 + restores))
           continue
         scalars = {f'train/{k}': v for k, v in metrics.items()}
-        scalars['train/skipped_steps'] = int(state.skipped_steps)
+        scalars['train/skipped_steps'] = skipped
         if report:
           scalars.update({f'perf/{k}': v for k, v in report.items()})
         writer.write_scalars(step, scalars)
       eval_metrics = None
       if step % config.eval_every_steps == 0 or step == config.num_train_steps:
         eval_metrics = evaluate(config, state, steps, jax.random.fold_in(eval_key, step))
-        logging.info('step %d | test loss %.4g | test recon %.4g', step,
-                     eval_metrics['test_loss'], eval_metrics['test_recon'])
+        logging.info('step %d | test loss %s | test recon %s', step,
+                     metric_logging.format_value(eval_metrics['test_loss']),
+                     metric_logging.format_value(eval_metrics['test_recon']))
         writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_metrics.items()})
         write_samples(writer, config, state, steps,
                       jax.random.fold_in(jax.random.fold_in(eval_key, step), 1), step)

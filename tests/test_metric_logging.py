@@ -316,14 +316,14 @@ def test_progress_logger_rate_eta_and_line(log_lines):
   assert result['steps_per_sec'] == pytest.approx(2.0)  # 10 steps in 5 s.
   assert result['eta_sec'] == pytest.approx(45.0)  # 90 steps left at 2 steps/s.
   assert result['examples_per_sec'] == pytest.approx(64.0)
-  assert log_lines == ['step 10/100 | loss 123.4 | ebm_loss 0.012 | 2 steps/s | 64 ex/s | '
-                       'ETA 45s']
+  assert log_lines == ['step 10/100 | loss 123.4 | ebm_loss 0.012 | 2 steps/s | ETA 45s']
   # The next rate is measured since the last line only: 10 steps in 2 s.
   clock.now += 2.0
   result = progress.update(20, {'loss': 2.0})
   assert result['steps_per_sec'] == pytest.approx(5.0)
   assert result['eta_sec'] == pytest.approx(16.0)
-  assert log_lines[-1].endswith('| 5 steps/s | 160 ex/s | ETA 16s')
+  assert result['examples_per_sec'] == pytest.approx(160.0)  # For TensorBoard, not the line.
+  assert log_lines[-1].endswith('| loss 2 | 5 steps/s | ETA 16s')
 
 
 def test_progress_logger_time_trigger_start_step_and_final_step(log_lines):
@@ -344,6 +344,31 @@ def test_progress_logger_time_trigger_start_step_and_final_step(log_lines):
   assert result['eta_sec'] == 0.0 and log_lines[-1].endswith('ETA 0s')
 
 
+def test_progress_logger_eta_excludes_the_compiling_first_step(log_lines):
+  """A 41 s first step (compilation) then 3 s per step: the ETA is the remaining steps times
+  3 s, not a rate diluted by the compilation."""
+  clock = FakeClock()
+  progress = ml.ProgressLogger(1000, every_steps=20, every_seconds=None, clock=clock)
+  clock.now += 41.0
+  assert progress.mark_compiled(1) == pytest.approx(41.0)
+  for step in range(2, 61):
+    clock.now += 3.0
+    result = progress.update(step, {'loss': 1.0})
+    if step % 20:
+      assert result is None
+    else:
+      assert result['eta_sec'] == pytest.approx((1000 - step) * 3.0)
+      assert result['steps_per_sec'] == pytest.approx(1 / 3)
+  assert [line.split(' | ')[-1] for line in log_lines] == ['ETA 49m00s', 'ETA 48m00s',
+                                                            'ETA 47m00s']
+  # A pause (an evaluation) inside the next interval: the interval's rate shows it, and the ETA
+  # takes it at its share of every step since compilation (59 steps in 177 s + 20 in 90 s).
+  clock.now += 30.0 + 20 * 3.0
+  result = progress.update(80, {'loss': 1.0})
+  assert result['steps_per_sec'] == pytest.approx(20 / 90)
+  assert result['eta_sec'] == pytest.approx(920 * (177 + 90) / 79)
+
+
 def test_progress_logger_step_trigger_crosses_multiples(log_lines):
   clock = FakeClock()
   progress = ml.ProgressLogger(10_000, every_steps=100, every_seconds=None, clock=clock)
@@ -362,3 +387,10 @@ def test_progress_logger_step_trigger_crosses_multiples(log_lines):
     (-5, '0s'), (float('inf'), '?'), (float('nan'), '?')])
 def test_format_duration(seconds, expected):
   assert ml.format_duration(seconds) == expected
+
+
+@pytest.mark.parametrize('value, expected', [
+    (123.4, '123.4'), (-0.048391, '-0.04839'), (10907.3, '10,907'), (-2169.0, '-2,169'),
+    (1.2e7, '1.2e+07'), (3, '3'), (float('nan'), 'nan'), ('text', 'text')])
+def test_format_value(value, expected):
+  assert ml.format_value(value) == expected

@@ -1,0 +1,75 @@
+"""What the command line's log shows: this library's lines, dependencies' warnings and errors.
+
+orbax, grain, TensorFlow Datasets and JAX log through absl or Python logging at INFO by the dozen
+per checkpoint (options dumped whole, handler registries, temporary paths). `setup` hides their
+records below WARNING, TFDS's progress bars, and shortens absl's prefix to the time of day;
+`setup(debug=True)` changes nothing (main.py's --debug_logs). A record is a dependency's when the
+file that logged it lies inside one of DEPENDENCY_PACKAGES.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from absl import logging as absl_logging
+
+# Top-level packages whose INFO (and DEBUG) records are hidden unless asked for.
+DEPENDENCY_PACKAGES = ('orbax', 'grain', 'tensorflow_datasets', 'jax', 'jaxlib', 'flax', 'optax',
+                       'etils', 'array_record', 'tensorstore')
+# Dependencies' warnings about what this library does on purpose, hidden too: checkpointing.py
+# saves the steps between evaluations without metrics (they are kept as latest, not ranked).
+EXPECTED_WARNINGS = ('Requested `tracked_metric`; did not provide metrics.',)
+
+
+class DependencyInfoFilter(logging.Filter):
+  """Drops records below WARNING, and EXPECTED_WARNINGS, logged from a file inside one of
+  `packages`."""
+
+  def __init__(self, packages=DEPENDENCY_PACKAGES, expected_warnings=EXPECTED_WARNINGS):
+    super().__init__()
+    self._markers = tuple(f'{os.sep}{name}{os.sep}' for name in packages)
+    self._expected = tuple(expected_warnings)
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if not any(marker in (record.pathname or '') for marker in self._markers):
+      return True
+    if record.levelno >= logging.ERROR:
+      return True
+    if record.levelno >= logging.WARNING:
+      return record.getMessage() not in self._expected
+    return False
+
+
+class ShortFormatter(logging.Formatter):
+  """'07:23:25 message'; warnings and errors keep their level: '07:23:25 WARNING message'."""
+
+  def __init__(self):
+    super().__init__('%(asctime)s %(message)s', datefmt='%H:%M:%S')
+
+  def format(self, record: logging.LogRecord) -> str:
+    text = super().format(record)
+    if record.levelno >= logging.WARNING:
+      time_of_day, _, message = text.partition(' ')
+      text = f'{time_of_day} {record.levelname} {message}'
+    return text
+
+
+def setup(debug: bool = False) -> None:
+  """Quiets dependencies and shortens the prefix of absl's handler (no-op with debug=True).
+
+  Call once at the start of a command line program, after absl's app.run has installed its
+  handler; the filter sits on the handlers, so loggers created later are covered too.
+  """
+  if debug:
+    return
+  handler = absl_logging.get_absl_handler()
+  handlers = [handler, handler.python_handler] + list(logging.getLogger().handlers)
+  log_filter = DependencyInfoFilter()
+  for h in handlers:
+    if not any(isinstance(f, DependencyInfoFilter) for f in h.filters):
+      h.addFilter(log_filter)
+  handler.python_handler.setFormatter(ShortFormatter())
+  # TFDS draws tqdm bars while it builds a dataset; input_pipeline logs the build instead.
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds.display_progress_bar(False)
