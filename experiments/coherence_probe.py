@@ -1,6 +1,6 @@
 r"""Trains a config for N steps and prints cross coherence at chosen steps: learning speed in one command.
 
-  python benchmarks/coherence_probe.py --config=configs/polymnist_cpu.py:mmvaeplus \
+  python experiments/coherence_probe.py --config=configs/polymnist_cpu.py:mmvaeplus \
       --at=500,1000,1500 --num_test=500 --config.data.data_dir=D --json_out=/tmp/probe.json
 
 The training step is train.py's (same jitted function, same input pipeline, fresh state; no

@@ -5,8 +5,8 @@
 # coherence on 1,000 test tuples, 5,000 joint samples), then one table with mean and spread over
 # seeds (--mode=compare) and a look inside every MOE-EBM run's chains (inspect_chains.py).
 #
-#   OUT=/tmp/effect bash benchmarks/ebm_effect_cpu.sh                  # ~20-25 min a run here
-#   OUT=/tmp/effect JOBS=2 SEEDS="0 1" MODELS="mmvaeplus moe_ebm" bash benchmarks/ebm_effect_cpu.sh
+#   OUT=/tmp/effect bash experiments/ebm_effect_cpu.sh                  # ~20-25 min a run here
+#   OUT=/tmp/effect JOBS=2 SEEDS="0 1" MODELS="mmvaeplus moe_ebm" bash experiments/ebm_effect_cpu.sh
 #
 # JOBS runs that many trainings at once (2 on these 2 cores: 0.53 steps/s each for MMVAE+,
 # against ~1.2 alone: no faster in all, but pairs finish together).
@@ -35,7 +35,7 @@ for model in $MODELS; do for seed in $SEEDS; do workdirs+=("--workdir=$OUT/${mod
 for seed in $SEEDS; do
   case " $MODELS " in *" moe_ebm "*) ;; *) break ;; esac
   # shellcheck disable=SC2086
-  "$PYTHON" benchmarks/inspect_chains.py --config=configs/polymnist_cpu.py:moe_ebm,quick $EXTRA \
+  "$PYTHON" experiments/inspect_chains.py --config=configs/polymnist_cpu.py:moe_ebm,quick $EXTRA \
     --workdir="$OUT/moe_ebm_s$seed" --out="$OUT/inside_moe_ebm_s$seed" --num_test=500 \
     --sweep_steps=2,5,10 --sweep_step_sizes=0.03,0.1 > "$OUT/inside_moe_ebm_s$seed.log" 2>&1 \
     || echo "inspect_chains failed: $OUT/inside_moe_ebm_s$seed.log"

@@ -3,22 +3,22 @@
 # (configs/polymnist.py: widths 64-128-256, batch 128, AMSGrad 1e-3, beta 2.5, 60 prior and 20
 # posterior Langevin steps) trained for the same STEPS, cross coherence (pre- and post-LD for
 # MOE-EBM) on the first NUM_TEST test tuples at each step of AT and joint coherence over
-# NUM_JOINT prior samples, by benchmarks/coherence_probe.py. One JSON per model in $OUT, rewritten
+# NUM_JOINT prior samples, by experiments/coherence_probe.py. One JSON per model in $OUT, rewritten
 # after every probe, so a run cut short by its time limit still leaves its numbers.
 #
-#   OUT=/tmp/effect bash benchmarks/ebm_effect_gpu.sh               # one H200: under 9 minutes
-#   OUT=/tmp/effect SCALE=smoke bash benchmarks/ebm_effect_gpu.sh   # the same script on a CPU, seconds
+#   OUT=/tmp/effect bash experiments/ebm_effect_gpu.sh               # one H200: under 9 minutes
+#   OUT=/tmp/effect SCALE=smoke bash experiments/ebm_effect_gpu.sh   # the same script on a CPU, seconds
 #
-# DATA_DIR: a built PolyMNIST (built there from ../shared/data/mnist or $MOE_EBM_JAX_SHARED_DATA
-# if missing). Time limits: BUILD_S, CLASSIFIERS_S, MMVAEPLUS_S, MOE_EBM_S (seconds, each part
+# DATA_DIR: a built PolyMNIST (built there if missing, from MNIST: a verified .npz or IDX folder,
+# for a machine without a package registry; unset, moe_ebm_jax/mnist.py's own sources). Time limits: BUILD_S, CLASSIFIERS_S, MMVAEPLUS_S, MOE_EBM_S (seconds, each part
 # its own). MODELS: which of 'mmvaeplus moe_ebm' to run. PYTHON: the interpreter (python3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/ebm_effect}
 SCALE=${SCALE:-paper}
 DATA_DIR=${DATA_DIR:-/tmp/ebm_effect_tfds}
-SHARED_DATA=${MOE_EBM_JAX_SHARED_DATA:-$(cd .. && pwd)/shared/data}
-MNIST=$SHARED_DATA/mnist/mnist.npz
+MNIST_FLAG=()
+[ -n "${MNIST:-}" ] && MNIST_FLAG=(--config.data.mnist="$MNIST")
 case "$SCALE" in
   # H200 (README): MMVAE+ 0.034 s a step, MOE-EBM 0.099 s: 1,500 steps ~1 and ~2.5 minutes.
   paper) CONFIG=configs/polymnist.py; AT=${AT:-500,1000,1500}; NUM_TEST=${NUM_TEST:-2000}
@@ -33,7 +33,7 @@ export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEV
 "$PYTHON" -c "import jax; print('jax', jax.__version__, jax.devices())" || exit 2
 echo "build $(date +%T)"
 timeout "${BUILD_S:-120}" "$PYTHON" main.py --config="$CONFIG:mmvaeplus" --mode=prepare \
-  --config.data.data_dir="$DATA_DIR" --config.data.mnist="$MNIST" > "$OUT/build.log" 2>&1 \
+  --config.data.data_dir="$DATA_DIR" "${MNIST_FLAG[@]}" > "$OUT/build.log" 2>&1 \
   || { echo "dataset build failed:"; tail -5 "$OUT/build.log"; exit 1; }
 if [ "$SCALE" = paper ]; then  # Smoke scale: the probe trains 2-step classifiers itself.
   echo "classifiers $(date +%T)"
@@ -47,8 +47,8 @@ for model in ${MODELS:-mmvaeplus moe_ebm}; do
   limit_var=$(echo "${model}_S" | tr '[:lower:]' '[:upper:]')
   limit=${!limit_var:-$([ "$model" = moe_ebm ] && echo 330 || echo 150)}
   echo "$model $(date +%T) (limit ${limit} s)"
-  timeout "$limit" "$PYTHON" benchmarks/coherence_probe.py --config="$CONFIG:$model" \
-    --config.data.data_dir="$DATA_DIR" --config.data.mnist="$MNIST" --at="$AT" \
+  timeout "$limit" "$PYTHON" experiments/coherence_probe.py --config="$CONFIG:$model" \
+    --config.data.data_dir="$DATA_DIR" "${MNIST_FLAG[@]}" --at="$AT" \
     --num_test="$NUM_TEST" --num_joint="$NUM_JOINT" --log_every=100 "${EXTRA[@]}" \
     --json_out="$OUT/$model.json" > "$OUT/$model.log" 2>&1
   rc=$?

@@ -4,8 +4,8 @@
 # the fidelity fixes, with the optimiser fixed, and with every fix. Each run under its own time
 # limit; one JSON per run in $OUT.
 #
-#   OUT=/tmp/ablation SCALE=cpu D=/path/to/data bash benchmarks/fidelity_ablation.sh    # this CPU: ~25 min a run
-#   OUT=/tmp/ablation SCALE=paper D=/path/to/data bash benchmarks/fidelity_ablation.sh  # paper widths, for a GPU
+#   OUT=/tmp/ablation SCALE=cpu D=/path/to/data bash experiments/fidelity_ablation.sh    # this CPU: ~25 min a run
+#   OUT=/tmp/ablation SCALE=paper D=/path/to/data bash experiments/fidelity_ablation.sh  # paper widths, for a GPU
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/fidelity_ablation}
@@ -30,7 +30,7 @@ status=0
 for name in $ONLY; do
   echo "== $name ($SCALE)"
   # shellcheck disable=SC2086
-  timeout "$LIMIT" python benchmarks/coherence_probe.py --config="$CONFIG" $PAPER ${VARIANTS[$name]} \
+  timeout "$LIMIT" python experiments/coherence_probe.py --config="$CONFIG" $PAPER ${VARIANTS[$name]} \
       $DATA --at=500,1000,1500 --num_test="$NUM_TEST" --json_out="$OUT/$name.json" \
       2>"$OUT/$name.log" | tail -6 || status=1
 done

@@ -1,6 +1,6 @@
 r"""The measurements of docs/fidelity.md: optax's AMSGrad against torch's, and outputs at init.
 
-  python benchmarks/fidelity_checks.py --data_dir=D      # D: a PolyMNIST data dir (built if needed)
+  python experiments/fidelity_checks.py --data_dir=D      # D: a PolyMNIST data dir (built if needed)
 
 1. The same gradient sequences (1,000 coordinates, 2,000 steps; constant scale, and shrinking
    100-fold) fed to optax.amsgrad and to optimizers.torch_adam(amsgrad=True): the ratio of
@@ -8,7 +8,7 @@ r"""The measurements of docs/fidelity.md: optax's AMSGrad against torch's, and o
 2. Paper-width networks freshly initialised ('pytorch' and 'lecun'), three seeds, on the first
    32 test tuples of modality m0: spread of the encoder means across examples, their overall
    std, spread of the posterior scales, and the decoder's output for latents ~ N(0, I) -- the
-   quantities ../shared/docs/measured.md gives for the official PyTorch MMVAE+.
+   quantities measured for the official PyTorch MMVAE+ (docs/fidelity.md).
 """
 
 import json

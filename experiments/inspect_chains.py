@@ -1,6 +1,6 @@
 r"""Looks inside a trained EBM-prior model's Langevin chains: where does MOE-EBM's effect come from?
 
-  python benchmarks/inspect_chains.py --config=configs/polymnist_cpu.py:moe_ebm,quick \
+  python experiments/inspect_chains.py --config=configs/polymnist_cpu.py:moe_ebm,quick \
       --workdir=runs/moe_ebm_quick --out=/tmp/inside --num_test=500 \
       --sweep_steps=2,5,10 --sweep_step_sizes=0.03,0.1
 

@@ -1,0 +1,116 @@
+"""experiments/: the research probes run at smoke scale (coherence probe, inspect_chains, the
+GPU comparison script) and their bookkeeping."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(ROOT, 'experiments', f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_coherence_probe_at_smoke_scale(tmp_path, polymnist_dir, mnist_npz):
+  out = tmp_path / 'probe.json'
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'experiments', 'coherence_probe.py'),
+       '--config=configs/smoke.py:mmvaeplus', '--at=2,4', '--num_test=24', '--num_joint=8',
+       '--norms', '--log_every=2', f'--config.data.data_dir={polymnist_dir}',
+       f'--config.data.mnist={mnist_npz}', '--classifier_max_steps=2',
+       '--classifier_test_subset=32', f'--json_out={out}'],
+      capture_output=True, text=True, timeout=900, cwd=ROOT)
+  assert result.returncode == 0, result.stderr[-3000:]
+  record = json.loads(out.read_text())
+  assert [p['step'] for p in record['probes']] == [2, 4]
+  assert [entry['step'] for entry in record['log']] == [2, 4]
+  for probe in record['probes']:
+    matrix = np.array(probe['matrix_q'])
+    assert matrix.shape == (5, 5) and ((0 <= matrix) & (matrix <= 1)).all()
+    # Cross coherence is the mean over the off-diagonal pairs, counted over 24 tuples.
+    off = matrix[~np.eye(5, dtype=bool)]
+    assert probe['cross_coherence_q'] == pytest.approx(off.mean(), abs=1e-3)
+    assert 0 <= probe['joint_coherence'] <= 1
+    norms = probe['norms']
+    assert set(norms) == {'grad', 'update', 'param'}
+    assert 'decoders/params/conv_out/kernel' in norms['grad']
+    assert all(v > 0 for v in norms['update'].values())
+  assert record['config']['model']['name'] == 'mmvaeplus'
+  assert '| 4 |' in result.stdout
+
+
+def test_digit_entropy_is_zero_for_one_digit_and_ln10_for_all_equally():
+  inspect_chains = _load('inspect_chains')
+  assert inspect_chains._entropy(np.full(50, 3)) == 0.0
+  assert inspect_chains._entropy(np.repeat(np.arange(10), 7)) == pytest.approx(np.log(10))
+  assert inspect_chains._entropy(np.array([1, 1, 2, 2])) == pytest.approx(np.log(2))
+
+
+def test_inspect_chains_at_smoke_scale(tmp_path, polymnist_dir, mnist_npz):
+  """A 2-step smoke MOE-EBM looked inside. With a tiny step size the Langevin drift is negligible,
+  so each coordinate moves by the noise alone: RMS move = s * sqrt(K) (times E sqrt(chi2_D / D))."""
+  common = [f'--config.data.data_dir={polymnist_dir}', f'--config.data.mnist={mnist_npz}']
+  workdir = tmp_path / 'run'
+  train = subprocess.run(
+      [sys.executable, 'main.py', '--config=configs/smoke.py:moe_ebm', f'--workdir={workdir}',
+       '--config.num_train_steps=2', '--config.log_every_steps=1', *common], capture_output=True, text=True, timeout=600,
+      cwd=ROOT)
+  assert train.returncode == 0, train.stderr[-3000:]
+  out = tmp_path / 'inside'
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'experiments', 'inspect_chains.py'),
+       '--config=configs/smoke.py:moe_ebm', f'--workdir={workdir}', f'--out={out}',
+       '--num_test=32', '--sweep_steps=8', '--sweep_step_sizes=0.001,0.1', '--num_joint=16',
+       '--long_prior_steps=12', '--rows=3', '--classifier_max_steps=2',
+       '--classifier_test_subset=32', *common],
+      capture_output=True, text=True, timeout=900, cwd=ROOT)
+  assert result.returncode == 0, result.stderr[-3000:]
+  record = json.loads((out / 'inside.json').read_text())
+  assert record['step'] == 2 and record['num_test'] == 32
+  for stats in record['energies'].values():
+    assert np.isfinite([stats['mean'], stats['std']]).all() and stats['min'] <= stats['max']
+  tiny, large = record['sweep']
+  assert (tiny['steps'], tiny['step_size'], large['step_size']) == (8, 0.001, 0.1)
+  noise_only = 0.001 * np.sqrt(8)
+  assert tiny['moves']['drift_first_step'] < 0.05 * 0.001
+  assert 0.75 * noise_only < tiny['moves']['rms_move'] < 1.1 * noise_only
+  assert large['moves']['rms_move'] > 10 * tiny['moves']['rms_move']
+  for entry in record['sweep']:
+    assert 0 <= entry['post_ld_cross_coherence'] <= 1
+  assert set(record['joint_by_prior_steps']) == {'0', '5', '12'}
+  for joint in record['joint_by_prior_steps'].values():
+    assert 0 <= joint['joint_coherence'] <= 1
+    assert 0 <= joint['agreed_digit_entropy'] <= np.log(10) + 1e-9
+    assert 0 <= joint['m0_digit_entropy'] <= np.log(10) + 1e-9
+  for name in record['figures'].values():
+    assert (out / name).stat().st_size > 1000
+  assert {'posterior_chain', 'prior_chain', 'training_energies'} <= set(record['figures'])
+  assert '## Cross coherence' in (out / 'inside.md').read_text()
+
+
+def test_ebm_effect_gpu_script_at_smoke_scale(tmp_path, polymnist_dir, mnist_npz):
+  """The GPU comparison script end to end on the CPU (MOE-EBM only: the probe's MMVAE+ path is
+  test_coherence_probe_at_smoke_scale's): JSON with both probes and the printed table."""
+  out = tmp_path / 'effect'
+  env = dict(os.environ, OUT=str(out), SCALE='smoke', DATA_DIR=polymnist_dir, MODELS='moe_ebm',
+             PYTHON=sys.executable, MNIST=mnist_npz)
+  result = subprocess.run(['bash', os.path.join(ROOT, 'experiments', 'ebm_effect_gpu.sh')],
+                          capture_output=True, text=True, timeout=900, env=env)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+  record = json.loads((out / 'moe_ebm.json').read_text())
+  assert [p['step'] for p in record['probes']] == [2, 4]
+  for probe in record['probes']:
+    for tag in ('pre_ld', 'post_ld'):
+      assert 0 <= probe[f'cross_coherence_{tag}'] <= 1
+    assert 0 <= probe['joint_coherence'] <= 1
+  assert 'moe_ebm | 4 |' in result.stdout
