@@ -1,4 +1,4 @@
-"""Per-modality digit classifiers for the coherence metrics (../shared/docs/method.md section 5).
+"""Per-modality digit classifiers for the coherence metrics (docs/method.md, section 5).
 
 One classifier per modality, trained on that modality of the PolyMNIST train split and scored on
 the test split. All M classifiers train together in one compiled program: their parameters are

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from moe_ebm_jax import config_lib
 
-# The paper's Table 1 (../shared/docs/method.md section 2): (joint coherence, cross coherence,
+# The paper's Table 1 (docs/method.md, section 2): (joint coherence, cross coherence,
 # joint FID, cross FID); None where the paper has no number. Rows marked * there were copied from
 # the MMVAE+ paper.
 PAPER_TABLE = {

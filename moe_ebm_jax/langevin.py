@@ -5,7 +5,7 @@ One step, with step size s:
   z <- z + (s^2 / 2) * grad_z log pi(z) + noise_scale * s * eps,   eps ~ N(0, I).
 
 Used for prior samples (log pi = f_a(z) + log p0(z)) and posterior samples (log pi adds
-log p(X | z)) of the EBM prior; see ../shared/docs/method.md section 1. There is no
+log p(X | z)) of the EBM prior; see docs/method.md, section 1.5. There is no
 Metropolis-Hastings correction, so the chain's stationary law is off by O(s^2).
 
 `sample` is jit-able as long as `num_steps` (and `keep_trajectory`) are static: jit the caller

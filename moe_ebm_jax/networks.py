@@ -1,6 +1,6 @@
 """Networks: the MMVAE+ PolyMNIST encoder and decoder, and the latent energy MLP.
 
-The conv nets follow the MMVAE+ reference for PolyMNIST (../shared/docs/method.md section 3),
+The conv nets follow the MMVAE+ reference for PolyMNIST (docs/method.md, section 3),
 in NHWC layout: images are float32 (B, 28, 28, C). At widths (64, 128, 256), latent 32 + 32 and
 3 channels one `Encoder` has 2,946,048 parameters and one `Decoder` 1,485,251, as in the
 reference. Narrower widths (e.g. (8, 16, 32)) give the same architecture for CPU and smoke runs.

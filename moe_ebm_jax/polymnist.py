@@ -1,6 +1,6 @@
 """PolyMNIST: M aligned modalities of one MNIST digit on different backgrounds, as a TFDS dataset.
 
-The protocol (Sutter et al. 2021, as in ../shared/docs/method.md section 6), with two flaws of
+The protocol (Sutter et al. 2021, as in docs/method.md, section 6), with two flaws of
 the reference generator fixed: the seed is applied, and backgrounds are taken in name order.
 
 - Train tuples come from MNIST train only, test tuples from MNIST test only.

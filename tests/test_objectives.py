@@ -67,7 +67,7 @@ def _np_posteriors(vae, params, images):
 
 
 def _np_mmvaeplus_lw(vae, params, images, latents, log_prior_z, beta):
-  """lw[r, b] of method.md section 3 (K = 1) with explicit loops over r, d and b; also its
+  """lw[r, b] of docs/method.md, section 1.3, (K = 1) with explicit loops over r, d and b; also its
   reconstruction and KL parts."""
   q = _np_posteriors(vae, params, images)
   dec = jax.jit(vae.decoder.apply)
