@@ -1,7 +1,6 @@
 """MNIST sources: each reader, the fingerprints, the cache, and the error paths."""
 
 import gzip
-import io
 import os
 import pickle
 import zipfile
