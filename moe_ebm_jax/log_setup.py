@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 from absl import logging as absl_logging
 
 # Top-level packages whose INFO (and DEBUG) records are hidden unless asked for.
 DEPENDENCY_PACKAGES = ('orbax', 'grain', 'tensorflow_datasets', 'jax', 'jaxlib', 'flax', 'optax',
                        'etils', 'array_record', 'tensorstore')
-# Dependencies' warnings about what this library does on purpose, hidden too: checkpointing.py
-# saves the steps between evaluations without metrics (they are kept as latest, not ranked).
-EXPECTED_WARNINGS = ('Requested `tracked_metric`; did not provide metrics.',)
+# Dependencies' warnings about what this library does on purpose, hidden too (regular
+# expressions, matched at the start of the message): checkpointing.py saves the steps between
+# evaluations without metrics (they are kept as latest, not ranked); TFDS finds the folder of a
+# dataset that input_pipeline is about to build (and logs so) without its dataset_info.json.
+EXPECTED_WARNINGS = (r'Requested `tracked_metric`; did not provide metrics\.$',
+                     r'Variant folder .* has no dataset_info\.json$')
 
 
 class DependencyInfoFilter(logging.Filter):
@@ -29,7 +33,7 @@ class DependencyInfoFilter(logging.Filter):
   def __init__(self, packages=DEPENDENCY_PACKAGES, expected_warnings=EXPECTED_WARNINGS):
     super().__init__()
     self._markers = tuple(f'{os.sep}{name}{os.sep}' for name in packages)
-    self._expected = tuple(expected_warnings)
+    self._expected = re.compile('|'.join(f'(?:{e})' for e in expected_warnings))
 
   def filter(self, record: logging.LogRecord) -> bool:
     if not any(marker in (record.pathname or '') for marker in self._markers):
@@ -37,7 +41,7 @@ class DependencyInfoFilter(logging.Filter):
     if record.levelno >= logging.ERROR:
       return True
     if record.levelno >= logging.WARNING:
-      return record.getMessage() not in self._expected
+      return not self._expected.match(record.getMessage())
     return False
 
 

@@ -125,6 +125,7 @@ def test_gaussian_objectives_equal_a_numpy_computation(polymnist_dir, name):
   assert float(aux.metrics['bound']) == pytest.approx(np.mean(bounds), rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('model_name', ['mmvae', 'ebm_mmvae', 'mvae', 'mmjsd', 'mopoe'])
 def test_smoke_model_trains_and_evaluates(polymnist_dir, tmp_path, model_name):
   config = smoke_config(polymnist_dir, model_name, num_train_steps=3, eval_every_steps=3)

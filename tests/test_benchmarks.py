@@ -84,6 +84,7 @@ def test_ebm_overhead_accounting():
   assert row['measured_extra_range_s'] == [0.45, 0.6]
 
 
+@pytest.mark.slow
 def test_smoke_run_prints_tables_and_a_json_record(tmp_path):
   out = tmp_path / 'bench.json'
   result = subprocess.run(
@@ -115,6 +116,7 @@ def test_smoke_run_prints_tables_and_a_json_record(tmp_path):
   assert '| smoke | mmvaeplus |' in result.stdout and 'GFLOP/s' in result.stdout
 
 
+@pytest.mark.slow
 def test_unknown_override_key_is_refused(tmp_path):
   result = subprocess.run(
       [sys.executable, os.path.join(ROOT, 'benchmarks', 'suite.py'), '--scales=smoke',

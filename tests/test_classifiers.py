@@ -90,12 +90,14 @@ def test_fast_architecture_is_the_wide_layout_as_matmuls():
                              rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_small_training_is_well_above_chance(bank, config):
   assert bank.trained
   assert len(bank.accuracies) == config.data.num_modalities
   assert min(bank.accuracies) > 0.5, bank.accuracies  # Chance is 0.1.
 
 
+@pytest.mark.slow
 def test_predict_matches_each_classifier(bank, test_batch):
   images = jnp.asarray(test_batch['images'])
   predictions = bank.predict(images)
@@ -110,6 +112,7 @@ def test_predict_matches_each_classifier(bank, test_batch):
   assert np.mean(np.asarray(predictions) == test_batch['label'][:, None]) > 0.5
 
 
+@pytest.mark.slow
 def test_cache_is_keyed_by_fingerprint_and_reused(bank, config, test_batch, monkeypatch):
   fingerprint = input_pipeline.prepare(config.data).info.metadata['fingerprint']
   assert os.path.basename(bank.cache_dir) == fingerprint
@@ -130,6 +133,7 @@ def test_cache_is_keyed_by_fingerprint_and_reused(bank, config, test_batch, monk
   np.testing.assert_array_equal(loaded.predict(images), bank.predict(images))
 
 
+@pytest.mark.slow
 def test_corrupt_or_incompatible_cache_is_retrained(bank, config, monkeypatch):
   calls = []
   real_train = classifiers.train

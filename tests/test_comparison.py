@@ -82,6 +82,7 @@ def run_main(*args):
                         capture_output=True, text=True, cwd=ROOT, timeout=300)
 
 
+@pytest.mark.slow
 def test_main_compare_writes_table_json_and_plot(tmp_path):
   pytest.importorskip('matplotlib')
   plus = write_metrics(tmp_path / 'plus', 'mmvaeplus', ['q'])
@@ -99,6 +100,7 @@ def test_main_compare_writes_table_json_and_plot(tmp_path):
   assert png[:8] == b'\x89PNG\r\n\x1a\n' and len(png) > 5000
 
 
+@pytest.mark.slow
 def test_main_rejects_missing_runs_and_several_workdirs_for_train(tmp_path):
   result = run_main('--mode=compare', f'--workdir={tmp_path / "nothing"}',
                     f'--compare_dir={tmp_path / "cmp"}')

@@ -90,6 +90,7 @@ def run_main(*args):
                         capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
 
 
+@pytest.mark.slow
 def test_main_prepare_uses_the_built_dataset(polymnist_dir):
   proc = run_main('--config=configs/smoke.py:mmvaeplus', f'--config.data.data_dir={polymnist_dir}',
                   '--mode=prepare')
@@ -97,6 +98,7 @@ def test_main_prepare_uses_the_built_dataset(polymnist_dir):
   assert 'is ready in' in proc.stderr and 'fingerprint' in proc.stderr
 
 
+@pytest.mark.slow
 def test_main_rejects_unknown_keys_and_bad_values(tmp_path):
   proc = run_main('--config=configs/smoke.py', '--config.data.bogus=1', '--mode=prepare')
   assert proc.returncode != 0 and 'bogus' in proc.stderr

@@ -43,6 +43,7 @@ def trained(polymnist_dir, tmp_path_factory):
   return config, workdir, state
 
 
+@pytest.mark.slow
 def test_conditional_generation_draws_z_from_an_expert_in_the_subset(trained):
   config, _, state = trained
   model = train.make_model(config)
@@ -81,6 +82,7 @@ def test_fid_scorer_closed_form_under_a_constant_shift():
   assert scorer.num_images == 26
 
 
+@pytest.mark.slow
 def test_constant_classifier_gives_closed_form_coherence(trained, polymnist_dir):
   config, workdir, _ = trained
   constant = lambda images: np.full(images.shape[:2], 7)
@@ -163,6 +165,7 @@ def test_eval_without_checkpoint_is_a_clear_error(polymnist_dir, tmp_path, monke
     evaluation.evaluate_run(smoke_config(polymnist_dir, 'mmvaeplus'), str(tmp_path))
 
 
+@pytest.mark.slow
 def test_eval_of_a_run_with_another_model_config_is_refused(trained, tmp_path):
   config, workdir, _ = trained
   other = config.copy_and_resolve_references()
@@ -173,6 +176,7 @@ def test_eval_of_a_run_with_another_model_config_is_refused(trained, tmp_path):
   assert open(os.path.join(workdir, 'config.json')).read() == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('clip', [False, True])
 def test_coherence_classifies_raw_means_as_the_reference_unless_told_to_clip(trained, clip):
   config, _, state = trained
@@ -211,6 +215,7 @@ class FakeBank:
     return np.full(images.shape[:2], 7)
 
 
+@pytest.mark.slow
 def test_training_ends_with_the_evaluation_once(polymnist_dir, tmp_path, monkeypatch):
   from moe_ebm_jax import classifiers  # pylint: disable=g-import-not-at-top
   loads = []
@@ -261,6 +266,7 @@ def test_training_ends_with_the_evaluation_once(polymnist_dir, tmp_path, monkeyp
   assert '# Evaluation of mmvaeplus at step 6' in open(os.path.join(out, 'report.md')).read()
 
 
+@pytest.mark.slow
 def test_switched_off_or_interrupted_training_writes_no_evaluation(polymnist_dir, tmp_path,
                                                                    monkeypatch):
   called = []
@@ -316,6 +322,7 @@ def test_report_says_what_fid_is_and_why_it_is_missing(tmp_path):
   assert json.loads((tmp_path / 'metrics.json').read_text())['fid']['num_samples'] == 10_000
 
 
+@pytest.mark.slow
 def test_only_process_zero_writes_the_report(trained, tmp_path, monkeypatch):
   """Processes sharing a workdir all evaluate (the generation spans every device), but only
   process 0 writes eval/: two writers of one metrics.json could leave it torn."""

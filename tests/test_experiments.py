@@ -21,6 +21,7 @@ def _load(name):
   return module
 
 
+@pytest.mark.slow
 def test_coherence_probe_at_smoke_scale(tmp_path, polymnist_dir, mnist_npz):
   out = tmp_path / 'probe.json'
   result = subprocess.run(
@@ -56,6 +57,7 @@ def test_digit_entropy_is_zero_for_one_digit_and_ln10_for_all_equally():
   assert inspect_chains._entropy(np.array([1, 1, 2, 2])) == pytest.approx(np.log(2))
 
 
+@pytest.mark.slow
 def test_inspect_chains_at_smoke_scale(tmp_path, polymnist_dir, mnist_npz):
   """A 2-step smoke MOE-EBM looked inside. With a tiny step size the Langevin drift is negligible,
   so each coordinate moves by the noise alone: RMS move = s * sqrt(K) (times E sqrt(chi2_D / D))."""
@@ -98,6 +100,7 @@ def test_inspect_chains_at_smoke_scale(tmp_path, polymnist_dir, mnist_npz):
   assert '## Cross coherence' in (out / 'inside.md').read_text()
 
 
+@pytest.mark.slow
 def test_ebm_effect_gpu_script_at_smoke_scale(tmp_path, polymnist_dir, mnist_npz):
   """The GPU comparison script end to end on the CPU (MOE-EBM only: the probe's MMVAE+ path is
   test_coherence_probe_at_smoke_scale's): JSON with both probes and the printed table."""

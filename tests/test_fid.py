@@ -116,6 +116,7 @@ def _random_images(seed=0):
 # ----------------------------------------------------------------------------- network
 
 
+@pytest.mark.slow
 def test_param_names_and_shapes_match_torchscript(fid_params):
   flat = jax.tree_util.tree_leaves_with_path(fid_params)
   assert len(flat) == 2 * 94  # 94 conv + folded-BN layers.
@@ -123,6 +124,7 @@ def test_param_names_and_shapes_match_torchscript(fid_params):
   assert shapes['mixed_10/tower_2_conv/kernel'] == (1, 1, 2048, 192)
 
 
+@pytest.mark.slow
 def test_features_match_torchscript(fid_params, torchscript_model, fid_wheel):
   torch = _torch_or_skip()
   big, small = _random_images()
@@ -139,6 +141,7 @@ def test_features_match_torchscript(fid_params, torchscript_model, fid_wheel):
     assert err < 1e-4 * scale, (err, scale)
 
 
+@pytest.mark.slow
 def test_feature_fn_is_batch_consistent(fid_params):
   _, small = _random_images(1)
   feature_fn = fid.make_feature_fn(fid_params)
@@ -149,6 +152,7 @@ def test_feature_fn_is_batch_consistent(fid_params):
 # ----------------------------------------------------------------------------- preprocessing
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('shape', [(28, 28), (64, 40), (400, 320), (299, 299)])
 def test_preprocess_matches_reference_nv_bilinear(fid_wheel, shape):
   rng = np.random.default_rng(1)
@@ -162,6 +166,7 @@ def test_preprocess_matches_reference_nv_bilinear(fid_wheel, shape):
   assert got.min() >= fid.INPUT_RANGE[0] and got.max() <= fid.INPUT_RANGE[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('shape', [(5, 7), (28, 28), (400, 320)])
 def test_preprocess_torch_bilinear_matches_f_interpolate(fid_wheel, shape):
   rng = np.random.default_rng(2)
@@ -191,6 +196,7 @@ def test_load_params_without_torch_says_how(tmp_path, monkeypatch):
     fid.convert_torchscript(str(tmp_path / 'missing.pt'))
 
 
+@pytest.mark.slow
 def test_cache_round_trip(fid_cache_dir, fid_params):
   assert os.path.exists(os.path.join(fid_cache_dir, fid.CACHE_FILE))
   again = fid.read_params(os.path.join(fid_cache_dir, fid.CACHE_FILE))

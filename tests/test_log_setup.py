@@ -28,8 +28,14 @@ def test_filter_hides_dependencies_info_and_keeps_ours_and_their_warnings():
   assert not f.filter(record(jax_file, logging.INFO))
   assert not f.filter(record(orbax_file, logging.DEBUG))
   assert f.filter(record(orbax_file, logging.WARNING, 'disk full'))
-  assert f.filter(record(orbax_file, logging.ERROR, log_setup.EXPECTED_WARNINGS[0]))
-  assert not f.filter(record(orbax_file, logging.WARNING, log_setup.EXPECTED_WARNINGS[0]))
+  expected = 'Requested `tracked_metric`; did not provide metrics.'
+  assert f.filter(record(orbax_file, logging.ERROR, expected))
+  assert not f.filter(record(orbax_file, logging.WARNING, expected))
+  tfds_file = os.path.join(os.sep, 'site-packages', 'tensorflow_datasets', 'core', 'file_utils.py')
+  assert not f.filter(record(
+      tfds_file, logging.WARNING, 'Variant folder /d/polymnist/m5/1.0.0 has no dataset_info.json'))
+  assert f.filter(record(tfds_file, logging.WARNING, 'Variant folder /d has invalid version x'))
+  assert f.filter(record(ours, logging.WARNING, expected))  # Ours always show.
   assert f.filter(record(ours, logging.INFO))
   assert f.filter(record(os.path.join(ROOT, 'main.py'), logging.INFO))
   # moe_ebm_jax contains 'jax' but is not the jax package.

@@ -138,6 +138,7 @@ def test_train_and_test_use_disjoint_mnist_splits(polymnist_dir, mnist_arrays):
     np.testing.assert_array_equal(np.sort(test_indices[:, m]), np.arange(10000))
 
 
+@pytest.mark.slow
 def test_two_builds_with_one_seed_are_byte_identical(polymnist_dir, mnist_npz, tmp_path):
   polymnist.builder(data_dir=str(tmp_path), mnist_path=mnist_npz).download_and_prepare()
   config = polymnist.make_config().name
@@ -152,6 +153,7 @@ def test_two_builds_with_one_seed_are_byte_identical(polymnist_dir, mnist_npz, t
       assert a.read() == b.read(), name
 
 
+@pytest.mark.slow
 def test_other_seed_and_modality_count_and_folder_backgrounds(polymnist_dir, mnist_npz,
                                                               backgrounds_dir, tmp_path):
   builder = polymnist.builder(num_modalities=3, seed=1, backgrounds=backgrounds_dir,

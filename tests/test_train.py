@@ -44,6 +44,7 @@ def leaves_equal(a, b, **tol):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('model', ['mmvaeplus', 'ebm_mmvaeplus', 'moe_ebm'])
 def test_smoke_model_trains_checkpoints_logs_and_resumes(polymnist_dir, tmp_path, model):
   workdir = str(tmp_path / model)
@@ -69,6 +70,7 @@ def test_smoke_model_trains_checkpoints_logs_and_resumes(polymnist_dir, tmp_path
   assert 8 in checkpointing.Checkpointer(workdir, keep_latest=3, keep_best=1).all_steps()
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_equals_uninterrupted(polymnist_dir, tmp_path):
   config = smoke_config(polymnist_dir, 'moe_ebm', checkpoint_every_steps=100)
   straight = train.train_and_evaluate(config, str(tmp_path / 'straight'))
@@ -81,6 +83,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(polymnist_dir, tmp_path):
   leaves_equal(resumed.ebm_opt_state, straight.ebm_opt_state, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_workdir_with_an_incompatible_run_is_refused_untouched(polymnist_dir, tmp_path):
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(smoke_config(polymnist_dir, 'mmvaeplus', num_train_steps=3), workdir)
@@ -163,6 +166,7 @@ class PoisonedIterator:
     self.inner.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('policy', ['stop', 'restore'])
 def test_divergence_stops_or_restores_the_last_good_checkpoint(polymnist_dir, tmp_path,
                                                                monkeypatch, policy):
@@ -212,6 +216,7 @@ SHARDED_SCRIPT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('model', ['mmvaeplus', 'moe_ebm'])
 def test_step_on_four_devices_equals_one_device(polymnist_dir, model):
   script = SHARDED_SCRIPT.format(root=ROOT, tests=os.path.join(ROOT, 'tests'),
@@ -256,6 +261,7 @@ def free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_over_loopback_agree_with_one(polymnist_dir, tmp_path):
   """Two processes (one CPU device each) train as one process does, both on the CPU, and
   evaluate at the end as one does."""
@@ -284,6 +290,7 @@ def test_two_processes_over_loopback_agree_with_one(polymnist_dir, tmp_path):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_a_checkpoint_and_exits_cleanly(polymnist_dir, tmp_path, signum):
   workdir = str(tmp_path / 'run')
@@ -348,6 +355,7 @@ class BreakingIterator(PoisonedIterator):
     return super().__next__()
 
 
+@pytest.mark.slow
 def test_an_error_mid_run_keeps_the_checkpoint_being_written(polymnist_dir, tmp_path,
                                                              monkeypatch):
   """The asynchronous save of step 2 completes although step 3 fails straight after it."""
