@@ -404,3 +404,14 @@ def test_energy_weight_one_adds_f_a_to_the_bound_unweighted(polymnist_dir):
   assert float(metrics['step_ok']) == 1.0
   with pytest.raises(ValueError, match='ebm.energy_weight'):
     config_lib.validate(smoke_config(polymnist_dir, 'moe_ebm', **{'ebm.energy_weight': 'half'}))
+
+
+def test_progress_line_shows_the_loss_and_the_models_key_numbers():
+  metrics = {'vae_loss': 7.0, 'recon': -6.0, 'kl': 1.0, 'energy_prior': -0.1,
+             'energy_posterior': -0.3, 'ebm_loss': 0.2, 'bound': -7.0}
+  ebm = train.make_model(config_lib.base_config('moe_ebm'))
+  fixed = train.make_model(config_lib.base_config('mmvaeplus'))
+  assert train.progress_line_metrics(ebm, metrics, 0) == {
+      'loss': 7.0, 'E prior': -0.1, 'E posterior': -0.3}
+  assert train.progress_line_metrics(fixed, metrics, 0) == {'loss': 7.0, 'recon': -6.0, 'kl': 1.0}
+  assert train.progress_line_metrics(fixed, metrics, 3)['skipped'] == 3
