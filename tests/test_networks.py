@@ -196,6 +196,7 @@ def _init_all(init):
   return [layer for tree in (enc, dec, mlp) for layer in _layers(tree['params'])]
 
 
+@pytest.mark.slow
 def test_pytorch_init_is_uniform_within_one_over_sqrt_fan_in():
   layers = _init_all('pytorch')
   assert len(layers) == 2 * 11 + 10 + 3  # Two towers, a decoder, the energy MLP.
@@ -232,6 +233,7 @@ def test_pytorch_init_bounds_are_torchs():
       assert layer.bias.detach().abs().max().item() <= ours * (1 + 1e-6), path
 
 
+@pytest.mark.slow
 def test_lecun_init_is_flaxs_default():
   pytorch = {p: k for p, k, _ in _init_all('pytorch')}
   for path, kernel, bias in _init_all('lecun'):

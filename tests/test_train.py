@@ -111,6 +111,7 @@ def one_step_setup(config, model_name='moe_ebm'):
   return state, step
 
 
+@pytest.mark.slow
 def test_planted_nan_is_skipped_and_counted(polymnist_dir):
   config = smoke_config(polymnist_dir, 'moe_ebm')
   state, step = one_step_setup(config)
@@ -130,6 +131,7 @@ def test_planted_nan_is_skipped_and_counted(polymnist_dir):
   assert int(newer.skipped_steps) == 1
 
 
+@pytest.mark.slow
 def test_exploding_energy_is_skipped(polymnist_dir):
   config = smoke_config(polymnist_dir, 'ebm_mmvaeplus', **{'ebm.max_abs_energy': 100.0})
   state, step = one_step_setup(config)
@@ -314,6 +316,7 @@ def test_signal_saves_a_checkpoint_and_exits_cleanly(polymnist_dir, tmp_path, si
   assert len(steps) == 1 and steps[0] >= 3
 
 
+@pytest.mark.slow
 def test_beta_warmup_step_equals_a_step_with_the_scaled_beta(polymnist_dir):
   """Step s of a warm-up over N steps is exactly a step with beta * (s + 1) / N, then beta."""
   rng = np.random.default_rng(0)
@@ -374,6 +377,7 @@ def test_an_error_mid_run_keeps_the_checkpoint_being_written(polymnist_dir, tmp_
   assert int(train.train_and_evaluate(config, workdir).step) == 4
 
 
+@pytest.mark.slow
 def test_energy_weight_one_adds_f_a_to_the_bound_unweighted(polymnist_dir):
   """ebm.energy_weight: 'beta' puts beta * f_a(z) in every log-weight, 'one' f_a(z) (Eq. 5). With
   the same samples the ELBO losses (minus the mean log-weight) differ by (beta - 1) mean f_a."""
