@@ -213,6 +213,7 @@ def test_pytorch_init_is_uniform_within_one_over_sqrt_fan_in():
   assert shortcuts and all(k.shape[:2] == (1, 1) for k in shortcuts)  # Bias-free, fan_in = C.
 
 
+@pytest.mark.slow
 def test_pytorch_init_bounds_are_torchs():
   """The bound is what torch's own Conv2d / Linear draw within, for our layers' shapes."""
   torch = pytest.importorskip('torch')
