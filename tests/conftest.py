@@ -69,9 +69,29 @@ def mnist_arrays(mnist_npz) -> dict:
 
 @pytest.fixture(scope='session')
 def polymnist_dir(tmp_path_factory, mnist_npz) -> str:
-  """The default PolyMNIST (M=5, seed 0, scikit-image backgrounds), built once per session (per
-  pytest-xdist worker: each worker's data dir and classifier caches are its own)."""
+  """The default PolyMNIST (M=5, seed 0, scikit-image backgrounds), built once per test run: under
+  pytest-xdist the first worker builds it (under a file lock) and the others read it. Read only:
+  a test that writes beside the data (classifier caches) takes `private_polymnist_dir`."""
+  import fcntl  # pylint: disable=g-import-not-at-top
   from moe_ebm_jax import polymnist  # pylint: disable=g-import-not-at-top
-  data_dir = str(tmp_path_factory.mktemp('tfds'))
-  polymnist.builder(data_dir=data_dir, mnist_path=mnist_npz).download_and_prepare()
-  return data_dir
+  run = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    run = run.parent  # This run's folder, shared by its workers and by no other run.
+  data_dir = run / 'polymnist_tfds'
+  with open(run / 'polymnist_tfds.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    builder = polymnist.builder(data_dir=str(data_dir), mnist_path=mnist_npz)
+    if not builder.is_prepared():
+      builder.download_and_prepare()
+  return str(data_dir)
+
+
+@pytest.fixture(scope='module')
+def private_polymnist_dir(polymnist_dir, tmp_path_factory) -> str:
+  """The shared build as hard links in a data dir of this module's own: the classifier caches
+  written under it are not another worker's."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  target = tmp_path_factory.mktemp('tfds_private')
+  shutil.copytree(polymnist_dir, target, dirs_exist_ok=True, copy_function=os.link,
+                  ignore=shutil.ignore_patterns('classifiers', '*.lock'))
+  return str(target)

@@ -17,9 +17,9 @@ SMALL = dict(num_epochs=3, batch_size=100, train_subset=4000, test_subset=500)
 
 
 @pytest.fixture(scope='module')
-def config(polymnist_dir):
+def config(private_polymnist_dir):
   c = config_lib.base_config('moe_ebm')
-  c.data.data_dir = polymnist_dir
+  c.data.data_dir = private_polymnist_dir
   return c
 
 

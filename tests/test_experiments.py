@@ -22,12 +22,12 @@ def _load(name):
 
 
 @pytest.mark.slow
-def test_coherence_probe_at_smoke_scale(tmp_path, polymnist_dir, mnist_npz):
+def test_coherence_probe_at_smoke_scale(tmp_path, private_polymnist_dir, mnist_npz):
   out = tmp_path / 'probe.json'
   result = subprocess.run(
       [sys.executable, os.path.join(ROOT, 'experiments', 'coherence_probe.py'),
        '--config=configs/smoke.py:mmvaeplus', '--at=2,4', '--num_test=24', '--num_joint=8',
-       '--norms', '--log_every=2', f'--config.data.data_dir={polymnist_dir}',
+       '--norms', '--log_every=2', f'--config.data.data_dir={private_polymnist_dir}',
        f'--config.data.mnist={mnist_npz}', '--classifier_max_steps=2',
        '--classifier_test_subset=32', f'--json_out={out}'],
       capture_output=True, text=True, timeout=900, cwd=ROOT)
@@ -58,10 +58,10 @@ def test_digit_entropy_is_zero_for_one_digit_and_ln10_for_all_equally():
 
 
 @pytest.mark.slow
-def test_inspect_chains_at_smoke_scale(tmp_path, polymnist_dir, mnist_npz):
+def test_inspect_chains_at_smoke_scale(tmp_path, private_polymnist_dir, mnist_npz):
   """A 2-step smoke MOE-EBM looked inside. With a tiny step size the Langevin drift is negligible,
   so each coordinate moves by the noise alone: RMS move = s * sqrt(K) (times E sqrt(chi2_D / D))."""
-  common = [f'--config.data.data_dir={polymnist_dir}', f'--config.data.mnist={mnist_npz}']
+  common = [f'--config.data.data_dir={private_polymnist_dir}', f'--config.data.mnist={mnist_npz}']
   workdir = tmp_path / 'run'
   train = subprocess.run(
       [sys.executable, 'main.py', '--config=configs/smoke.py:moe_ebm', f'--workdir={workdir}',
@@ -101,11 +101,11 @@ def test_inspect_chains_at_smoke_scale(tmp_path, polymnist_dir, mnist_npz):
 
 
 @pytest.mark.slow
-def test_ebm_effect_gpu_script_at_smoke_scale(tmp_path, polymnist_dir, mnist_npz):
+def test_ebm_effect_gpu_script_at_smoke_scale(tmp_path, private_polymnist_dir, mnist_npz):
   """The GPU comparison script end to end on the CPU (MOE-EBM only: the probe's MMVAE+ path is
   test_coherence_probe_at_smoke_scale's): JSON with both probes and the printed table."""
   out = tmp_path / 'effect'
-  env = dict(os.environ, OUT=str(out), SCALE='smoke', DATA_DIR=polymnist_dir, MODELS='moe_ebm',
+  env = dict(os.environ, OUT=str(out), SCALE='smoke', DATA_DIR=private_polymnist_dir, MODELS='moe_ebm',
              PYTHON=sys.executable, MNIST=mnist_npz)
   result = subprocess.run(['bash', os.path.join(ROOT, 'experiments', 'ebm_effect_gpu.sh')],
                           capture_output=True, text=True, timeout=900, env=env)
