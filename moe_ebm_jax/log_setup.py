@@ -68,9 +68,10 @@ def setup(debug: bool = False) -> None:
   if debug:
     return
   handler = absl_logging.get_absl_handler()
-  handlers = [handler, handler.python_handler] + list(logging.getLogger().handlers)
+  # Filters act in Handler.handle: on absl's handler (it hands records to its python_handler's
+  # emit, which runs none) and on any other handler of the root logger.
   log_filter = DependencyInfoFilter()
-  for h in handlers:
+  for h in {handler, *logging.getLogger().handlers}:
     if not any(isinstance(f, DependencyInfoFilter) for f in h.filters):
       h.addFilter(log_filter)
   handler.python_handler.setFormatter(ShortFormatter())
