@@ -23,7 +23,12 @@ jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 # (a GPU's default runs f32 products on TF32 tensor cores, a TPU's on bf16 passes; a CPU is
 # unchanged), and deterministic GPU kernels, so that resuming reproduces a run bit for bit there.
 jax.config.update('jax_default_matmul_precision', 'highest')
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+# Compilation dominates the tests (tiny models, a few steps each): XLA:CPU's backend (LLVM) at
+# optimisation level 0 compiles about twice as fast, and its slower code costs less than that
+# here. XLA's own (HLO) passes still run. MOE_EBM_JAX_TEST_OPTIMISED=1 tests the default level.
+_backend_opt = ('' if os.environ.get('MOE_EBM_JAX_TEST_OPTIMISED') == '1'
+                else ' --xla_backend_optimization_level=0')
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + _backend_opt +
                            ' --xla_gpu_deterministic_ops=true').strip()
 
 
