@@ -1,0 +1,67 @@
+"""MCMC samplers of latents as components: a sampler is one function and one registration.
+
+A sampler has langevin.sample's signature,
+
+  sampler(log_prob, init, key, *, num_steps, step_size, noise_scale, keep_trajectory, unroll)
+      -> (final state like init, diagnostics)
+
+with log_prob mapping a state (an array (B, ...) or a pytree of them) to per-example
+log-densities (B,), and diagnostics holding at least per-step 'log_prob' and 'grad_norm'
+(num_steps,) (batch means). Registered: 'langevin' (unadjusted, the paper's), 'mala'
+(Metropolis-adjusted). `Chain` binds a sampler to its settings: the EBM's prior and posterior
+chains are two Chains (config.ebm.sampler and the step counts and sizes).
+
+  @samplers.register('my_sampler')
+  def my_sampler(log_prob, init, key, *, num_steps, step_size, noise_scale=1.0,
+                 keep_trajectory=False, unroll=1): ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from moe_ebm_jax import langevin
+from moe_ebm_jax import mala
+
+Sampler = Callable[..., tuple[Any, dict[str, Any]]]
+SAMPLERS: dict[str, Sampler] = {}
+
+
+def register(name: str):
+  """Decorator: registers `fn` as sampler `name` (config.ebm.sampler). Names are unique."""
+  def decorate(fn: Sampler) -> Sampler:
+    if name in SAMPLERS:
+      raise ValueError(f'a sampler named {name!r} is already registered ({SAMPLERS[name]}).')
+    SAMPLERS[name] = fn
+    return fn
+  return decorate
+
+
+def get(name: str) -> Sampler:
+  try:
+    return SAMPLERS[name]
+  except KeyError:
+    raise ValueError(f'unknown sampler {name!r}; registered: {sorted(SAMPLERS)}.') from None
+
+
+register('langevin')(langevin.sample)
+register('mala')(mala.sample)
+
+
+@dataclasses.dataclass(frozen=True)
+class Chain:
+  """A sampler with its settings; hashable, so jit treats it as static.
+
+  chain(log_prob, init, key) runs it: see the module docstring.
+  """
+  num_steps: int
+  step_size: float
+  noise_scale: float = 1.0
+  sampler: str = 'langevin'
+  unroll: int | bool = 1  # lax.scan's unroll (True: the whole chain).
+
+  def __call__(self, log_prob, init, key, *, keep_trajectory: bool = False):
+    return get(self.sampler)(log_prob, init, key, num_steps=self.num_steps,
+                             step_size=self.step_size, noise_scale=self.noise_scale,
+                             keep_trajectory=keep_trajectory, unroll=self.unroll)
