@@ -108,6 +108,8 @@ def layer_shapes(widths, batch: int, modalities: int = 5):
 
 def main(argv):
   del argv
+  from moe_ebm_jax import log_setup  # pylint: disable=g-import-not-at-top
+  log_setup.setup()  # Dependencies' INFO chatter off, as main.py does.
   import jax  # pylint: disable=g-import-not-at-top
   from moe_ebm_jax import conv  # pylint: disable=g-import-not-at-top
 

@@ -526,6 +526,8 @@ def ebm_overhead(scale: str, paired: dict, langevin_row: dict) -> dict:
 
 def main(argv):
   del argv
+  from moe_ebm_jax import log_setup  # pylint: disable=g-import-not-at-top
+  log_setup.setup()  # Dependencies' INFO chatter off, as main.py does.
   unknown = set(_SECTIONS.value) - set(SECTIONS)
   unknown |= {s for s in _SCALES.value if s not in SCALES}
   if unknown:

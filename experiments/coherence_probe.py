@@ -25,6 +25,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from moe_ebm_jax import log_setup
 from moe_ebm_jax import classifiers
 from moe_ebm_jax import config_lib
 from moe_ebm_jax import evaluation
@@ -89,6 +90,7 @@ def make_norms_fn(config, model):
 
 def main(argv):
   del argv
+  log_setup.setup()  # Dependencies' INFO chatter off, as main.py does.
   config = _CONFIG.value
   at = sorted({int(s) for s in _AT.value})
   config.num_train_steps = at[-1]

@@ -20,6 +20,7 @@ import optax
 from absl import app
 from absl import flags
 
+from moe_ebm_jax import log_setup
 from moe_ebm_jax import config_lib
 from moe_ebm_jax import evaluation
 from moe_ebm_jax import models
@@ -77,6 +78,7 @@ def init_outputs(data_dir, seeds=(0, 1, 2)) -> dict[str, dict[str, list[float]]]
 
 def main(argv):
   del argv
+  log_setup.setup()  # Dependencies' INFO chatter off, as main.py does.
   print('AMSGrad, mean |update| optax / torch, by step:')
   print(json.dumps(amsgrad_ratios(), indent=1))
   print('Outputs at initialisation, paper widths, m0, per seed:')

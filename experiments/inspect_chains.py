@@ -38,6 +38,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from moe_ebm_jax import log_setup
 from moe_ebm_jax import classifiers
 from moe_ebm_jax import config_lib
 from moe_ebm_jax import distributions as dists
@@ -293,6 +294,7 @@ def write_markdown(record: dict, out: str) -> None:
 
 def main(argv):
   del argv
+  log_setup.setup()  # Dependencies' INFO chatter off, as main.py does.
   config = _CONFIG.value
   config_lib.validate(config)
   if config.model.prior != 'ebm':
