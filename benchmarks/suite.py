@@ -218,15 +218,17 @@ def bench_matmul(repeats: int) -> dict:
 
 
 def _train_setup(scale: str, model_name: str, mesh):
-  """(config, train.Model, compiled steps, initial state, a synthetic batch on the mesh)."""
+  """(config, model_state.Model, compiled steps, initial state, a synthetic batch on the mesh)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from moe_ebm_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax import model_state  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax import parallel  # pylint: disable=g-import-not-at-top
   from moe_ebm_jax import train  # pylint: disable=g-import-not-at-top
   config = get_config(scale, model_name)
   config_lib.validate(config)
-  train.check_batch_divides(config, mesh.size)
-  model = train.make_model(config)
+  parallel.check_batch_divides(config, mesh.size)
+  model = model_state.make_model(config)
   steps = train.compile_steps(config, model, mesh)
   state = steps['init'](jax.random.PRNGKey(0))
   images = np.random.default_rng(0).random(
@@ -236,6 +238,7 @@ def _train_setup(scale: str, model_name: str, mesh):
 
 def bench_train(scale: str, model_name: str, mesh, counter: CompileCounter) -> dict:
   from moe_ebm_jax import train  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax import model_state  # pylint: disable=g-import-not-at-top
   config, model, steps, state, batch = _train_setup(scale, model_name, mesh)
   start = time.perf_counter()
   lowered = steps['train'].lower(state, batch)
@@ -251,7 +254,7 @@ def bench_train(scale: str, model_name: str, mesh, counter: CompileCounter) -> d
     # only; where a backend has no cost analysis before optimisation, keep the compiled one).
     reference = config.copy_and_resolve_references()
     reference.model.conv_backward = 'xla'
-    reference_steps = train.compile_steps(reference, train.make_model(reference), mesh)
+    reference_steps = train.compile_steps(reference, model_state.make_model(reference), mesh)
     reference_lowered = reference_steps['train'].lower(state, batch)
     reference_flops = cost_flops(reference_lowered)
     if reference_flops is not None:
@@ -292,13 +295,13 @@ def bench_train(scale: str, model_name: str, mesh, counter: CompileCounter) -> d
 
 
 def _model_parts(scale: str, model_name: str):
-  """(config, train.Model, initialised TrainState) of `model_name` at `scale`."""
+  """(config, model_state.Model, initialised TrainState) of `model_name` at `scale`."""
   import jax  # pylint: disable=g-import-not-at-top
-  from moe_ebm_jax import train  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax import model_state  # pylint: disable=g-import-not-at-top
   config = get_config(scale, model_name)
-  model = train.make_model(config)
-  vae_tx, ebm_tx = train.make_optimizers(config)
-  state = jax.jit(functools.partial(train.init_state, model, vae_tx, ebm_tx))(
+  model = model_state.make_model(config)
+  vae_tx, ebm_tx = model_state.make_optimizers(config)
+  state = jax.jit(functools.partial(model_state.init_state, model, vae_tx, ebm_tx))(
       jax.random.PRNGKey(0))
   return config, model, state
 
@@ -536,10 +539,10 @@ def main(argv):
     import jax  # pylint: disable=g-import-not-at-top
     jax.config.update('jax_num_cpu_devices', _HOST_DEVICES.value)
   import jax  # pylint: disable=g-import-not-at-top
-  from moe_ebm_jax import train  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax import parallel  # pylint: disable=g-import-not-at-top
   # --host_devices splits the CPU, also on a machine whose default backend is an accelerator.
   devices = jax.devices('cpu' if _HOST_DEVICES.value else None)[:_DEVICES.value or None]
-  mesh = train.make_mesh(devices)
+  mesh = parallel.make_mesh(devices)
   sections = set(_SECTIONS.value)
   record = {'date': time.strftime('%Y-%m-%d %H:%M:%S'), 'jax': jax.__version__,
             'backend': jax.default_backend(), 'device': devices[0].device_kind,

@@ -32,6 +32,8 @@ from moe_ebm_jax import evaluation
 from moe_ebm_jax import input_pipeline
 from moe_ebm_jax import metric_logging
 from moe_ebm_jax import objectives
+from moe_ebm_jax import model_state
+from moe_ebm_jax import parallel
 from moe_ebm_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file with model argument.')
@@ -65,7 +67,7 @@ def group_norms(tree) -> dict[str, float]:
 
 def make_norms_fn(config, model):
   """(state, images) -> {'grad': {group: norm}, 'update': ..., 'param': ...} for the VAE."""
-  vae_tx, _ = train.make_optimizers(config)
+  vae_tx, _ = model_state.make_optimizers(config)
 
   @jax.jit
   def norms(state, images):
@@ -97,15 +99,15 @@ def main(argv):
   config_lib.validate(config)
   bank = classifiers.load_or_train(config.data, max_steps=_CLF_MAX_STEPS.value,
                                    test_subset=_CLF_TEST_SUBSET.value)
-  model = train.make_model(config)
-  mesh = train.make_mesh()
-  train.check_batch_divides(config, jax.device_count())
+  model = model_state.make_model(config)
+  mesh = parallel.make_mesh()
+  parallel.check_batch_divides(config, jax.device_count())
   steps = train.compile_steps(config, model, mesh)
   evaluator = evaluation.Evaluator(config, model, bank.predict)
   test_batches = evaluation._test_batches(config, _NUM_TEST.value)  # pylint: disable=protected-access
   norms_fn = make_norms_fn(config, model) if _NORMS.value else None
   data = input_pipeline.train_iterator(config)
-  state = steps['init'](train.replicate(jax.random.PRNGKey(config.seed), steps['replicated']))
+  state = steps['init'](parallel.replicate(jax.random.PRNGKey(config.seed), steps['replicated']))
   record = {'config': json.loads(config.to_json_best_effort()), 'at': at,
             'num_test': _NUM_TEST.value, 'num_joint': _NUM_JOINT.value,
             'classifier_accuracies': [round(a, 4) for a in bank.accuracies],
@@ -124,7 +126,7 @@ def main(argv):
     for step in range(1, at[-1] + 1):
       t0 = time.time()
       batch = next(data)
-      state, metrics = steps['train'](state, train.global_batch(batch['images'], steps['batch']))
+      state, metrics = steps['train'](state, parallel.global_batch(batch['images'], steps['batch']))
       if step % _LOG_EVERY.value == 0 or step in at:
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         progress.update(step, metrics)
@@ -144,7 +146,7 @@ def main(argv):
       if 'joint_coherence' in coherence:
         probe['joint_coherence'] = round(coherence['joint_coherence'], 4)
       if norms_fn is not None:
-        images = train.global_batch(next(data)['images'], steps['batch'])
+        images = parallel.global_batch(next(data)['images'], steps['batch'])
         probe['norms'] = norms_fn(state, images)
       probe['eval_seconds'] = round(time.time() - t0, 1)
       record['probes'].append(probe)

@@ -142,7 +142,7 @@ def _config_without_seed(workdir: str) -> dict[str, Any]:
       config = _flat(json.load(f))
   except (OSError, ValueError):
     return {}
-  if config.get('model.name') in config_lib.MODELS:
+  if config.get('model.name') in config_lib.model_names():
     defaults = _flat(config_lib.base_config(config['model.name']).to_dict())
     config = {**{k: v for k, v in defaults.items() if isinstance(v, (str, int, float, bool))},
               **config}

@@ -14,6 +14,7 @@ from moe_ebm_jax import conv
 from moe_ebm_jax import networks
 from moe_ebm_jax import objectives
 from moe_ebm_jax import optimizers
+from moe_ebm_jax import samplers
 
 # Model names accepted as the config argument (--config=configs/x.py:<model>): each is an
 # objective (objectives.py), a prior on z and a posterior sampler for the EBM's learning.
@@ -28,7 +29,22 @@ MODEL_SPECS = {
     'mmjsd': ('mmjsd', 'fixed', 'q'),
     'mopoe': ('mopoe', 'fixed', 'q'),
 }
-MODELS = tuple(MODEL_SPECS)
+MODELS = tuple(MODEL_SPECS)  # The built-in models; model_names() adds registered objectives.
+
+
+def model_spec(name: str) -> tuple[str, str, str]:
+  """(objective, prior, posterior_sampler) of model `name`: a MODEL_SPECS entry, or any
+  registered objective (objectives.register) with the fixed prior; its EBM-prior variant is
+  --config.model.prior=ebm."""
+  if name in MODEL_SPECS:
+    return MODEL_SPECS[name]
+  if name in objectives.OBJECTIVES:
+    return (name, 'fixed', 'q')
+  raise ValueError(f'unknown model {name!r}; choose one of {model_names()}.')
+
+
+def model_names() -> tuple[str, ...]:
+  return MODELS + tuple(sorted(set(objectives.OBJECTIVES) - set(MODELS)))
 # Weight of f_a in the VAE's bound (config.ebm.energy_weight): 'beta' or 'one'.
 ENERGY_WEIGHTS = ('beta', 'one')
 DEFAULT_MODEL = 'moe_ebm'
@@ -37,8 +53,9 @@ DEFAULT_MODEL = 'moe_ebm'
 def base_config(model: str | None) -> ml_collections.ConfigDict:
   """Shared defaults (paper scale). `model` is the config argument; None means DEFAULT_MODEL."""
   model = model or DEFAULT_MODEL
-  if model not in MODELS:
-    raise ValueError(f'unknown model {model!r} in the config argument; choose one of {MODELS}.')
+  if model not in model_names():
+    raise ValueError(f'unknown model {model!r} in the config argument; choose one of '
+                     f'{model_names()}.')
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.batch_size = 128  # Global: split over processes and devices.
@@ -60,7 +77,7 @@ def base_config(model: str | None) -> ml_collections.ConfigDict:
   # position has the form of its worker count: resume with the same value.
   c.data.num_workers = 0
 
-  objective_name, prior, posterior_sampler = MODEL_SPECS[model]
+  objective_name, prior, posterior_sampler = model_spec(model)
   objective = objectives.get(objective_name)
   c.model = ml_collections.ConfigDict()
   c.model.name = model
@@ -120,6 +137,9 @@ def base_config(model: str | None) -> ml_collections.ConfigDict:
   c.ebm.posterior_steps = 20
   c.ebm.posterior_step_size = 0.1
   c.ebm.noise_scale = 1.0  # Multiplies the Langevin noise (1 = exact Langevin).
+  # The MCMC sampler of both chains (samplers.py): 'langevin' (unadjusted, the paper's) or 'mala'
+  # (Metropolis-adjusted: exact at any step size, rejects some moves), or any registered one.
+  c.ebm.sampler = 'langevin'
   c.ebm.posterior_latents = 'z'  # Paper silent: move only the shared z ('z') or also w ('zw').
   # Unrolled chains ran a CPU-width posterior chain 7.5x faster on XLA:CPU than a rolled
   # lax.scan loop (0.35 vs 2.6 s per Langevin step, measured); compiles take longer.
@@ -190,7 +210,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not ok:
       raise ValueError(f'invalid config: {msg}')
 
-  check(config.model.name in MODELS, f'model.name={config.model.name!r} is not one of {MODELS}')
+  check(config.model.name in model_names(),
+        f'model.name={config.model.name!r} is not one of {model_names()}')
   check(config.data.name == 'polymnist', f"data.name={config.data.name!r}, expected 'polymnist'")
   check(isinstance(config.data.num_modalities, int) and config.data.num_modalities >= 2,
         f'data.num_modalities={config.data.num_modalities!r} must be an integer >= 2')
@@ -255,6 +276,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f'model.posterior_sampler={config.model.posterior_sampler!r}')
   check(config.model.prior == 'ebm' or config.model.posterior_sampler == 'q',
         'model.posterior_sampler=langevin needs model.prior=ebm')
+  check(config.ebm.sampler in samplers.SAMPLERS,
+        f'ebm.sampler={config.ebm.sampler!r} is not one of {sorted(samplers.SAMPLERS)}')
+  check(config.ebm.sampler != 'mala' or config.ebm.noise_scale > 0,
+        f'ebm.noise_scale={config.ebm.noise_scale!r}: MALA needs noise_scale > 0')
   check(config.ebm.posterior_latents in ('z', 'zw'),
         f"ebm.posterior_latents={config.ebm.posterior_latents!r}, expected 'z' or 'zw'")
   for key in ('prior_steps', 'posterior_steps'):

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from moe_ebm_jax import langevin
+from moe_ebm_jax import samplers
 from moe_ebm_jax import models
 from moe_ebm_jax import networks
 
@@ -33,13 +33,15 @@ def prior_log_prob(energy: networks.EnergyMLP, ebm_params: Params) -> Callable:
 def sample_prior(energy: networks.EnergyMLP, ebm_params: Params, key: jax.Array,
                  batch_size: int, latent_dim: int, *, num_steps: int, step_size: float,
                  noise_scale: float = 1.0, keep_trajectory: bool = False,
-                 unroll: int | bool = 1):
-  """Short-run prior chain from Laplace(0, I): (z (B, D), diagnostics)."""
+                 unroll: int | bool = 1, sampler: str = 'langevin'):
+  """Short-run prior chain from Laplace(0, I) with `sampler` (samplers.py): (z (B, D),
+  diagnostics)."""
   k0, k1 = jax.random.split(key)
   z0 = jax.random.laplace(k0, (batch_size, latent_dim))
-  return langevin.sample(prior_log_prob(energy, ebm_params), z0, k1, num_steps=num_steps,
-                         step_size=step_size, noise_scale=noise_scale,
-                         keep_trajectory=keep_trajectory, unroll=unroll)
+  return samplers.get(sampler)(prior_log_prob(energy, ebm_params), z0, k1,
+                               num_steps=num_steps, step_size=step_size,
+                               noise_scale=noise_scale, keep_trajectory=keep_trajectory,
+                               unroll=unroll)
 
 
 def pick_expert(key: jax.Array, samples: jax.Array) -> jax.Array:
@@ -83,8 +85,9 @@ def sample_posterior(vae: models.MultimodalVAE, vae_params: Params,
                      z0: jax.Array, w: jax.Array, key: jax.Array, *, num_steps: int,
                      step_size: float, noise_scale: float = 1.0, latents: str = 'z',
                      observed: jax.Array | None = None, keep_trajectory: bool = False,
-                     unroll: int | bool = 1):
-  """Posterior chain from z0 (B, Dz) with private latents w (M, B, Dw): (state dict, diag)."""
+                     unroll: int | bool = 1, sampler: str = 'langevin'):
+  """Posterior chain from z0 (B, Dz) with private latents w (M, B, Dw), run by `sampler`
+  (samplers.py): (state dict, diag)."""
   if latents not in POSTERIOR_LATENTS:
     raise ValueError(f'posterior latents {latents!r}: choose one of {POSTERIOR_LATENTS}.')
   if observed is None:
@@ -93,9 +96,9 @@ def sample_posterior(vae: models.MultimodalVAE, vae_params: Params,
   if latents == 'zw':
     state['w'] = jnp.moveaxis(w, 0, 1)  # Leading batch axis for the sampler.
   log_prob = posterior_log_prob(vae, vae_params, energy, ebm_params, images, observed, w)
-  return langevin.sample(log_prob, state, key, num_steps=num_steps, step_size=step_size,
-                         noise_scale=noise_scale, keep_trajectory=keep_trajectory,
-                         unroll=unroll)
+  return samplers.get(sampler)(log_prob, state, key, num_steps=num_steps,
+                               step_size=step_size, noise_scale=noise_scale,
+                               keep_trajectory=keep_trajectory, unroll=unroll)
 
 
 def ebm_loss(energy: networks.EnergyMLP, ebm_params: Params, z_prior: jax.Array,

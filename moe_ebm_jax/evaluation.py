@@ -34,8 +34,9 @@ from moe_ebm_jax import aggregation
 from moe_ebm_jax import generation
 from moe_ebm_jax import input_pipeline
 from moe_ebm_jax import metric_logging
+from moe_ebm_jax import model_state
 from moe_ebm_jax import models
-from moe_ebm_jax import train as train_lib
+from moe_ebm_jax import parallel
 
 # FID compares Gaussians fitted to the 2,048-d Inception pool3 features: with fewer samples per
 # set the covariance is rank-deficient and FID is biased upwards by an amount that depends on
@@ -75,7 +76,7 @@ def subset_coherence(accuracy: dict[tuple[int, ...], float]) -> dict[int, float]
 class Evaluator:
   """Jitted generation functions of one model, and coherence over a test set."""
 
-  def __init__(self, config, model: train_lib.Model, classify):
+  def __init__(self, config, model: model_state.Model, classify):
     """classify: images (N, M, 28, 28, 3) -> predicted digits int (N, M)."""
     self.config = config
     self.model = model
@@ -510,19 +511,18 @@ def _test_batches(config, count: int | None) -> list[dict[str, np.ndarray]]:
   return batches
 
 
-def restore_latest(config, workdir: str) -> tuple[train_lib.Model, Any]:
-  """(model, train.TrainState) of the latest checkpoint in `workdir`, read-only.
+def restore_latest(config, workdir: str) -> tuple[model_state.Model, Any]:
+  """(model, model_state.TrainState) of the latest checkpoint in `workdir`, read-only.
 
-  The config must match the run's at train.COMPATIBLE_KEYS (as for a resume); sampler settings
+  The config must match the run's at model_state.COMPATIBLE_KEYS (as for a resume); sampler settings
   such as ebm.posterior_steps may differ (that is how a trained model is probed with others).
   """
   from moe_ebm_jax import checkpointing  # pylint: disable=g-import-not-at-top
   if os.path.exists(os.path.join(workdir, checkpointing.CONFIG_FILENAME)):
     # The model must be the one that was trained (same keys as a resume); nothing is written.
-    checkpointing.check_or_write_run_config(workdir, config, train_lib.COMPATIBLE_KEYS)
-  model = train_lib.make_model(config)
-  steps = train_lib.compile_steps(config, model, train_lib.make_mesh())
-  abstract = jax.eval_shape(steps['init'], jax.random.PRNGKey(0))
+    checkpointing.check_or_write_run_config(workdir, config, model_state.COMPATIBLE_KEYS)
+  model = model_state.make_model(config)
+  abstract = model_state.abstract_state(config, model, parallel.make_mesh())
   ckpt = checkpointing.Checkpointer(workdir, keep_latest=config.keep_checkpoints,
                                     keep_best=config.keep_best_checkpoints)
   if ckpt.latest_step() is None:
@@ -552,16 +552,16 @@ def evaluated_step(workdir: str) -> int | None:
     return None
 
 
-def evaluate_state(config, workdir: str, state, *, model: train_lib.Model | None = None,
+def evaluate_state(config, workdir: str, state, *, model: model_state.Model | None = None,
                    classify=None, features=None) -> dict[str, Any]:
-  """Evaluates `state` (a train.TrainState) of `workdir`'s run; writes <workdir>/eval/
+  """Evaluates `state` (a model_state.TrainState) of `workdir`'s run; writes <workdir>/eval/
   {metrics.json, report.md, *.png}. Phases: coherence, FID (if eval.num_fid_samples > 0),
   figures.
 
   Every process runs it alike (the generation functions are compiled over every device).
 
   Args:
-    model: train.make_model(config), if the caller has it already.
+    model: model_state.make_model(config), if the caller has it already.
     classify: images (N, M, 28, 28, 3) -> digits (N, M); None: the coherence classifiers of
       this dataset, trained on first use.
     features: images (N, 28, 28, 3) in [0, 1] -> (N, D) FID features; None: the standard FID
@@ -576,7 +576,7 @@ def evaluate_state(config, workdir: str, state, *, model: train_lib.Model | None
                'figures.', step, out_dir, 'all' if limit is None else limit,
                config.eval.num_joint_samples,
                f'FID (N = {num_fid} per set)' if num_fid else 'no FID (eval.num_fid_samples = 0)')
-  model = model or train_lib.make_model(config)
+  model = model or model_state.make_model(config)
   # Classifiers and the FID network load (or train / convert) only once a checkpoint is known.
   classifier_info: dict[str, Any] = {'description': 'injected by the caller'}
   if classify is None:

@@ -1,6 +1,6 @@
 """Generation from a trained model: joint samples and conditional (cross) generation.
 
-Pure functions of (state, inputs, key) with the static `model` (train.Model) closed over by
+Pure functions of (state, inputs, key) with the static `model` (model_state.Model) closed over by
 partial + jit. Used by the training loop's sample grids and by evaluation.py.
 
 - Joint: z from the prior (the EBM models: the prior Langevin chain), every w_m ~ p(w), decode.
@@ -28,7 +28,7 @@ def sample_prior_z(state, key: jax.Array, num_samples: int, *, model,
   z, diag = ebm_lib.sample_prior(model.energy, state.ebm_params, key, num_samples, vae.latent_z,
                                  num_steps=model.prior_steps, step_size=model.prior_step_size,
                                  noise_scale=model.noise_scale, keep_trajectory=keep_trajectory,
-                                 unroll=model.langevin_unroll)
+                                 unroll=model.langevin_unroll, sampler=model.sampler)
   return z, (diag['trajectory'] if keep_trajectory else None)
 
 
@@ -79,7 +79,7 @@ def conditional_generate(state, images: jax.Array, subset: jax.Array, key: jax.A
         vae, state.vae_params, model.energy, state.ebm_params, images, z, w_q, k_ld,
         num_steps=model.posterior_steps, step_size=model.posterior_step_size,
         noise_scale=model.noise_scale, latents=model.posterior_latents, observed=subset,
-        keep_trajectory=keep_trajectory, unroll=model.langevin_unroll)
+        keep_trajectory=keep_trajectory, unroll=model.langevin_unroll, sampler=model.sampler)
     z = final['z']
     if 'w' in final:
       w_q = jnp.moveaxis(final['w'], 1, 0)

@@ -163,13 +163,17 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {}
 
 def register(name: str, *, aggregation: str, distribution: str, private_latents: bool,
              estimators: tuple[str, ...] = ('elbo',), supports_ebm_prior: bool = False):
-  """Decorator: registers `fn` as objective `name` (config.model.objective)."""
+  """Decorator: registers `fn` as objective `name` (config.model.objective, and a model name:
+  config_lib.model_spec). Names are unique."""
   if aggregation not in agg.AGGREGATIONS:
     raise ValueError(f'aggregation {aggregation!r} is not one of {agg.AGGREGATIONS}.')
   if distribution not in dists.FAMILIES:
     raise ValueError(f'distribution {distribution!r} is not one of {dists.FAMILIES}.')
 
   def decorate(fn):
+    if name in OBJECTIVES:
+      raise ValueError(f'an objective named {name!r} is already registered '
+                       f'({OBJECTIVES[name].fn.__name__}).')
     OBJECTIVES[name] = ObjectiveSpec(fn, aggregation, distribution, private_latents,
                                      tuple(estimators), supports_ebm_prior)
     return fn

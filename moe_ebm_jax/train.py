@@ -17,12 +17,10 @@ the last good checkpoint (with a fresh random stream) or stops, saying what dive
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import os
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -36,115 +34,17 @@ from moe_ebm_jax import checkpointing
 from moe_ebm_jax import config_lib
 from moe_ebm_jax import ebm as ebm_lib
 from moe_ebm_jax import generation
+from moe_ebm_jax import evaluation
 from moe_ebm_jax import input_pipeline
 from moe_ebm_jax import metric_logging
-from moe_ebm_jax import models
-from moe_ebm_jax import networks
+from moe_ebm_jax import model_state
 from moe_ebm_jax import objectives
-from moe_ebm_jax import optimizers
+from moe_ebm_jax import parallel
 
 Params = Any
 
-# Why a step was skipped (bits of TrainState.last_bad_reason).
+# Why a step was skipped (bits of model_state.TrainState.last_bad_reason).
 BAD_VAE, BAD_EBM, BAD_ENERGY = 1, 2, 4
-# Keys that must match to resume a workdir (others, e.g. num_train_steps, may change).
-COMPATIBLE_KEYS = ('model.name', 'model.widths', 'model.latent_w', 'model.latent_z',
-                   'model.prior', 'ebm.hidden', 'ebm.activation', 'data.num_modalities',
-                   'data.seed', 'data.backgrounds', 'optim.amsgrad', 'optim.implementation',
-                   'optim.grad_clip_norm', 'model.posterior_scale_multiplier')
-
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything that changes during training. A pytree of arrays (checkpointed whole)."""
-  step: jax.Array  # int32 ()
-  vae_params: Params
-  ebm_params: Params  # {} for models without an EBM prior.
-  vae_opt_state: Any
-  ebm_opt_state: Any
-  key: jax.Array  # uint32 (2,) raw PRNG key.
-  bad_steps: jax.Array  # int32 (): consecutive skipped steps.
-  skipped_steps: jax.Array  # int32 (): skipped steps in total.
-  last_bad_reason: jax.Array  # int32 (): BAD_* bits of the last skipped step.
-
-
-@dataclasses.dataclass(frozen=True)
-class Model:
-  """The static half of a model: networks and settings; hashable, so jit treats it as static."""
-  vae: models.MultimodalVAE
-  energy: networks.EnergyMLP | None
-  objective: str  # A name in objectives.OBJECTIVES.
-  beta: float
-  num_samples: int
-  estimator: str
-  posterior_sampler: str  # 'q' or 'langevin'.
-  prior_steps: int
-  prior_step_size: float
-  posterior_steps: int
-  posterior_step_size: float
-  noise_scale: float
-  posterior_latents: str
-  max_abs_energy: float
-  energy_l2: float = 0.0  # Weight of the EBM's energy-magnitude penalty (config.ebm.energy_l2).
-  langevin_unroll: int | bool = 1  # lax.scan's unroll for the chains (config.ebm.unroll_chains).
-  beta_warmup_steps: int = 0  # beta grows linearly from beta / N to beta over the first N steps.
-  energy_weight: str = 'beta'  # f_a's weight in the VAE's bound (config.ebm.energy_weight).
-
-  @property
-  def has_ebm(self) -> bool:
-    return self.energy is not None
-
-  @property
-  def aggregation(self) -> str:
-    """How q(z | X_S) combines the unimodal posteriors (aggregation.py)."""
-    return objectives.get(self.objective).aggregation
-
-  def beta_at(self, step: jax.Array) -> jax.Array | float:
-    """The KL weight of training step `step` (0-based): beta * min(1, (step + 1) / N)."""
-    if not self.beta_warmup_steps:
-      return self.beta
-    return self.beta * jnp.minimum(1.0, (step + 1) / self.beta_warmup_steps)
-
-  def log_prior_z(self, ebm_params: Params, beta: jax.Array | float):
-    """log p(z) as the objectives take it: z (..., D) -> (...). They multiply it by `beta` (the
-    KL weight of this step), so with energy_weight 'one' f_a enters divided by beta: its net
-    weight is then 1, the paper's Eq. 5."""
-    if not self.has_ebm:
-      return self.vae.prior_log_prob
-    if self.energy_weight == 'beta':
-      return ebm_lib.prior_log_prob(self.energy, ebm_params)
-    return lambda z: self.energy.apply(ebm_params, z) / beta + models.base_log_prob(z)
-
-
-def make_model(config: ml_collections.ConfigDict) -> Model:
-  return Model(
-      vae=models.make_vae(config),
-      energy=models.make_energy(config) if config.model.prior == 'ebm' else None,
-      objective=config.model.objective, beta=config.model.beta,
-      beta_warmup_steps=config.model.beta_warmup_steps, num_samples=config.model.num_samples,
-      estimator=config.model.estimator, posterior_sampler=config.model.posterior_sampler,
-      prior_steps=config.ebm.prior_steps, prior_step_size=config.ebm.prior_step_size,
-      posterior_steps=config.ebm.posterior_steps,
-      posterior_step_size=config.ebm.posterior_step_size, noise_scale=config.ebm.noise_scale,
-      posterior_latents=config.ebm.posterior_latents, max_abs_energy=config.ebm.max_abs_energy,
-      energy_l2=config.ebm.energy_l2, energy_weight=config.ebm.energy_weight,
-      langevin_unroll=True if config.ebm.unroll_chains else 1)
-
-
-def make_optimizers(config: ml_collections.ConfigDict):
-  """(VAE optimiser, EBM optimiser): see optimizers.make_optimizers."""
-  return optimizers.make_optimizers(config)
-
-
-def init_state(model: Model, vae_tx, ebm_tx, key: jax.Array) -> TrainState:
-  k_vae, k_ebm, k_train = jax.random.split(key, 3)
-  vae_params = model.vae.init(k_vae)
-  ebm_params = (model.energy.init(k_ebm, jnp.zeros((1, model.vae.latent_z)))
-                if model.has_ebm else {})
-  zero = jnp.zeros((), jnp.int32)
-  return TrainState(step=zero, vae_params=vae_params, ebm_params=ebm_params,
-                    vae_opt_state=vae_tx.init(vae_params), ebm_opt_state=ebm_tx.init(ebm_params),
-                    key=k_train, bad_steps=zero, skipped_steps=zero, last_bad_reason=zero)
 
 
 def _all_finite(tree) -> jax.Array:
@@ -152,8 +52,8 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else True
 
 
-def train_step(state: TrainState, images: jax.Array, *, model: Model, vae_tx,
-               ebm_tx) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(state: model_state.TrainState, images: jax.Array, *, model: model_state.Model, vae_tx,
+               ebm_tx) -> tuple[model_state.TrainState, dict[str, jax.Array]]:
   """One update of VAE and EBM. images float32 (B, M, 28, 28, 3) in [0, 1]."""
   key, k_vae, k_prior, k_pick, k_post = jax.random.split(jax.random.fold_in(state.key, state.step),
                                                         5)
@@ -177,7 +77,7 @@ def train_step(state: TrainState, images: jax.Array, *, model: Model, vae_tx,
     z_prior, prior_diag = ebm_lib.sample_prior(
         model.energy, state.ebm_params, k_prior, b, model.vae.latent_z,
         num_steps=model.prior_steps, step_size=model.prior_step_size,
-        noise_scale=model.noise_scale, unroll=model.langevin_unroll)
+        noise_scale=model.noise_scale, unroll=model.langevin_unroll, sampler=model.sampler)
     z_q = aux.latents.z[:, 0]  # (M, B, Dz): the first of K samples per source.
     if model.posterior_sampler == 'langevin':
       z0 = ebm_lib.pick_expert(k_pick, z_q)
@@ -185,8 +85,10 @@ def train_step(state: TrainState, images: jax.Array, *, model: Model, vae_tx,
           model.vae, jax.lax.stop_gradient(state.vae_params), model.energy, state.ebm_params,
           images, z0, aux.latents.w[:, 0], k_post, num_steps=model.posterior_steps,
           step_size=model.posterior_step_size, noise_scale=model.noise_scale,
-          latents=model.posterior_latents, unroll=model.langevin_unroll)
+          latents=model.posterior_latents, unroll=model.langevin_unroll, sampler=model.sampler)
       z_post = post_state['z']
+      if 'accept_rate' in post_diag and model.posterior_steps:  # Metropolis-adjusted samplers.
+        metrics['posterior_accept_rate'] = post_diag['accept_rate'].mean()
       metrics['posterior_grad_norm'] = post_diag['grad_norm'][-1] if model.posterior_steps else 0.
       metrics['posterior_log_prob'] = post_diag['log_prob'][-1] if model.posterior_steps else 0.
     else:
@@ -198,6 +100,8 @@ def train_step(state: TrainState, images: jax.Array, *, model: Model, vae_tx,
     metrics.update(ebm_metrics)
     if model.prior_steps:
       metrics['prior_grad_norm'] = prior_diag['grad_norm'][-1]
+      if 'accept_rate' in prior_diag:
+        metrics['prior_accept_rate'] = prior_diag['accept_rate'].mean()
     ok_ebm = jnp.isfinite(ebm_loss) & _all_finite(ebm_grads)
     ok_energy = ((jnp.abs(ebm_metrics['energy_prior']) < model.max_abs_energy) &
                  (jnp.abs(ebm_metrics['energy_posterior']) < model.max_abs_energy))
@@ -226,10 +130,11 @@ def train_step(state: TrainState, images: jax.Array, *, model: Model, vae_tx,
   return new_state, metrics
 
 
-def eval_step(state: TrainState, images: jax.Array, key: jax.Array, *,
-              model: Model) -> dict[str, jax.Array]:
-  """Test loss of one batch (the training objective, no update): sums for averaging."""
-  loss, aux = objectives.mmvaeplus_objective(
+def eval_step(state: model_state.TrainState, images: jax.Array, key: jax.Array, *,
+              model: model_state.Model) -> dict[str, jax.Array]:
+  """Test loss of one batch (the model's own training objective, no update, the full beta):
+  sums for averaging."""
+  loss, aux = objectives.get(model.objective).fn(
       model.vae, state.vae_params, images, key, beta=model.beta, num_samples=model.num_samples,
       estimator='iwae' if model.estimator == 'dreg' else model.estimator,
       log_prior_z=model.log_prior_z(state.ebm_params, model.beta))
@@ -253,26 +158,12 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
                jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
-def make_mesh(devices=None) -> jax.sharding.Mesh:
-  """A 1-D mesh over `devices` (default: every device of every process), axis 'data'."""
-  devices = jax.devices() if devices is None else list(devices)
-  return jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=devices)
-
-
-def check_batch_divides(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  for key in ('batch_size', 'eval_batch_size'):
-    if config[key] % num_devices:
-      raise ValueError(f'config.{key}={config[key]} does not divide over {num_devices} devices; '
-                       f'use a multiple of {num_devices}.')
-
-
-def compile_steps(config: ml_collections.ConfigDict, model: Model, mesh) -> dict[str, Any]:
+def compile_steps(config: ml_collections.ConfigDict, model: model_state.Model, mesh) -> dict[str, Any]:
   """jit-compiled step functions with their shardings (params replicated, batch split)."""
-  vae_tx, ebm_tx = make_optimizers(config)
+  vae_tx, ebm_tx = model_state.make_optimizers(config)
   replicated = NamedSharding(mesh, P())
   batch = NamedSharding(mesh, P('data'))
-  init = jax.jit(functools.partial(init_state, model, vae_tx, ebm_tx), out_shardings=replicated)
+  init = jax.jit(functools.partial(model_state.init_state, model, vae_tx, ebm_tx), out_shardings=replicated)
   step = jax.jit(functools.partial(train_step, model=model, vae_tx=vae_tx, ebm_tx=ebm_tx),
                  in_shardings=(replicated, batch), out_shardings=(replicated, replicated),
                  donate_argnums=0)
@@ -283,16 +174,6 @@ def compile_steps(config: ml_collections.ConfigDict, model: Model, mesh) -> dict
                 in_shardings=(replicated, replicated, replicated), out_shardings=replicated)
   return {'init': init, 'train': step, 'eval': evaluate, 'generate': gen,
           'replicated': replicated, 'batch': batch}
-
-
-def global_batch(local_images: np.ndarray, sharding) -> jax.Array:
-  """This process's rows -> one global array split over the mesh."""
-  return jax.make_array_from_process_local_data(sharding, local_images)
-
-
-def replicate(value, sharding) -> jax.Array:
-  """A host value every process holds identically (e.g. a PRNG key) -> a replicated array."""
-  return jax.make_array_from_process_local_data(sharding, np.asarray(value))
 
 
 def evaluate(config, state, steps, key) -> dict[str, float]:
@@ -306,8 +187,8 @@ def evaluate(config, state, steps, key) -> dict[str, float]:
     images = batch['images']
     if images.shape[0] * jax.process_count() % n_devices:
       continue  # The last partial batch does not split over devices; skip it.
-    out = steps['eval'](state, global_batch(images, steps['batch']),
-                        replicate(jax.random.fold_in(key, i), steps['replicated']))
+    out = steps['eval'](state, parallel.global_batch(images, steps['batch']),
+                        parallel.replicate(jax.random.fold_in(key, i), steps['replicated']))
     for k, v in out.items():
       totals[k] = totals.get(k, 0.0) + float(v)
   count = totals.get('count', 0.0)
@@ -321,8 +202,8 @@ def write_samples(writer, config, state, steps, key, step: int) -> None:
   images = test['images'][:config.num_image_samples]
   if images.shape[0] < config.num_image_samples:
     return
-  out = jax.device_get(steps['generate'](state, replicate(images, steps['replicated']),
-                                         replicate(key, steps['replicated'])))
+  out = jax.device_get(steps['generate'](state, parallel.replicate(images, steps['replicated']),
+                                         parallel.replicate(key, steps['replicated'])))
   grids = {'samples/joint': metric_logging.image_grid(out['joint'])}
   for src in range(out['cross'].shape[0]):
     # Rows: test examples; first column the source image, then its decodes into every modality.
@@ -331,7 +212,7 @@ def write_samples(writer, config, state, steps, key, step: int) -> None:
   writer.write_images(step, grids)
 
 
-def progress_line_metrics(model: Model, metrics: dict[str, Any],
+def progress_line_metrics(model: model_state.Model, metrics: dict[str, Any],
                           skipped_steps: int) -> dict[str, Any]:
   """The few numbers of the terminal's progress line (TensorBoard gets every metric): the loss,
   then the prior and posterior energies for EBM models, reconstruction and KL for the others,
@@ -348,7 +229,7 @@ def progress_line_metrics(model: Model, metrics: dict[str, Any],
   return line
 
 
-def describe_divergence(state: TrainState) -> str:
+def describe_divergence(state: model_state.TrainState) -> str:
   reason = int(state.last_bad_reason)
   parts = [name for bit, name in ((BAD_VAE, 'the VAE loss or its gradients were non-finite'),
                                   (BAD_EBM, 'the EBM loss or its gradients were non-finite'),
@@ -362,7 +243,7 @@ class DivergenceError(RuntimeError):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, classify=None,
-                       features=None) -> TrainState:
+                       features=None) -> model_state.TrainState:
   """Trains (resuming from `workdir` if it holds a compatible run), evaluates, checkpoints.
 
   Once the run reaches config.num_train_steps, and config.eval.at_end_of_training is set, it
@@ -377,23 +258,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, class
   """
   config_lib.validate(config)
   maybe_initialize_distributed(config)
-  check_batch_divides(config, jax.device_count())
+  parallel.check_batch_divides(config, jax.device_count())
   input_pipeline.per_process_batch_size(config.batch_size, jax.process_count())
   is_chief = jax.process_index() == 0
   if is_chief:
-    checkpointing.check_or_write_run_config(workdir, config, COMPATIBLE_KEYS)
+    checkpointing.check_or_write_run_config(workdir, config, model_state.COMPATIBLE_KEYS)
 
-  model = make_model(config)
-  mesh = make_mesh()
+  model = model_state.make_model(config)
+  mesh = parallel.make_mesh()
   steps = compile_steps(config, model, mesh)
   data_iter = input_pipeline.train_iterator(config, jax.process_index(), jax.process_count())
 
   ckpt = checkpointing.Checkpointer(workdir, keep_latest=config.keep_checkpoints,
                                     keep_best=config.keep_best_checkpoints)
-  init_key = replicate(jax.random.PRNGKey(config.seed), steps['replicated'])
-  abstract = jax.eval_shape(steps['init'], init_key)
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=steps['replicated']), abstract)
+  init_key = parallel.replicate(jax.random.PRNGKey(config.seed), steps['replicated'])
+  abstract = model_state.abstract_state(config, model, mesh)
   restores = 0
   if ckpt.latest_step() is not None:
     state, extra = ckpt.restore(abstract)
@@ -421,7 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, class
     step, compiled = start_step, False
     while step < config.num_train_steps:
       batch = next(data_iter)
-      state, metrics = steps['train'](state, global_batch(batch['images'], steps['batch']))
+      state, metrics = steps['train'](state, parallel.global_batch(batch['images'], steps['batch']))
       step += 1
       if not compiled:  # The first step compiles: time it apart from training.
         compiled = True
@@ -472,8 +351,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, class
 
 def _evaluate_at_end(config, workdir, model, state, classify, features) -> None:
   """--mode=eval's evaluation of the final state, unless <workdir>/eval holds it already."""
-  # Imported here: evaluation imports this module.
-  from moe_ebm_jax import evaluation  # pylint: disable=g-import-not-at-top
   step = int(state.step)
   done = evaluation.evaluated_step(workdir) == step
   # Evaluation runs compiled functions over every device: all processes do it, or none.

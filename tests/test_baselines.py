@@ -11,6 +11,7 @@ import pytest
 from moe_ebm_jax import aggregation
 from moe_ebm_jax import evaluation
 from moe_ebm_jax import objectives
+from moe_ebm_jax import model_state
 from moe_ebm_jax import train
 
 from test_train import smoke_config
@@ -109,7 +110,7 @@ def np_bound(name, loc, scale, recon, beta):
 @pytest.mark.parametrize('name', ['mvae', 'mmjsd', 'mopoe'])
 def test_gaussian_objectives_equal_a_numpy_computation(polymnist_dir, name):
   config = smoke_config(polymnist_dir, name)
-  model = train.make_model(config)
+  model = model_state.make_model(config)
   params = model.vae.init(jax.random.PRNGKey(0))
   params['decoders'] = jax.tree.map(jnp.zeros_like, params['decoders'])
   images = np.random.default_rng(1).random((3, 5, 28, 28, 3)).astype(np.float32)

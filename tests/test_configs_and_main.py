@@ -76,6 +76,7 @@ def test_unknown_model_is_rejected():
     ('data.num_threads', 0, 'num_threads=0 must be an integer >= 1'),
     ('eval.at_end_of_training', None, 'at_end_of_training=None must be True or False'),
     ('model.scale_eps', 0.0, 'must be > 0 for Laplace posteriors'),  # smoke: MOE-EBM, Laplace.
+    ('ebm.sampler', 'hmc', "ebm.sampler='hmc' is not one of"),
 ])
 def test_bad_values_fail_validation(field, value, message):
   config = load_config('smoke')

@@ -15,6 +15,7 @@ from moe_ebm_jax import checkpointing
 from moe_ebm_jax import comparison
 from moe_ebm_jax import evaluation
 from moe_ebm_jax import generation
+from moe_ebm_jax import model_state
 from moe_ebm_jax import train
 
 from test_train import smoke_config
@@ -46,7 +47,7 @@ def trained(polymnist_dir, tmp_path_factory):
 @pytest.mark.slow
 def test_conditional_generation_draws_z_from_an_expert_in_the_subset(trained):
   config, _, state = trained
-  model = train.make_model(config)
+  model = model_state.make_model(config)
   images = jnp.asarray(np.random.default_rng(0).random((8, 5, 28, 28, 3), np.float32))
   key = jax.random.PRNGKey(3)
   subset = jnp.array([False, True, False, True, False])
@@ -182,7 +183,7 @@ def test_coherence_classifies_raw_means_as_the_reference_unless_told_to_clip(tra
   config, _, state = trained
   config = config.copy_and_resolve_references()
   config.eval.clip_for_coherence = clip
-  model = train.make_model(config)
+  model = model_state.make_model(config)
   seen = []
 
   def classify(images):

@@ -24,6 +24,8 @@ import pytest
 
 from moe_ebm_jax import config_lib
 from moe_ebm_jax import input_pipeline
+from moe_ebm_jax import model_state
+from moe_ebm_jax import parallel
 from moe_ebm_jax import train
 
 from test_train import smoke_config
@@ -48,8 +50,8 @@ def trajectory(data_dir: str, model_name: str) -> dict:
   """What the golden file records of `model_name`'s first NUM_STEPS steps on PolyMNIST."""
   config = smoke_config(data_dir, model_name, num_train_steps=NUM_STEPS)
   config_lib.validate(config)
-  model = train.make_model(config)
-  steps = train.compile_steps(config, model, train.make_mesh(jax.devices()[:1]))
+  model = model_state.make_model(config)
+  steps = train.compile_steps(config, model, parallel.make_mesh(jax.devices()[:1]))
   state = steps['init'](jax.random.PRNGKey(config.seed))
   out = {'init': leaf_digests((state.vae_params, state.ebm_params))}
   data = input_pipeline.train_iterator(config, 0, 1)
@@ -58,7 +60,7 @@ def trajectory(data_dir: str, model_name: str) -> dict:
   for _ in range(NUM_STEPS):
     images = next(data)['images']
     batches.update(np.ascontiguousarray(images).tobytes())
-    state, metrics = steps['train'](state, train.global_batch(images, steps['batch']))
+    state, metrics = steps['train'](state, parallel.global_batch(images, steps['batch']))
     for name in losses:
       if name in metrics:
         losses[name].append(float(np.float32(metrics[name])).hex())

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import scipy.special
 
+from moe_ebm_jax import config_lib
 from moe_ebm_jax import models
 from moe_ebm_jax import objectives
 
@@ -349,3 +350,27 @@ def test_posterior_scale_multiplier_scales_only_the_scales():
   np.testing.assert_allclose(b.w_scale, 0.1 * a.w_scale, rtol=1e-6)
   # The reference's softmax scales of one example sum to D; scaled ones to 0.1 D.
   np.testing.assert_allclose(b.z_scale.sum(-1), 0.4, rtol=1e-4)
+
+
+def test_an_objective_is_one_function_and_one_decorator_and_names_are_unique():
+  with pytest.raises(ValueError, match="'mopoe' is already registered"):
+    objectives.register('mopoe', aggregation='mopoe', distribution='gaussian',
+                        private_latents=False)(objectives.mopoe_objective)
+
+  @objectives.register('test_half_mopoe', aggregation='mopoe', distribution='gaussian',
+                       private_latents=False)
+  def half_mopoe(*args, **kwargs):
+    loss, aux = objectives.mopoe_objective(*args, **kwargs)
+    return 0.5 * loss, aux
+
+  try:
+    # No other entry anywhere: the objective's name is a model name (fixed prior).
+    config = config_lib.base_config('test_half_mopoe')
+    config_lib.validate(config)
+    assert (config.model.objective, config.model.prior) == ('test_half_mopoe', 'fixed')
+    assert config.model.distribution == 'gaussian' and config.model.latent_w == 0
+    assert 'test_half_mopoe' in config_lib.model_names()
+  finally:
+    del objectives.OBJECTIVES['test_half_mopoe']
+  with pytest.raises(ValueError, match="unknown model 'test_half_mopoe'"):
+    config_lib.base_config('test_half_mopoe')

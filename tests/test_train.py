@@ -17,6 +17,9 @@ import pytest
 from moe_ebm_jax import checkpointing
 from moe_ebm_jax import config_lib
 from moe_ebm_jax import metric_logging
+from moe_ebm_jax import model_state
+from moe_ebm_jax import objectives
+from moe_ebm_jax import parallel
 from moe_ebm_jax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,7 +98,7 @@ def test_workdir_with_an_incompatible_run_is_refused_untouched(polymnist_dir, tm
 
 def test_config_errors_fail_before_compiling(polymnist_dir, tmp_path):
   with pytest.raises(ValueError, match='does not divide over'):
-    train.check_batch_divides(smoke_config(polymnist_dir, batch_size=6), 4)
+    parallel.check_batch_divides(smoke_config(polymnist_dir, batch_size=6), 4)
   with pytest.raises(ValueError, match='invalid config: model.estimator'):
     train.train_and_evaluate(smoke_config(polymnist_dir, **{'model.estimator': 'vi'}),
                              str(tmp_path / 'w'))
@@ -103,9 +106,9 @@ def test_config_errors_fail_before_compiling(polymnist_dir, tmp_path):
 
 
 def one_step_setup(config, model_name='moe_ebm'):
-  model = train.make_model(config)
-  vae_tx, ebm_tx = train.make_optimizers(config)
-  state = jax.jit(functools.partial(train.init_state, model, vae_tx, ebm_tx))(
+  model = model_state.make_model(config)
+  vae_tx, ebm_tx = model_state.make_optimizers(config)
+  state = jax.jit(functools.partial(model_state.init_state, model, vae_tx, ebm_tx))(
       jax.random.PRNGKey(0))
   step = jax.jit(functools.partial(train.train_step, model=model, vae_tx=vae_tx, ebm_tx=ebm_tx))
   return state, step
@@ -202,11 +205,11 @@ SHARDED_SCRIPT = textwrap.dedent('''
     from moe_ebm_jax import train
     assert jax.device_count() == 4
     config = smoke_config({data!r}, {model!r})
-    model = train.make_model(config)
+    model = model_state.make_model(config)
     images = jnp.asarray(np.random.default_rng(0).random((8, 5, 28, 28, 3), np.float32))
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
-      steps = train.compile_steps(config, model, train.make_mesh(devices))
+      steps = train.compile_steps(config, model, parallel.make_mesh(devices))
       state = steps['init'](jax.random.PRNGKey(0))
       for _ in range(2):
         state, metrics = steps['train'](state, jax.device_put(images, steps['batch']))
@@ -324,9 +327,9 @@ def test_beta_warmup_step_equals_a_step_with_the_scaled_beta(polymnist_dir):
 
   def step_once(step, **overrides):
     config = smoke_config(polymnist_dir, 'mmvaeplus', **overrides)
-    model = train.make_model(config)
-    vae_tx, ebm_tx = train.make_optimizers(config)
-    state = train.init_state(model, vae_tx, ebm_tx, jax.random.PRNGKey(0))
+    model = model_state.make_model(config)
+    vae_tx, ebm_tx = model_state.make_optimizers(config)
+    state = model_state.init_state(model, vae_tx, ebm_tx, jax.random.PRNGKey(0))
     state = state.replace(step=jnp.asarray(step, jnp.int32))
     return train.train_step(state, images, model=model, vae_tx=vae_tx, ebm_tx=ebm_tx)
 
@@ -389,7 +392,7 @@ def test_energy_weight_one_adds_f_a_to_the_bound_unweighted(polymnist_dir):
   for weight in config_lib.ENERGY_WEIGHTS:
     config = smoke_config(polymnist_dir, 'moe_ebm', **{'ebm.energy_weight': weight,
                                                        'model.beta': beta})
-    model = train.make_model(config)
+    model = model_state.make_model(config)
     vae_params = model.vae.init(jax.random.PRNGKey(0))
     ebm_params = model.energy.init(jax.random.PRNGKey(1), jnp.zeros((1, model.vae.latent_z)))
     loss, aux = objectives.mmvaeplus_objective(
@@ -413,9 +416,52 @@ def test_energy_weight_one_adds_f_a_to_the_bound_unweighted(polymnist_dir):
 def test_progress_line_shows_the_loss_and_the_models_key_numbers():
   metrics = {'vae_loss': 7.0, 'recon': -6.0, 'kl': 1.0, 'energy_prior': -0.1,
              'energy_posterior': -0.3, 'ebm_loss': 0.2, 'bound': -7.0}
-  ebm = train.make_model(config_lib.base_config('moe_ebm'))
-  fixed = train.make_model(config_lib.base_config('mmvaeplus'))
+  ebm = model_state.make_model(config_lib.base_config('moe_ebm'))
+  fixed = model_state.make_model(config_lib.base_config('mmvaeplus'))
   assert train.progress_line_metrics(ebm, metrics, 0) == {
       'loss': 7.0, 'E prior': -0.1, 'E posterior': -0.3}
   assert train.progress_line_metrics(fixed, metrics, 0) == {'loss': 7.0, 'recon': -6.0, 'kl': 1.0}
   assert train.progress_line_metrics(fixed, metrics, 3)['skipped'] == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('model_name', config_lib.MODELS)
+def test_eval_step_loss_is_the_models_own_objective(polymnist_dir, model_name):
+  """The test loss is the model's training objective at the full beta, on the same batch and
+  key (it once was MMVAE+'s objective for every model)."""
+  config = smoke_config(polymnist_dir, model_name, **{'model.beta_warmup_steps': 4})
+  model = model_state.make_model(config)
+  vae_tx, ebm_tx = model_state.make_optimizers(config)
+  state = model_state.init_state(model, vae_tx, ebm_tx, jax.random.PRNGKey(3))
+  images = jnp.asarray(np.random.default_rng(0).uniform(size=(4, 5, 28, 28, 3)), jnp.float32)
+  key = jax.random.PRNGKey(7)
+  out = jax.jit(functools.partial(train.eval_step, model=model))(state, images, key)
+  objective = jax.jit(lambda params, ebm_params: objectives.get(config.model.objective)
+                      .fn(model.vae, params, images, key, beta=config.model.beta,
+                          num_samples=model.num_samples, estimator=model.estimator,
+                          log_prior_z=model.log_prior_z(ebm_params, config.model.beta))[0])
+  expected = float(objective(state.vae_params, state.ebm_params))
+  assert float(out['count']) == 4
+  assert float(out['loss_sum']) / 4 == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_moe_ebm_trains_with_mala_chains(polymnist_dir):
+  """config.ebm.sampler swaps both chains' sampler: MALA's acceptance rates reach the metrics,
+  and a step with the MALA chains differs from one with Langevin chains."""
+  images = jnp.asarray(np.random.default_rng(0).random((8, 5, 28, 28, 3), np.float32))
+  out = {}
+  for sampler in ('mala', 'langevin'):
+    config = smoke_config(polymnist_dir, 'moe_ebm', **{'ebm.sampler': sampler})
+    config_lib.validate(config)
+    state, step = one_step_setup(config)
+    _, out[sampler] = step(state, images)
+  mala = out['mala']
+  assert float(mala['step_ok']) == 1.0
+  for name in ('prior_accept_rate', 'posterior_accept_rate'):
+    assert 0.0 < float(mala[name]) <= 1.0
+  assert 'prior_accept_rate' not in out['langevin']
+  assert float(mala['ebm_loss']) != float(out['langevin']['ebm_loss'])
+  with pytest.raises(ValueError, match='MALA needs noise_scale > 0'):
+    config_lib.validate(smoke_config(polymnist_dir, 'moe_ebm',
+                                     **{'ebm.sampler': 'mala', 'ebm.noise_scale': 0.0}))

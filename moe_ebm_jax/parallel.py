@@ -1,0 +1,36 @@
+"""Data parallelism: a 1-D device mesh, and global arrays from each process's local data.
+
+Params and optimiser states are replicated (NamedSharding(mesh, P())); batches are split over
+the mesh axis 'data' (P('data')). The same code runs on one CPU, every GPU of a host, or a TPU
+pod (multi-host: jax.distributed.initialize, each process feeding its own rows).
+"""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import numpy as np
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D mesh over `devices` (default: every device of every process), axis 'data'."""
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
+
+
+def check_batch_divides(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  for key in ('batch_size', 'eval_batch_size'):
+    if config[key] % num_devices:
+      raise ValueError(f'config.{key}={config[key]} does not divide over {num_devices} devices; '
+                       f'use a multiple of {num_devices}.')
+
+
+def global_batch(local_images: np.ndarray, sharding) -> jax.Array:
+  """This process's rows -> one global array split over the mesh."""
+  return jax.make_array_from_process_local_data(sharding, local_images)
+
+
+def replicate(value, sharding) -> jax.Array:
+  """A host value every process holds identically (e.g. a PRNG key) -> a replicated array."""
+  return jax.make_array_from_process_local_data(sharding, np.asarray(value))
