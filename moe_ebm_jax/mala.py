@@ -73,7 +73,8 @@ def sample(log_prob: langevin.LogProbFn,
     log_alpha = jnp.where(jnp.isfinite(log_alpha), log_alpha, -jnp.inf)
     u = jax.random.uniform(k_accept, lp.shape, lp.dtype)
     accept = jnp.log(u) < log_alpha
-    out = {'log_prob': jnp.mean(lp), 'grad_norm': jnp.mean(langevin._per_example_norm(grad)),  # pylint: disable=protected-access
+    grad_norm = langevin._per_example_norm(grad)  # pylint: disable=protected-access
+    out = {'log_prob': jnp.mean(lp), 'grad_norm': jnp.mean(grad_norm),
            'accept_rate': jnp.mean(accept.astype(jnp.float32))}
     carry = (_select(accept, proposal, z), jnp.where(accept, lp_new, lp),
              _select(accept, grad_new, grad))

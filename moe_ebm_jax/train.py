@@ -52,8 +52,8 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else True
 
 
-def train_step(state: model_state.TrainState, images: jax.Array, *, model: model_state.Model, vae_tx,
-               ebm_tx) -> tuple[model_state.TrainState, dict[str, jax.Array]]:
+def train_step(state: model_state.TrainState, images: jax.Array, *, model: model_state.Model,
+               vae_tx, ebm_tx) -> tuple[model_state.TrainState, dict[str, jax.Array]]:
   """One update of VAE and EBM. images float32 (B, M, 28, 28, 3) in [0, 1]."""
   key, k_vae, k_prior, k_pick, k_post = jax.random.split(jax.random.fold_in(state.key, state.step),
                                                         5)
@@ -158,12 +158,14 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
                jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
-def compile_steps(config: ml_collections.ConfigDict, model: model_state.Model, mesh) -> dict[str, Any]:
+def compile_steps(config: ml_collections.ConfigDict, model: model_state.Model,
+                  mesh) -> dict[str, Any]:
   """jit-compiled step functions with their shardings (params replicated, batch split)."""
   vae_tx, ebm_tx = model_state.make_optimizers(config)
   replicated = NamedSharding(mesh, P())
   batch = NamedSharding(mesh, P('data'))
-  init = jax.jit(functools.partial(model_state.init_state, model, vae_tx, ebm_tx), out_shardings=replicated)
+  init = jax.jit(functools.partial(model_state.init_state, model, vae_tx, ebm_tx),
+                 out_shardings=replicated)
   step = jax.jit(functools.partial(train_step, model=model, vae_tx=vae_tx, ebm_tx=ebm_tx),
                  in_shardings=(replicated, batch), out_shardings=(replicated, replicated),
                  donate_argnums=0)

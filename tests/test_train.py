@@ -202,7 +202,7 @@ SHARDED_SCRIPT = textwrap.dedent('''
     sys.path.insert(0, {root!r})
     sys.path.insert(0, {tests!r})
     from test_train import smoke_config
-    from moe_ebm_jax import train
+    from moe_ebm_jax import model_state, parallel, train
     assert jax.device_count() == 4
     config = smoke_config({data!r}, {model!r})
     model = model_state.make_model(config)
