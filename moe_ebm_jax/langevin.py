@@ -25,7 +25,7 @@ PyTree = Any
 LogProbFn = Callable[[PyTree], jax.Array]
 
 
-def _batch_size(leaves: list[jax.Array]) -> int:
+def batch_size(leaves: list[jax.Array]) -> int:
   if not leaves:
     raise ValueError('Langevin state has no arrays.')
   sizes = {leaf.shape[0] if leaf.ndim else None for leaf in leaves}
@@ -35,14 +35,14 @@ def _batch_size(leaves: list[jax.Array]) -> int:
   return sizes.pop()
 
 
-def _normal_like(key: jax.Array, state: PyTree) -> PyTree:
+def normal_like(key: jax.Array, state: PyTree) -> PyTree:
   """N(0, I) noise shaped like `state` (a pytree of (B, ...) arrays).
 
   Drawn as one (B, total event size) array and cut into the leaves in order, so a dict of
   (B, d_i) leaves gets the same noise as their concatenation along the last axis.
   """
   leaves, treedef = jax.tree.flatten(state)
-  batch = _batch_size(leaves)
+  batch = batch_size(leaves)
   sizes = [int(np.prod(leaf.shape[1:])) for leaf in leaves]
   dtype = jnp.result_type(*leaves)
   eps = jax.random.normal(key, (batch, sum(sizes)), dtype)
@@ -51,10 +51,23 @@ def _normal_like(key: jax.Array, state: PyTree) -> PyTree:
   return jax.tree.unflatten(treedef, out)
 
 
-def _per_example_norm(tree: PyTree) -> jax.Array:
+def per_example_sq_norm(tree: PyTree) -> jax.Array:
+  """Squared L2 norm over all leaves and non-batch axes: pytree of (B, ...) -> (B,)."""
+  return sum(jnp.sum(jnp.square(g).reshape(g.shape[0], -1), axis=1) for g in jax.tree.leaves(tree))
+
+
+def per_example_norm(tree: PyTree) -> jax.Array:
   """L2 norm over all leaves and non-batch axes: pytree of (B, ...) -> (B,)."""
-  sq = [jnp.sum(jnp.square(g).reshape(g.shape[0], -1), axis=1) for g in jax.tree.leaves(tree)]
-  return jnp.sqrt(sum(sq))
+  return jnp.sqrt(per_example_sq_norm(tree))
+
+
+def value_and_grad(log_prob: LogProbFn):
+  """state -> ((sum of log_prob, per-example log_prob (B,)), gradient like state): examples are
+  independent, so the gradient of the sum is the per-example gradient."""
+  def total_log_prob(z):
+    lp = log_prob(z)
+    return lp.sum(), lp
+  return jax.value_and_grad(total_log_prob, has_aux=True)
 
 
 def sample(log_prob: LogProbFn,
@@ -87,20 +100,16 @@ def sample(log_prob: LogProbFn,
     'trajectory' is the state after each step, leaves stacked to (num_steps, B, ...).
   """
 
-  def total_log_prob(z):
-    lp = log_prob(z)
-    return lp.sum(), lp
-
-  grad_fn = jax.value_and_grad(total_log_prob, has_aux=True)
+  grad_fn = value_and_grad(log_prob)
 
   def step(z, step_key):
     (_, lp), grad = grad_fn(z)
-    eps = _normal_like(step_key, z)
+    eps = normal_like(step_key, z)
     # The paper's Eq. 9 prints a minus sign before the gradient: a typo. We ascend log pi.
     z_next = jax.tree.map(
         lambda z_, g, e: (z_ + 0.5 * step_size**2 * g + noise_scale * step_size * e).astype(
             z_.dtype), z, grad, eps)  # Keeps the scan carry's dtype for low-precision states.
-    out = {'log_prob': jnp.mean(lp), 'grad_norm': jnp.mean(_per_example_norm(grad))}
+    out = {'log_prob': jnp.mean(lp), 'grad_norm': jnp.mean(per_example_norm(grad))}
     if keep_trajectory:
       out['trajectory'] = z_next
     return z_next, out

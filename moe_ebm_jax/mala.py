@@ -24,12 +24,6 @@ from moe_ebm_jax import langevin
 PyTree = langevin.PyTree
 
 
-def _per_example_sq_norm(tree: PyTree) -> jax.Array:
-  """Squared L2 norm over all leaves and non-batch axes: pytree of (B, ...) -> (B,)."""
-  return sum(jnp.sum(jnp.square(x).reshape(x.shape[0], -1), axis=1)
-             for x in jax.tree.leaves(tree))
-
-
 def _select(accept: jax.Array, new: PyTree, old: PyTree) -> PyTree:
   """Per example b: new[b] where accept[b], else old[b]."""
   def pick(n, o):
@@ -52,29 +46,25 @@ def sample(log_prob: langevin.LogProbFn,
     raise ValueError(f'MALA needs noise_scale > 0 (its proposal is a Gaussian); got '
                      f'{noise_scale}.')
 
-  def total_log_prob(z):
-    lp = log_prob(z)
-    return lp.sum(), lp
-
-  grad_fn = jax.value_and_grad(total_log_prob, has_aux=True)
+  grad_fn = langevin.value_and_grad(log_prob)
   sigma = noise_scale * step_size
   drift = lambda z, g: jax.tree.map(lambda z_, g_: z_ + 0.5 * step_size**2 * g_, z, g)
 
   def step(carry, step_key):
     z, lp, grad = carry
     k_noise, k_accept = jax.random.split(step_key)
-    eps = langevin._normal_like(k_noise, z)  # pylint: disable=protected-access
+    eps = langevin.normal_like(k_noise, z)
     proposal = jax.tree.map(lambda m, e: (m + sigma * e).astype(m.dtype), drift(z, grad), eps)
     (_, lp_new), grad_new = grad_fn(proposal)
     back = jax.tree.map(lambda a, b: a - b, z, drift(proposal, grad_new))
     # log q(z | z') - log q(z' | z); the forward residual z' - mean(z) is sigma * eps.
-    log_q_ratio = (_per_example_sq_norm(eps) - _per_example_sq_norm(back) / sigma**2) / 2
+    log_q_ratio = (langevin.per_example_sq_norm(eps) -
+                   langevin.per_example_sq_norm(back) / sigma**2) / 2
     log_alpha = lp_new - lp + log_q_ratio
     log_alpha = jnp.where(jnp.isfinite(log_alpha), log_alpha, -jnp.inf)
     u = jax.random.uniform(k_accept, lp.shape, lp.dtype)
     accept = jnp.log(u) < log_alpha
-    grad_norm = langevin._per_example_norm(grad)  # pylint: disable=protected-access
-    out = {'log_prob': jnp.mean(lp), 'grad_norm': jnp.mean(grad_norm),
+    out = {'log_prob': jnp.mean(lp), 'grad_norm': jnp.mean(langevin.per_example_norm(grad)),
            'accept_rate': jnp.mean(accept.astype(jnp.float32))}
     carry = (_select(accept, proposal, z), jnp.where(accept, lp_new, lp),
              _select(accept, grad_new, grad))
@@ -83,7 +73,7 @@ def sample(log_prob: langevin.LogProbFn,
     return carry, out
 
   (_, lp0), grad0 = grad_fn(init)
-  batch = langevin._batch_size(jax.tree.leaves(init))  # pylint: disable=protected-access
+  batch = langevin.batch_size(jax.tree.leaves(init))
   if lp0.shape != (batch,):
     raise ValueError(f'log_prob must return per-example log-densities ({batch},); got '
                      f'{lp0.shape}.')
