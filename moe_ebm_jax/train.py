@@ -33,8 +33,8 @@ from jax.sharding import PartitionSpec as P
 from moe_ebm_jax import checkpointing
 from moe_ebm_jax import config_lib
 from moe_ebm_jax import ebm as ebm_lib
-from moe_ebm_jax import generation
 from moe_ebm_jax import evaluation
+from moe_ebm_jax import generation
 from moe_ebm_jax import input_pipeline
 from moe_ebm_jax import metric_logging
 from moe_ebm_jax import model_state
