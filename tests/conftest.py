@@ -16,8 +16,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TEST_DATA = os.environ.get('MOE_EBM_JAX_TEST_DATA')
 CACHE = pathlib.Path(os.path.expanduser('~/.cache/moe_ebm_jax'))
 
-jax.config.update('jax_compilation_cache_dir', os.environ.get(
-    'MOE_EBM_JAX_COMPILATION_CACHE', os.path.expanduser('~/.cache/moe_ebm_jax/jax_compilation_cache')))
+# Set in the environment too, so that the tests' subprocesses (main.py runs, multi-device
+# scripts, examples) share the cache: a program compiled by one is read by the next.
+os.environ['JAX_COMPILATION_CACHE_DIR'] = os.environ.get(
+    'MOE_EBM_JAX_COMPILATION_CACHE', os.path.expanduser('~/.cache/moe_ebm_jax/jax_compilation_cache'))
+os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 # The tests compare against exact sums and closed forms: full f32 products on every backend
 # (a GPU's default runs f32 products on TF32 tensor cores, a TPU's on bf16 passes; a CPU is

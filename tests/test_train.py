@@ -197,7 +197,8 @@ def test_divergence_stops_or_restores_the_last_good_checkpoint(polymnist_dir, tm
 SHARDED_SCRIPT = textwrap.dedent('''
     import os, sys, functools
     os.environ['JAX_PLATFORMS'] = 'cpu'  # A CPU split in four, also beside an accelerator.
-    os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
+    # Kept: the tests' own XLA flags (conftest.py: a faster-compiling backend).
+    os.environ['XLA_FLAGS'] = os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=4'
     import jax, jax.numpy as jnp, numpy as np
     sys.path.insert(0, {root!r})
     sys.path.insert(0, {tests!r})
@@ -234,7 +235,7 @@ def test_step_on_four_devices_equals_one_device(polymnist_dir, model):
 TWO_PROCESS_SCRIPT = textwrap.dedent('''
     import os, sys
     os.environ['JAX_PLATFORMS'] = 'cpu'  # One CPU device per process, also beside a GPU.
-    os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=1'
+    os.environ['XLA_FLAGS'] = os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=1'
     import jax, numpy as np
     sys.path.insert(0, {root!r})
     sys.path.insert(0, {tests!r})
