@@ -28,6 +28,7 @@ Orbax traps handled here (orbax-checkpoint 0.12.8):
 from __future__ import annotations
 
 import json
+import logging as py_logging
 import math
 import os
 import signal
@@ -85,6 +86,21 @@ def _ranked_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float] | Non
   return {k: float(v) for k, v in metrics.items()}
 
 
+class _UnrankedSaveFilter(py_logging.Filter):
+  """Drops orbax's warning on every save without metrics: unevaluated steps are saved without
+  metrics on purpose (see the module docstring), so it says nothing to the user."""
+  MESSAGE = 'Requested `tracked_metric`; did not provide metrics.'
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return record.getMessage() != self.MESSAGE
+
+
+def _quiet_unranked_saves() -> None:
+  absl_logger = py_logging.getLogger('absl')  # orbax logs through absl.logging.
+  if not any(isinstance(f, _UnrankedSaveFilter) for f in absl_logger.filters):
+    absl_logger.addFilter(_UnrankedSaveFilter())
+
+
 class Checkpointer:
   """Saves and restores (train state, extra JSON) in `<workdir>/checkpoints`.
 
@@ -105,6 +121,7 @@ class Checkpointer:
                async_save: bool = True):
     if keep_latest < 1:
       raise ValueError(f'keep_latest={keep_latest} must be >= 1: resume needs the latest step.')
+    _quiet_unranked_saves()
     if keep_best < 0:
       raise ValueError(f'keep_best={keep_best} must be >= 0.')
     self._directory = os.path.join(os.path.abspath(os.fspath(workdir)), CHECKPOINT_SUBDIR)
