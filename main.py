@@ -18,8 +18,8 @@ from ml_collections import config_flags
 from moe_ebm_jax import classifiers
 from moe_ebm_jax import comparison
 from moe_ebm_jax import config_lib
+from moe_ebm_jax import datasets
 from moe_ebm_jax import evaluation
-from moe_ebm_jax import input_pipeline
 from moe_ebm_jax import log_setup
 from moe_ebm_jax import train
 
@@ -69,7 +69,7 @@ def main(argv):
     logging.info('%s (every field: --debug_logs, or config.json in the workdir).',
                  config_lib.summary(config))
   if _MODE.value == 'prepare':
-    input_pipeline.prepare(config.data)
+    datasets.prepare(config.data)
   elif _MODE.value == 'train_classifiers':
     classifiers.load_or_train(config.data)
   else:

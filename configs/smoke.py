@@ -1,13 +1,19 @@
-r"""Smoke scale: tiny networks on a few PolyMNIST tuples, seconds per run (tests, CI).
+r"""Smoke scale: tiny networks on a few examples, seconds per run (tests, CI).
 
   python main.py --config=configs/smoke.py:moe_ebm --workdir=/tmp/smoke
+  python main.py --config=configs/smoke.py:mmvaeplus,synthetic_mixture --workdir=/tmp/smoke_mix
+
+The argument is the model, optionally followed by a dataset (datasets.py; PolyMNIST if none).
 """
 
 from moe_ebm_jax import config_lib
 
 
-def get_config(model=None):
-  config = config_lib.base_config(model)
+def get_config(arg=None):
+  model, *rest = (arg or '').split(',')
+  if len(rest) > 1:
+    raise ValueError(f"config argument {arg!r}: expected '<model>' or '<model>,<dataset>'.")
+  config = config_lib.base_config(model or None, *rest)
   config.batch_size = 8
   config.eval_batch_size = 16
   config.data.train_subset = 64
@@ -21,6 +27,10 @@ def get_config(model=None):
   else:
     config.model.latent_z = 8
   config.model.modality_loop = 'map'  # Compile time dominates at this scale.
+  config.model.mlp_hidden = (16,)
+  if config.data.name == 'synthetic_mixture':
+    config.data.num_train = 256
+    config.data.num_test = 64
   config.ebm.hidden = (16, 16)
   config.ebm.prior_steps = 5
   config.ebm.posterior_steps = 3

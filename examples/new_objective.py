@@ -18,15 +18,14 @@ from moe_ebm_jax import aggregation, distributions, model_state, objectives, tra
 
 @objectives.register('mvae_joint_only', aggregation='poe', distribution='gaussian',
                      private_latents=False)
-def mvae_joint_only(vae, params, images, key, *, beta, **unused):
-  """images (B, M, 28, 28, 3) -> (-mean joint ELBO, VaeAux)."""
-  post = vae.encode(params, images)  # (M, B, Dz) locs and scales
-  m = images.shape[1]
+def mvae_joint_only(vae, params, x, key, *, beta, **unused):
+  """x: the batch's modalities {name: (B, *shape)} -> (-mean joint ELBO, VaeAux)."""
+  post = vae.encode(params, x)  # (M, B, Dz) locs and scales
+  m = vae.num_modalities
   loc, scale = aggregation.product_of_experts(post.z_loc, post.z_scale, jnp.ones((m,), bool),
                                               prior_expert=True)
   z = distributions.normal_sample(key, loc, scale)  # (B, Dz)
-  means = vae.decode(params, jnp.broadcast_to(z[None], (m,) + z.shape))  # (M, B, 28, 28, 3)
-  recon = vae.log_likelihood(jnp.moveaxis(images, 1, 0), means).sum(axis=0)  # (B,)
+  recon = vae.log_likelihood(params, jnp.broadcast_to(z[None], (m,) + z.shape), x).sum(0)  # (B,)
   kl = distributions.kl_normal(loc, scale)
   loss = -(recon - beta * kl).mean()
   metrics = {'vae_loss': loss, 'bound': -loss, 'recon': recon.mean(), 'kl': kl.mean()}
@@ -47,7 +46,8 @@ def main(num_steps: int = 5) -> list[float]:
   vae_tx, ebm_tx = model_state.make_optimizers(config)
   state = model_state.init_state(model, vae_tx, ebm_tx, jax.random.PRNGKey(0))
   step = jax.jit(lambda s, x: train.train_step(s, x, model=model, vae_tx=vae_tx, ebm_tx=ebm_tx))
-  images = np.random.default_rng(0).random((config.batch_size, 5, 28, 28, 3), np.float32)
+  rng = np.random.default_rng(0)
+  images = {f'm{i}': rng.random((config.batch_size, 28, 28, 3), np.float32) for i in range(5)}
   losses = []
   for i in range(num_steps):
     state, metrics = step(state, images)

@@ -103,7 +103,7 @@ def main(argv):
   mesh = parallel.make_mesh()
   parallel.check_batch_divides(config, jax.device_count())
   steps = train.compile_steps(config, model, mesh)
-  evaluator = evaluation.Evaluator(config, model, bank.predict)
+  evaluator = evaluation.Evaluator(config, model, bank.classify)
   test_batches = evaluation._test_batches(config, _NUM_TEST.value)  # pylint: disable=protected-access
   norms_fn = make_norms_fn(config, model) if _NORMS.value else None
   data = input_pipeline.train_iterator(config)
@@ -126,7 +126,7 @@ def main(argv):
     for step in range(1, at[-1] + 1):
       t0 = time.time()
       batch = next(data)
-      state, metrics = steps['train'](state, parallel.global_batch(batch['images'], steps['batch']))
+      state, metrics = steps['train'](state, parallel.global_batch(batch['x'], steps['batch']))
       if step % _LOG_EVERY.value == 0 or step in at:
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         progress.update(step, metrics)
@@ -146,7 +146,7 @@ def main(argv):
       if 'joint_coherence' in coherence:
         probe['joint_coherence'] = round(coherence['joint_coherence'], 4)
       if norms_fn is not None:
-        images = parallel.global_batch(next(data)['images'], steps['batch'])
+        images = parallel.global_batch(next(data)['x'], steps['batch'])
         probe['norms'] = norms_fn(state, images)
       probe['eval_seconds'] = round(time.time() - t0, 1)
       record['probes'].append(probe)

@@ -58,7 +58,7 @@ def init_outputs(data_dir, seeds=(0, 1, 2)) -> dict[str, dict[str, list[float]]]
     config.data.data_dir = data_dir
     config.model.param_init = init
     vae = models.make_vae(config)
-    images = jnp.asarray(evaluation._test_batches(config, 32)[0]['images'][:32, 0])  # pylint: disable=protected-access
+    images = jnp.asarray(evaluation._test_batches(config, 32)[0]['x']['m0'][:32])  # pylint: disable=protected-access
     rows = []
     for seed in seeds:
       params = vae.init(jax.random.PRNGKey(seed))

@@ -150,7 +150,7 @@ def joint_diagnostics(config, model, state, classify, key: jax.Array, num: int) 
   while n < num:
     samples, _ = generate(state, jax.random.fold_in(key, n))
     predictions.append(np.asarray(classify(samples)))
-    n += samples.shape[0]
+    n += len(predictions[-1])
   predictions = np.concatenate(predictions)[:num]
   agree = np.all(predictions == predictions[:, :1], axis=1)
   return {'joint_coherence': float(agree.mean()),
@@ -318,7 +318,7 @@ def main(argv):
       json.dump(record, f, indent=1)
 
   energy_fn = jax.jit(functools.partial(energies, model))
-  parts = [energy_fn(state, jnp.asarray(b['images']), jax.random.fold_in(key, i))
+  parts = [energy_fn(state, jnp.asarray(evaluation.batch_images(b, model.vae.names)), jax.random.fold_in(key, i))
            for i, b in enumerate(batches)]
   record['energies'] = {k: _stats(np.concatenate([p[k] for p in parts])) for k in parts[0]}
   logging.info('energies: %s', record['energies'])
@@ -330,7 +330,7 @@ def main(argv):
     t0 = time.time()
     probe_fn = jax.jit(functools.partial(posterior_probe, model, num_steps=num_steps,
                                          step_size=step_size))
-    parts = [jax.device_get(probe_fn(state, jnp.asarray(b['images']), jax.random.fold_in(key, i)))
+    parts = [jax.device_get(probe_fn(state, jnp.asarray(evaluation.batch_images(b, model.vae.names)), jax.random.fold_in(key, i)))
              for i, b in enumerate(batches)]
     cat = lambda k: np.concatenate([p[k] for p in parts])
     moves = {k: float(cat(k).mean()) for k in ('rms_move', 'posterior_scale', 'expert_spread')}
@@ -343,7 +343,7 @@ def main(argv):
     moves['drift_first_step'] = float(0.5 * step_size**2 * grad_norms[0] / np.sqrt(dim))
     ld_model = dataclasses.replace(model, posterior_steps=num_steps,
                                    posterior_step_size=step_size)
-    evaluator = evaluation.Evaluator(config, ld_model, bank.predict)
+    evaluator = evaluation.Evaluator(config, ld_model, bank.classify)
     coherence = evaluator.coherence(state, batches, jax.random.fold_in(key, 1), num_joint=0,
                                     cross_only=True)
     pre_now = coherence['pre_ld']['cross_coherence']
@@ -360,14 +360,14 @@ def main(argv):
   record['joint_by_prior_steps'] = {}
   for prior_steps in sorted({0, model.prior_steps, _LONG_PRIOR.value}):
     record['joint_by_prior_steps'][str(prior_steps)] = joint_diagnostics(
-        config, dataclasses.replace(model, prior_steps=prior_steps), state, bank.predict,
+        config, dataclasses.replace(model, prior_steps=prior_steps), state, bank.classify,
         jax.random.fold_in(key, 2), _NUM_JOINT.value)
     write()
 
   rows = min(_ROWS.value, len(batches[0]['label']))
   best = max(record['sweep'], key=lambda r: r['post_ld_cross_coherence'])
   record['figures'] = _chain_figures(
-      model, state, np.asarray(batches[0]['images'][:rows]), jax.random.fold_in(key, 3), out,
+      model, state, evaluation.batch_images(batches[0], model.vae.names)[:rows], jax.random.fold_in(key, 3), out,
       num_steps=max(int(k) for k in _SWEEP_STEPS.value), step_size=best['step_size'],
       long_prior=_LONG_PRIOR.value)
   energy_figure = _training_energy_figure(_WORKDIR.value, out)

@@ -44,6 +44,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from moe_ebm_jax import datasets
 from moe_ebm_jax import input_pipeline
 from moe_ebm_jax import mnist as mnist_lib
 
@@ -246,6 +247,12 @@ class ClassifierBank:
                        '28, 28, 3).')
     return self._predict(self.params, images)
 
+  def classify(self, decodes) -> np.ndarray:
+    """PolyMNIST decodes {'m0': (N, 28, 28, 3), ...} (as generation.py returns them) -> int32
+    (N, M): the coherence scorer's contract (coherence_scorers.py)."""
+    images = jnp.stack([jnp.asarray(decodes[f'm{m}']) for m in range(self.num_modalities)], 1)
+    return np.asarray(self.predict(images))
+
   def predict_modality(self, images: jax.Array, m: int) -> jax.Array:
     """float (N, 28, 28, 3) in [0, 1] -> int32 (N,): classifier m's digits."""
     if not 0 <= m < self.num_modalities:
@@ -262,9 +269,12 @@ def load_split(config_data: ml_collections.ConfigDict, split: str,
 
   The first `subset` tuples when given. The train split is ~0.7 GB; decoding it takes ~10 s here.
   """
-  source = input_pipeline.data_source(config_data, split)
+  dataset = datasets.get(config_data)
+  if dataset.name != 'polymnist':
+    raise ValueError(f'the PolyMNIST classifiers read PolyMNIST, not {dataset.name!r}.')
+  source = dataset.source(split)
   num_modalities = config_data.num_modalities
-  input_pipeline.check_modalities(source, num_modalities)
+  input_pipeline.check_source(source, dataset.modalities, f'PolyMNIST {split} split')
   n = len(source) if subset is None else min(subset, len(source))
   images = np.empty((n, num_modalities) + IMAGE_SHAPE, np.uint8)
   labels = np.empty((n,), np.int32)
@@ -516,7 +526,7 @@ def load(cache_dir: str, template: PyTree, expected: dict[str, Any]) -> tuple[Py
 
 def cache_dir_for(config_data: ml_collections.ConfigDict) -> tuple[str, str]:
   """(<data_dir>/classifiers/<fingerprint>, fingerprint) of the dataset (built if needed)."""
-  b = input_pipeline.prepare(config_data)
+  b = datasets.prepare_polymnist(config_data)
   fingerprint = b.info.metadata.get('fingerprint')
   if not fingerprint:
     raise ValueError(f'the PolyMNIST in {b.data_dir} has no fingerprint: rebuild it.')

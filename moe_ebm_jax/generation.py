@@ -21,29 +21,33 @@ from moe_ebm_jax import ebm as ebm_lib
 
 def sample_prior_z(state, key: jax.Array, num_samples: int, *, model,
                    keep_trajectory: bool = False):
-  """z (N, Dz) from the model's prior, and the prior chain's trajectory (or None)."""
+  """z (N, Dz) from the model's prior (priors.py; the EBM's: its prior chain), and the prior
+  chain's trajectory (or None)."""
+  z, diag = model.prior.sample(state.ebm_params, key, num_samples, model.vae.latent_z,
+                               keep_trajectory=keep_trajectory)
+  return z, (diag.get('trajectory') if keep_trajectory else None)
+
+
+def decode_shared(model, vae_params, w: jax.Array, z: jax.Array, clip: bool = True):
+  """Decodes every modality from its w (M, N, Dw) and the shared z (N, Dz): the likelihoods'
+  means as data, {name: (N, *shape)} (class probabilities (N, K) for a categorical modality);
+  image modalities clipped to the pixel range [0, 1] unless `clip` is False."""
   vae = model.vae
-  if not model.has_ebm:
-    return vae.sample_prior(key, (num_samples, vae.latent_z)), None
-  z, diag = ebm_lib.sample_prior(model.energy, state.ebm_params, key, num_samples, vae.latent_z,
-                                 num_steps=model.prior_steps, step_size=model.prior_step_size,
-                                 noise_scale=model.noise_scale, keep_trajectory=keep_trajectory,
-                                 unroll=model.langevin_unroll, sampler=model.sampler)
-  return z, (diag['trajectory'] if keep_trajectory else None)
-
-
-def decode_shared(model, vae_params, w: jax.Array, z: jax.Array, clip: bool = True) -> jax.Array:
-  """Decodes every modality from its w (M, N, Dw) and the shared z (N, Dz): the likelihood's
-  means (N, M, 28, 28, 3), clipped to the pixel range [0, 1] unless `clip` is False."""
-  m = model.vae.num_modalities
+  m = vae.num_modalities
   latents = jnp.concatenate([w, jnp.broadcast_to(z[None], (m,) + z.shape)], axis=-1)
-  means = model.vae.decode(vae_params, latents)
-  return jnp.moveaxis(jnp.clip(means, 0.0, 1.0) if clip else means, 0, 1)
+  means = vae.means(vae.decode(vae_params, latents))
+  return {spec.name: jnp.clip(mean, 0.0, 1.0) if clip and spec.kind == 'image' else mean
+          for spec, mean in zip(vae.modalities, means)}
+
+
+def stack_images(decodes, names) -> jax.Array:
+  """{name: (N, H, W, C)} -> (N, M, H, W, C) in the order of `names` (image modalities)."""
+  return jnp.stack([decodes[n] for n in names], axis=1)
 
 
 def joint_generate(state, key: jax.Array, *, model, num_samples: int,
                    keep_trajectory: bool = False, clip: bool = True):
-  """Joint samples (N, M, 28, 28, 3) (in [0, 1] with `clip`), and the prior chain's
+  """Joint samples {name: (N, *shape)} (images in [0, 1] with `clip`), and the prior chain's
   trajectory or None."""
   vae = model.vae
   k_prior, k_w = jax.random.split(key)
@@ -53,30 +57,32 @@ def joint_generate(state, key: jax.Array, *, model, num_samples: int,
   return decode_shared(model, state.vae_params, w, z, clip), trajectory
 
 
-def conditional_generate(state, images: jax.Array, subset: jax.Array, key: jax.Array, *, model,
+def conditional_generate(state, x, subset: jax.Array, key: jax.Array, *, model,
                          post_ld: bool, keep_trajectory: bool = False, clip: bool = True):
   """Decodes every modality given the modalities in `subset`.
 
   Args:
-    images: (B, M, 28, 28, 3) in [0, 1]; only the rows of `subset` are read.
+    x: the batch's modalities {name: (B, *shape)} (or stacked, models.py); only those in
+      `subset` are read.
     subset: bool (M,), the observed modalities (at least one).
     post_ld: refine z by the posterior Langevin chain on the observed modalities (EBM models).
 
     clip: clip the decodes to [0, 1] (False: the likelihood's raw means).
 
   Returns:
-    (decodes (B, M, 28, 28, 3), z (B, Dz), trajectory (steps, B, Dz) or None).
+    (decodes {name: (B, *shape)} as decode_shared, z (B, Dz), trajectory (steps, B, Dz) or
+    None).
   """
   vae = model.vae
   k_z, k_w, k_prior_w, k_ld = jax.random.split(key, 4)
-  post = vae.encode(state.vae_params, images)  # (M, B, .)
+  post = vae.encode(state.vae_params, x)  # (M, B, .)
   z = aggregation.sample(model.aggregation, post.z_loc, post.z_scale, subset, k_z,
                          vae.distribution)
   w_q = dists.sample(vae.distribution, k_w, post.w_loc, post.w_scale)
   trajectory = None
   if post_ld:
     final, diag = ebm_lib.sample_posterior(
-        vae, state.vae_params, model.energy, state.ebm_params, images, z, w_q, k_ld,
+        vae, state.vae_params, model.energy, state.ebm_params, x, z, w_q, k_ld,
         num_steps=model.posterior_steps, step_size=model.posterior_step_size,
         noise_scale=model.noise_scale, latents=model.posterior_latents, observed=subset,
         keep_trajectory=keep_trajectory, unroll=model.langevin_unroll, sampler=model.sampler)
@@ -89,14 +95,14 @@ def conditional_generate(state, images: jax.Array, subset: jax.Array, key: jax.A
   return decode_shared(model, state.vae_params, w, z, clip), z, trajectory
 
 
-def sample_grids(state, images: jax.Array, key: jax.Array, *, model,
-                 num_samples: int) -> dict[str, jax.Array]:
-  """TensorBoard grids: joint samples (N, M, 28, 28, 3) and cross generation from each source
-  (M_src, N, M, 28, 28, 3) of the first N `images` (pre-LD)."""
+def sample_grids(state, x, key: jax.Array, *, model, num_samples: int):
+  """Joint samples {name: (N, *shape)} and cross generation from each source, a list over
+  sources of {name: (N, *shape)}, of the first N examples of `x` (pre-LD)."""
   m = model.vae.num_modalities
   k_joint, k_cross = jax.random.split(key)
   joint, _ = joint_generate(state, k_joint, model=model, num_samples=num_samples)
-  cross = [conditional_generate(state, images[:num_samples], jnp.arange(m) == src,
+  first = jax.tree.map(lambda a: a[:num_samples], x)
+  cross = [conditional_generate(state, first, jnp.arange(m) == src,
                                 jax.random.fold_in(k_cross, src), model=model, post_ld=False)[0]
            for src in range(m)]
-  return {'joint': joint, 'cross': jnp.stack(cross)}
+  return {'joint': joint, 'cross': cross}

@@ -1,9 +1,10 @@
-"""Input pipeline: PolyMNIST from TFDS's random-access data source, batched by grain.
+"""Input pipeline: any dataset (datasets.py) as batches, by grain.
 
 Batches are dicts of numpy arrays:
-  'images':      float32 (B, M, 28, 28, 3) in [0, 1]
-  'label':       int32 (B,)
-  'mnist_index': int32 (B, M)
+  'x':      {modality name: (B, *shape)}, float32 (stored uint8 images scaled to [0, 1]) or
+            int32 (categorical modalities), as the dataset's modality specs say
+  'label':  int32 (B,), when the examples carry one
+  and any other per-example field of the source (PolyMNIST: 'mnist_index' int32 (B, M)),
 where B is the per-process batch (config.batch_size // jax.process_count()).
 
 Each process reads only its rows of every global batch, and the global batches are the same
@@ -13,80 +14,45 @@ iterator's position is a small dict (get_state / set_state) that goes into check
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import io
-import time
-from typing import Any
+from typing import Any, Sequence
 
 import grain
 import ml_collections
 import numpy as np
 from absl import flags
-from absl import logging
 
-from moe_ebm_jax import polymnist
-
-
-def builder(data_config: ml_collections.ConfigDict) -> polymnist.Polymnist:
-  """The PolyMNIST builder that `data_config` describes (config.data)."""
-  if data_config.name != 'polymnist':
-    raise ValueError(f"config.data.name={data_config.name!r}: only 'polymnist' is supported.")
-  return polymnist.builder(num_modalities=data_config.num_modalities, seed=data_config.seed,
-                           backgrounds=data_config.backgrounds, data_dir=data_config.data_dir,
-                           mnist_path=data_config.mnist)
+from moe_ebm_jax import datasets
+from moe_ebm_jax import modalities as modalities_lib
 
 
-@functools.lru_cache(maxsize=None)
-def _announce_ready(name: str, data_dir: str, fingerprint: str | None) -> None:
-  """Logs that a dataset is ready, once per process (every evaluation reopens it)."""
-  logging.info('PolyMNIST %s is ready in %s (fingerprint %s).', name, data_dir, fingerprint)
+def _int32_if_integer(a: np.ndarray) -> np.ndarray:
+  return a.astype(np.int32) if np.issubdtype(a.dtype, np.integer) else a
 
 
-def prepare(data_config: ml_collections.ConfigDict) -> polymnist.Polymnist:
-  """Builds the dataset unless it is already there; returns the prepared builder.
+class ToExample(grain.transforms.Map):
+  """A source's example {name: array, 'label': int, ...} -> {'x': {name: array}, 'label': int32,
+  the other fields as arrays}."""
 
-  An existing directory that is incomplete or does not match is rebuilt by TFDS (it writes into
-  a temporary directory and renames it when done, so an interrupted build leaves no half data).
-  """
-  b = builder(data_config)
-  if b.is_prepared():
-    _announce_ready(b.builder_config.name, b.data_dir, b.info.metadata.get('fingerprint'))
-    return b
-  logging.info('Building PolyMNIST %s into %s (about a minute on 2 CPU cores) ...',
-               b.builder_config.name, b.data_dir)
-  start = time.time()
-  # TFDS prints its own 'Downloading and preparing' / 'prepared' lines to stdout: these log lines
-  # say the same.
-  with contextlib.redirect_stdout(io.StringIO()):
-    b.download_and_prepare()
-  logging.info('Built PolyMNIST in %.1f s: %s (fingerprint %s).', time.time() - start,
-               {k: v.num_examples for k, v in b.info.splits.items()}, b.info.metadata['fingerprint'])
-  return b
+  def __init__(self, specs: Sequence[modalities_lib.ModalitySpec]):
+    self._names = tuple(s.name for s in specs)
+
+  def map(self, example: dict[str, Any]) -> dict[str, Any]:
+    out = {k: _int32_if_integer(np.asarray(v)) for k, v in example.items()
+           if k not in self._names}
+    out['x'] = {n: np.asarray(example[n]) for n in self._names}
+    return out
 
 
-def data_source(data_config: ml_collections.ConfigDict, split: str):
-  """Random-access source of one split (builds the dataset on first use)."""
-  return prepare(data_config).as_data_source(split=split)
+class ToModelInput(grain.transforms.Map):
+  """Batches' modalities as the model reads them (uint8 -> float32 in [0, 1], labels int32),
+  on whole batches (vectorised)."""
 
+  def __init__(self, specs: Sequence[modalities_lib.ModalitySpec]):
+    self._specs = tuple(specs)
 
-class ToTuple(grain.transforms.Map):
-  """One example dict {m0..m{M-1}, label, mnist_index} -> {images (M, 28, 28, 3) uint8, ...}."""
-
-  def __init__(self, num_modalities: int):
-    self._keys = [f'm{m}' for m in range(num_modalities)]
-
-  def map(self, example: dict[str, Any]) -> dict[str, np.ndarray]:
-    return {
-        'images': np.stack([example[k] for k in self._keys]),
-        'label': np.int32(example['label']),
-        'mnist_index': np.asarray(example['mnist_index'], np.int32),
-    }
-
-
-def to_float(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """uint8 -> float32 in [0, 1], on whole batches (vectorised)."""
-  return {**batch, 'images': batch['images'].astype(np.float32) * np.float32(1 / 255)}
+  def map(self, batch: dict[str, Any]) -> dict[str, Any]:
+    x = {s.name: modalities_lib.to_model_input(s, batch['x'][s.name]) for s in self._specs}
+    return {**batch, 'x': x}
 
 
 def per_process_batch_size(global_batch_size: int, process_count: int) -> int:
@@ -98,7 +64,7 @@ def per_process_batch_size(global_batch_size: int, process_count: int) -> int:
 
 def make_dataset(source,
                  *,
-                 num_modalities: int,
+                 modalities: Sequence[modalities_lib.ModalitySpec],
                  batch_size: int,
                  seed: int = 0,
                  shuffle: bool = True,
@@ -116,7 +82,7 @@ def make_dataset(source,
 
   Args:
     source: random-access source (len, __getitem__) of example dicts, e.g. from `data_source`.
-    num_modalities: M; the source must have features m0..m{M-1}.
+    modalities: the dataset's modality specs; the source's examples have a field per name.
     batch_size: the GLOBAL batch size; each process yields batch_size // process_count rows.
     seed: shuffling seed; every epoch is a different permutation derived from it.
     shuffle: shuffle (training) or keep the stored order (evaluation).
@@ -150,25 +116,36 @@ def make_dataset(source,
     return (j // local_batch) * batch_size + process_index * local_batch + j % local_batch
 
   ds = grain.MapDataset.range(num_local).map(lambda j: ordered[global_position(j)])
-  ds = ds.map(ToTuple(num_modalities))
+  ds = ds.map(ToExample(modalities))
   ds = ds.batch(local_batch, drop_remainder=drop_remainder)
-  return ds.map(to_float)
+  return ds.map(ToModelInput(modalities))
 
 
-def check_modalities(source, num_modalities: int) -> None:
-  """Fails early when the data's modality count differs from the config's."""
-  keys = set(source[0])
-  have = sum(1 for k in keys if k.startswith('m') and k[1:].isdigit())
-  if have != num_modalities:
-    raise ValueError(f'the dataset has {have} modalities, the config says {num_modalities}.')
+def check_source(source, specs: Sequence[modalities_lib.ModalitySpec], what: str) -> None:
+  """Fails early, naming the modality and the field, when the source's first example does not
+  fit the specs (a missing modality, another shape, dtype or label range)."""
+  if not len(source):
+    raise ValueError(f'the {what} is empty.')
+  example = source[0]
+  for spec in specs:
+    if spec.name not in example:
+      raise ValueError(f'modality {spec.name!r}: the {what} has no such field (it has '
+                       f'{sorted(example)}).')
+    modalities_lib.check_data(spec, np.asarray(example[spec.name])[None], what)
+
+
+def _source(config: ml_collections.ConfigDict, split: str):
+  dataset = datasets.get(config.data)
+  source = dataset.source(split)
+  check_source(source, dataset.modalities, f'{dataset.name} {split} split')
+  return dataset, source
 
 
 def train_iterator(config: ml_collections.ConfigDict, process_index: int = 0,
                    process_count: int = 1) -> grain.DatasetIterator:
   """Infinite shuffled training batches; checkpoint with it.get_state() / it.set_state()."""
-  source = data_source(config.data, 'train')
-  check_modalities(source, config.data.num_modalities)
-  ds = make_dataset(source, num_modalities=config.data.num_modalities,
+  dataset, source = _source(config, 'train')
+  ds = make_dataset(source, modalities=dataset.modalities,
                     batch_size=config.batch_size, seed=config.seed, shuffle=True,
                     num_epochs=None, subset=config.data.train_subset,
                     process_index=process_index, process_count=process_count)
@@ -207,9 +184,8 @@ def restore_position(it: grain.DatasetIterator, state: dict[str, Any],
 def eval_dataset(config: ml_collections.ConfigDict, split: str = 'test', process_index: int = 0,
                  process_count: int = 1) -> grain.MapDataset:
   """One ordered pass over `split`; the last partial batch is kept on one process only."""
-  source = data_source(config.data, split)
-  check_modalities(source, config.data.num_modalities)
-  return make_dataset(source, num_modalities=config.data.num_modalities,
+  dataset, source = _source(config, split)
+  return make_dataset(source, modalities=dataset.modalities,
                       batch_size=config.eval_batch_size, shuffle=False, num_epochs=1,
                       drop_remainder=process_count > 1, subset=config.data.test_subset,
                       process_index=process_index, process_count=process_count)

@@ -16,17 +16,19 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from moe_ebm_jax import ebm as ebm_lib
+from moe_ebm_jax import datasets
 from moe_ebm_jax import models
 from moe_ebm_jax import networks
 from moe_ebm_jax import objectives
 from moe_ebm_jax import optimizers
+from moe_ebm_jax import priors
 
 Params = Any
 
 # Keys that must match to resume a workdir (others, e.g. num_train_steps, may change).
 COMPATIBLE_KEYS = ('model.name', 'model.widths', 'model.latent_w', 'model.latent_z',
-                   'model.prior', 'ebm.hidden', 'ebm.activation', 'data.num_modalities',
+                   'model.prior', 'ebm.hidden', 'ebm.activation', 'data.name',
+                   'data.num_modalities', 'model.mlp_hidden',
                    'data.seed', 'data.backgrounds', 'optim.amsgrad', 'optim.implementation',
                    'optim.grad_clip_norm', 'model.posterior_scale_multiplier')
 
@@ -67,10 +69,16 @@ class Model:
   beta_warmup_steps: int = 0  # beta grows linearly from beta / N to beta over the first N steps.
   energy_weight: str = 'beta'  # f_a's weight in the VAE's bound (config.ebm.energy_weight).
   sampler: str = 'langevin'  # The chains' MCMC sampler (samplers.py; config.ebm.sampler).
+  prior_kind: str = 'fixed'  # The prior on z (priors.py; config.model.prior).
 
   @property
   def has_ebm(self) -> bool:
     return self.energy is not None
+
+  @property
+  def prior(self):
+    """The prior on z (priors.py): log density, sampler and its own update."""
+    return priors.get(self.prior_kind)(self)
 
   @property
   def aggregation(self) -> str:
@@ -87,16 +95,12 @@ class Model:
     """log p(z) as the objectives take it: z (..., D) -> (...). They multiply it by `beta` (the
     KL weight of this step), so with energy_weight 'one' f_a enters divided by beta: its net
     weight is then 1, the paper's Eq. 5."""
-    if not self.has_ebm:
-      return self.vae.prior_log_prob
-    if self.energy_weight == 'beta':
-      return ebm_lib.prior_log_prob(self.energy, ebm_params)
-    return lambda z: self.energy.apply(ebm_params, z) / beta + models.base_log_prob(z)
+    return self.prior.log_prob(ebm_params, beta)
 
 
 def make_model(config: ml_collections.ConfigDict) -> Model:
   return Model(
-      vae=models.make_vae(config),
+      vae=models.make_vae(config, datasets.get(config.data).modalities),
       energy=models.make_energy(config) if config.model.prior == 'ebm' else None,
       objective=config.model.objective, beta=config.model.beta,
       beta_warmup_steps=config.model.beta_warmup_steps, num_samples=config.model.num_samples,
@@ -106,7 +110,8 @@ def make_model(config: ml_collections.ConfigDict) -> Model:
       posterior_step_size=config.ebm.posterior_step_size, noise_scale=config.ebm.noise_scale,
       posterior_latents=config.ebm.posterior_latents, max_abs_energy=config.ebm.max_abs_energy,
       energy_l2=config.ebm.energy_l2, energy_weight=config.ebm.energy_weight,
-      langevin_unroll=True if config.ebm.unroll_chains else 1, sampler=config.ebm.sampler)
+      langevin_unroll=True if config.ebm.unroll_chains else 1, sampler=config.ebm.sampler,
+      prior_kind=config.model.prior)
 
 
 def make_optimizers(config: ml_collections.ConfigDict):
@@ -117,8 +122,7 @@ def make_optimizers(config: ml_collections.ConfigDict):
 def init_state(model: Model, vae_tx, ebm_tx, key: jax.Array) -> TrainState:
   k_vae, k_ebm, k_train = jax.random.split(key, 3)
   vae_params = model.vae.init(k_vae)
-  ebm_params = (model.energy.init(k_ebm, jnp.zeros((1, model.vae.latent_z)))
-                if model.has_ebm else {})
+  ebm_params = model.prior.init(k_ebm, model.vae.latent_z)  # {} for a prior without params.
   zero = jnp.zeros((), jnp.int32)
   return TrainState(step=zero, vae_params=vae_params, ebm_params=ebm_params,
                     vae_opt_state=vae_tx.init(vae_params), ebm_opt_state=ebm_tx.init(ebm_params),

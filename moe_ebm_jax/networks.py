@@ -29,7 +29,6 @@ Dtype = Any
 Array = jax.Array
 
 IMAGE_SIZE = 28
-BASE_SIZE = 7  # Spatial size at the bottom of the towers: 28 -> 14 -> 7.
 LEAKY_SLOPE = 0.2
 
 
@@ -205,25 +204,31 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-  """One modality's decoder: latents (..., latent_w + latent_z) -> means (..., 28, 28, C).
+  """One modality's decoder: latents (..., latent_w + latent_z) -> means (..., H, W, C).
 
   The input is concat([w, z], -1); any leading batch shape (e.g. (K, B)) is flattened and restored.
-  Dense -> (7, 7, w2); ResBlock(w2, w1); upsample 2x; ResBlock(w1, w0); upsample 2x;
-  ResBlock(w0, w0); LeakyReLU; conv3x3 w0 -> C. The output is the Laplace mean (no sigmoid).
+  Dense -> (H/4, W/4, w2) (7 x 7 for 28 x 28); ResBlock(w2, w1); upsample 2x; ResBlock(w1, w0);
+  upsample 2x; ResBlock(w0, w0); LeakyReLU; conv3x3 w0 -> C. The output is the likelihood's
+  parameter (the Laplace mean: no sigmoid). H and W must be multiples of 4.
   """
   widths: Sequence[int] = (64, 128, 256)
   out_channels: int = 3
   dtype: Dtype | None = None
   conv_backward: str = 'auto'
   param_init: str = 'pytorch'
+  image_size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)
 
   @nn.compact
   def __call__(self, latent: Array) -> Array:
     w0, w1, w2 = self.widths
+    height, width = self.image_size
+    if height % 4 or width % 4:
+      raise ValueError(f'Decoder image_size {self.image_size}: H and W must be multiples of 4.')
+    base_h, base_w = height // 4, width // 4
     lead = latent.shape[:-1]
     h = latent.reshape((-1, latent.shape[-1]))
-    h = dense(BASE_SIZE * BASE_SIZE * w2, h.shape[-1], self.param_init, 'dense_in', self.dtype)(h)
-    h = h.reshape((-1, BASE_SIZE, BASE_SIZE, w2))
+    h = dense(base_h * base_w * w2, h.shape[-1], self.param_init, 'dense_in', self.dtype)(h)
+    h = h.reshape((-1, base_h, base_w, w2))
     block = functools.partial(ResBlock, dtype=self.dtype, conv_backward=self.conv_backward,
                               param_init=self.param_init)
     h = block(w1, name='block_0')(h)

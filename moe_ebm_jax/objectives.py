@@ -2,10 +2,10 @@
 
 Every objective has the signature
 
-  objective(vae, params, images, key, *, beta, num_samples, estimator, log_prior_z)
+  objective(vae, params, x, key, *, beta, num_samples, estimator, log_prior_z)
       -> (loss to minimise, VaeAux)
 
-with images (B, M, 28, 28, 3), and is registered with `register(name, aggregation=...,
+with x the batch's modalities {name: (B, *shape)} (models.py), and is registered with `register(name, aggregation=...,
 distribution=..., private_latents=..., estimators=...)`: the model family of the paper's
 tables is an objective plus how its unimodal posteriors combine for conditional generation
 (aggregation.py). A new objective is one function and one decorator.
@@ -16,7 +16,7 @@ with one shared latent), 'mvae' (Wu & Goodman 2018), 'mmjsd' (Sutter et al. 2020
 
 The MMVAE(+) objectives are importance-weighted estimators
 
-An objective maps (params, images, key) to (loss, aux). The estimators here are generic over a
+An objective maps (params, x, key) to (loss, aux). The estimators here are generic over a
 `log_weights_fn` that returns log-weights of shape (S, K, B): S strata (the source modality of
 a mixture-of-experts posterior), K importance samples, B examples.
 
@@ -38,6 +38,7 @@ import jax.numpy as jnp
 from moe_ebm_jax import aggregation as agg
 from moe_ebm_jax import distributions as dists
 from moe_ebm_jax import models
+from moe_ebm_jax import registry
 
 ESTIMATORS = ('elbo', 'iwae', 'dreg')
 
@@ -106,7 +107,7 @@ def sample_latents(key: jax.Array, post: models.Posteriors, aux_scale: jax.Array
   return Latents(draw(k_w, post.w_loc, post.w_scale), draw(k_z, post.z_loc, post.z_scale), w_aux)
 
 
-def mmvaeplus_log_weights(vae: models.MultimodalVAE, params, images: jax.Array,
+def mmvaeplus_log_weights(vae: models.MultimodalVAE, params, x: models.Data,
                           post: models.Posteriors, latents: Latents,
                           log_prior_z: Callable[[jax.Array], jax.Array], beta: float):
   """MMVAE+ log-weights per source r, sample k, example b: (M, K, B), and their terms.
@@ -114,7 +115,7 @@ def mmvaeplus_log_weights(vae: models.MultimodalVAE, params, images: jax.Array,
   lw_r = sum_d log p(x_d | w, z_r) + beta * (log p(z_r) + log p(w_r) - log q_mix(z_r | X)
                                              - log q(w_r | x_r)),
   decoding x_r from (w_r, z_r) and every other x_d from (w_d ~ r_d, z_r); q_mix is the uniform
-  mixture of the M unimodal z-posteriors. images (B, M, 28, 28, 3).
+  mixture of the M unimodal z-posteriors. x: the batch's modalities.
   """
   w, z = latents.w, latents.z
   m = w.shape[0]
@@ -122,9 +123,7 @@ def mmvaeplus_log_weights(vae: models.MultimodalVAE, params, images: jax.Array,
   eye = jnp.eye(m, dtype=bool)[:, :, None, None, None]
   w_dec = jnp.where(eye, w[None], latents.w_aux)  # (Md, Mr, K, B, Dw)
   z_dec = jnp.broadcast_to(z[None], (m,) + z.shape)  # (Md, Mr, K, B, Dz)
-  means = vae.decode(params, jnp.concatenate([w_dec, z_dec], axis=-1))
-  targets = jnp.moveaxis(images, 1, 0)[:, None, None]  # (Md, 1, 1, B, 28, 28, 3)
-  log_px = vae.log_likelihood(targets, means)  # (Md, Mr, K, B)
+  log_px = vae.log_likelihood(params, jnp.concatenate([w_dec, z_dec], axis=-1), x)  # (Md, Mr, K, B)
 
   log_qw = dists.laplace_log_prob(w, post.w_loc[:, None], post.w_scale[:, None])
   log_qz_each = dists.laplace_log_prob(z[:, None], post.z_loc[None, :, None],
@@ -156,13 +155,16 @@ class ObjectiveSpec:
   private_latents: bool  # Uses modality-specific latents w_m (latent_w > 0) or not (= 0).
   estimators: tuple[str, ...] = ('elbo',)
   supports_ebm_prior: bool = False  # Takes log_prior_z (the EBM prior of z) into its bound.
+  # Written for modalities of one spec (e.g. it stacks their data): refused on other datasets.
+  identical_modalities: bool = False
 
 
-OBJECTIVES: dict[str, ObjectiveSpec] = {}
+OBJECTIVES: registry.Registry = registry.Registry('objective')
 
 
 def register(name: str, *, aggregation: str, distribution: str, private_latents: bool,
-             estimators: tuple[str, ...] = ('elbo',), supports_ebm_prior: bool = False):
+             estimators: tuple[str, ...] = ('elbo',), supports_ebm_prior: bool = False,
+             identical_modalities: bool = False):
   """Decorator: registers `fn` as objective `name` (config.model.objective, and a model name:
   config_lib.model_spec). Names are unique."""
   if aggregation not in agg.AGGREGATIONS:
@@ -171,38 +173,33 @@ def register(name: str, *, aggregation: str, distribution: str, private_latents:
     raise ValueError(f'distribution {distribution!r} is not one of {dists.FAMILIES}.')
 
   def decorate(fn):
-    if name in OBJECTIVES:
-      raise ValueError(f'an objective named {name!r} is already registered '
-                       f'({OBJECTIVES[name].fn.__name__}).')
-    OBJECTIVES[name] = ObjectiveSpec(fn, aggregation, distribution, private_latents,
-                                     tuple(estimators), supports_ebm_prior)
+    OBJECTIVES.add(name, ObjectiveSpec(fn, aggregation, distribution, private_latents,
+                                       tuple(estimators), supports_ebm_prior,
+                                       identical_modalities))
     return fn
 
   return decorate
 
 
 def get(name: str) -> ObjectiveSpec:
-  try:
-    return OBJECTIVES[name]
-  except KeyError:
-    raise ValueError(f'unknown objective {name!r}; registered: {sorted(OBJECTIVES)}.') from None
+  return OBJECTIVES.lookup(name)
 
 
 @register('mmvae', aggregation='moe', distribution='laplace', private_latents=False,
           estimators=ESTIMATORS, supports_ebm_prior=True)
 @register('mmvaeplus', aggregation='moe', distribution='laplace', private_latents=True,
           estimators=ESTIMATORS, supports_ebm_prior=True)
-def mmvaeplus_objective(vae: models.MultimodalVAE, params, images: jax.Array, key: jax.Array, *,
+def mmvaeplus_objective(vae: models.MultimodalVAE, params, x: models.Data, key: jax.Array, *,
                         beta: float, num_samples: int, estimator: str,
                         log_prior_z: Callable[[jax.Array], jax.Array] = models.base_log_prob,
                         ) -> tuple[jax.Array, VaeAux]:
-  """The MMVAE+ loss for a batch (B, M, 28, 28, 3). `log_prior_z` (..., D) -> (...) is the
+  """The MMVAE+ loss for a batch x of every modality. `log_prior_z` (..., D) -> (...) is the
   shared latent's prior (Laplace(0, 1), or f_a + log p0 for the EBM prior).
 
   With latent_w = 0 this is MMVAE's objective (Shi et al. 2019): the stratified MoE bound
   lw_r = sum_d log p(x_d | z_r) + beta * (log p(z_r) - log q_mix(z_r | X)), z_r ~ q(z | x_r).
   """
-  post = vae.encode(params, images)
+  post = vae.encode(params, x)
   aux_scale = vae.aux_prior_scale(params)
 
   def log_weights_fn(grad_weights, stop_posterior):
@@ -211,7 +208,7 @@ def mmvaeplus_objective(vae: models.MultimodalVAE, params, images: jax.Array, ke
       g = grad_weights[..., None]
       latents = latents._replace(w=scale_gradient(latents.w, g), z=scale_gradient(latents.z, g))
     q = jax.tree.map(jax.lax.stop_gradient, post) if stop_posterior else post
-    lw, terms = mmvaeplus_log_weights(vae, params, images, q, latents, log_prior_z, beta)
+    lw, terms = mmvaeplus_log_weights(vae, params, x, q, latents, log_prior_z, beta)
     return lw, (latents, terms)
 
   loss, bound, (latents, terms) = importance_weighted_loss(log_weights_fn, estimator)
@@ -227,12 +224,10 @@ def mmvaeplus_objective(vae: models.MultimodalVAE, params, images: jax.Array, ke
 # Gaussian posteriors, one shared latent (latent_w = 0), closed-form KL terms, one sample.
 
 
-def _log_px(vae: models.MultimodalVAE, params, images: jax.Array, z: jax.Array) -> jax.Array:
-  """log p(x_d | z) summed over pixels; z (M, ..., B, Dz) with row d read by decoder d ->
-  (M, ..., B). images (B, M, 28, 28, 3)."""
-  targets = jnp.moveaxis(images, 1, 0)
-  targets = targets.reshape(targets.shape[:1] + (1,) * (z.ndim - 3) + targets.shape[1:])
-  return vae.log_likelihood(targets, vae.decode(params, z))
+def _log_px(vae: models.MultimodalVAE, params, x: models.Data, z: jax.Array) -> jax.Array:
+  """log p(x_d | z) summed over each example's elements; z (M, ..., B, Dz) with row d read by
+  decoder d -> (M, ..., B)."""
+  return vae.log_likelihood(params, z, x)
 
 
 def _broadcast_to_decoders(z: jax.Array, m: int) -> jax.Array:
@@ -250,7 +245,7 @@ def _aux(post, metrics) -> VaeAux:
 
 
 @register('mvae', aggregation='poe', distribution='gaussian', private_latents=False)
-def mvae_objective(vae: models.MultimodalVAE, params, images: jax.Array, key: jax.Array, *,
+def mvae_objective(vae: models.MultimodalVAE, params, x: models.Data, key: jax.Array, *,
                    beta: float, num_samples: int = 1, estimator: str = 'elbo',
                    log_prior_z=None) -> tuple[jax.Array, VaeAux]:
   """MVAE (Wu & Goodman 2018) with sub-sampled training: the joint ELBO plus every unimodal one.
@@ -259,19 +254,19 @@ def mvae_objective(vae: models.MultimodalVAE, params, images: jax.Array, key: ja
   log p(x_d | z)] - beta KL(q_S || N(0, I)); bound = ELBO_{all} + sum_m ELBO_{m}.
   """
   del num_samples, estimator, log_prior_z  # One sample, closed-form KL (checked by config).
-  post = vae.encode(params, images)
+  post = vae.encode(params, x)
   m = vae.num_modalities
   k_joint, k_uni = jax.random.split(key)
   loc, scale = agg.product_of_experts(post.z_loc, post.z_scale, jnp.ones((m,), bool),
                                       prior_expert=True)
   z = dists.normal_sample(k_joint, loc, scale)  # (B, D)
-  recon_joint = _log_px(vae, params, images, _broadcast_to_decoders(z, m)).sum(axis=0)
+  recon_joint = _log_px(vae, params, x, _broadcast_to_decoders(z, m)).sum(axis=0)
   kl_joint = dists.kl_normal(loc, scale)
   # Unimodal: expert m times the prior; decoder m reads its own modality's sample.
   precision = 1.0 / jnp.square(post.z_scale)
   loc_m, scale_m = post.z_loc * precision / (precision + 1.0), jax.lax.rsqrt(precision + 1.0)
   z_m = dists.normal_sample(k_uni, loc_m, scale_m)  # (M, B, D)
-  recon_uni = _log_px(vae, params, images, z_m)  # (M, B)
+  recon_uni = _log_px(vae, params, x, z_m)  # (M, B)
   kl_uni = dists.kl_normal(loc_m, scale_m)
   bound = recon_joint - beta * kl_joint + (recon_uni - beta * kl_uni).sum(axis=0)
   loss = -bound.mean()
@@ -292,17 +287,17 @@ def jensen_shannon_dynamic_prior(loc: jax.Array, scale: jax.Array) -> jax.Array:
 
 
 @register('mmjsd', aggregation='moe', distribution='gaussian', private_latents=False)
-def mmjsd_objective(vae: models.MultimodalVAE, params, images: jax.Array, key: jax.Array, *,
+def mmjsd_objective(vae: models.MultimodalVAE, params, x: models.Data, key: jax.Array, *,
                     beta: float, num_samples: int = 1, estimator: str = 'elbo',
                     log_prior_z=None) -> tuple[jax.Array, VaeAux]:
   """mmJSD (Sutter et al. 2020): E_{q(z|X)}[log p(X | z)] - beta JS, q(z | X) the uniform
   mixture of the unimodal posteriors (stratified: one sample per source, every modality
   decoded from it), JS with the dynamic prior (jensen_shannon_dynamic_prior)."""
   del num_samples, estimator, log_prior_z
-  post = vae.encode(params, images)
+  post = vae.encode(params, x)
   m = vae.num_modalities
   z = dists.normal_sample(key, post.z_loc, post.z_scale)  # (M_src, B, D)
-  recon = _log_px(vae, params, images, _broadcast_to_decoders(z, m)).sum(axis=0).mean(axis=0)
+  recon = _log_px(vae, params, x, _broadcast_to_decoders(z, m)).sum(axis=0).mean(axis=0)
   js = jensen_shannon_dynamic_prior(post.z_loc, post.z_scale)
   bound = recon - beta * js
   loss = -bound.mean()
@@ -317,7 +312,7 @@ def subset_posteriors(loc: jax.Array, scale: jax.Array) -> tuple[jax.Array, jax.
 
 
 @register('mopoe', aggregation='mopoe', distribution='gaussian', private_latents=False)
-def mopoe_objective(vae: models.MultimodalVAE, params, images: jax.Array, key: jax.Array, *,
+def mopoe_objective(vae: models.MultimodalVAE, params, x: models.Data, key: jax.Array, *,
                     beta: float, num_samples: int = 1, estimator: str = 'elbo',
                     log_prior_z=None) -> tuple[jax.Array, VaeAux]:
   """MoPoE (Sutter et al. 2021): q(z | X) = mean over the 2^M - 1 subsets S of PoE(q_S).
@@ -327,7 +322,7 @@ def mopoe_objective(vae: models.MultimodalVAE, params, images: jax.Array, key: j
   replaced by the mean of its components' KLs (an upper bound, as in the MoPoE code).
   """
   del num_samples, estimator, log_prior_z
-  post = vae.encode(params, images)
+  post = vae.encode(params, x)
   m, b = post.z_loc.shape[:2]
   k_pick, k_z = jax.random.split(key)
   locs, scales = subset_posteriors(post.z_loc, post.z_scale)  # (S, B, D)
@@ -335,7 +330,7 @@ def mopoe_objective(vae: models.MultimodalVAE, params, images: jax.Array, key: j
   pick = jax.random.randint(k_pick, (b,), 0, locs.shape[0])
   rows = jnp.arange(b)
   z = dists.normal_sample(k_z, locs[pick, rows], scales[pick, rows])
-  recon = _log_px(vae, params, images, _broadcast_to_decoders(z, m)).sum(axis=0)
+  recon = _log_px(vae, params, x, _broadcast_to_decoders(z, m)).sum(axis=0)
   bound = recon - beta * kl
   loss = -bound.mean()
   return loss, _aux(post, _poe_metrics(loss, bound, recon, kl, post))

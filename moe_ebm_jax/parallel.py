@@ -26,11 +26,14 @@ def check_batch_divides(config: ml_collections.ConfigDict, num_devices: int) -> 
                        f'use a multiple of {num_devices}.')
 
 
-def global_batch(local_images: np.ndarray, sharding) -> jax.Array:
-  """This process's rows -> one global array split over the mesh."""
-  return jax.make_array_from_process_local_data(sharding, local_images)
+def global_batch(local_rows, sharding):
+  """This process's rows (an array, or a pytree of arrays such as a batch's {name: array})
+  -> global arrays split over the mesh."""
+  return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, a), local_rows)
 
 
-def replicate(value, sharding) -> jax.Array:
-  """A host value every process holds identically (e.g. a PRNG key) -> a replicated array."""
-  return jax.make_array_from_process_local_data(sharding, np.asarray(value))
+def replicate(value, sharding):
+  """A host value every process holds identically (e.g. a PRNG key, or a pytree of arrays) ->
+  replicated arrays."""
+  return jax.tree.map(
+      lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), value)

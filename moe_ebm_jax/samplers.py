@@ -23,26 +23,19 @@ from typing import Any, Callable
 
 from moe_ebm_jax import langevin
 from moe_ebm_jax import mala
+from moe_ebm_jax import registry
 
 Sampler = Callable[..., tuple[Any, dict[str, Any]]]
-SAMPLERS: dict[str, Sampler] = {}
+SAMPLERS: registry.Registry = registry.Registry('sampler')
 
 
 def register(name: str):
   """Decorator: registers `fn` as sampler `name` (config.ebm.sampler). Names are unique."""
-  def decorate(fn: Sampler) -> Sampler:
-    if name in SAMPLERS:
-      raise ValueError(f'a sampler named {name!r} is already registered ({SAMPLERS[name]}).')
-    SAMPLERS[name] = fn
-    return fn
-  return decorate
+  return SAMPLERS.register(name)
 
 
 def get(name: str) -> Sampler:
-  try:
-    return SAMPLERS[name]
-  except KeyError:
-    raise ValueError(f'unknown sampler {name!r}; registered: {sorted(SAMPLERS)}.') from None
+  return SAMPLERS.lookup(name)
 
 
 register('langevin')(langevin.sample)

@@ -32,7 +32,6 @@ from jax.sharding import PartitionSpec as P
 
 from moe_ebm_jax import checkpointing
 from moe_ebm_jax import config_lib
-from moe_ebm_jax import ebm as ebm_lib
 from moe_ebm_jax import evaluation
 from moe_ebm_jax import generation
 from moe_ebm_jax import input_pipeline
@@ -52,62 +51,30 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else True
 
 
-def train_step(state: model_state.TrainState, images: jax.Array, *, model: model_state.Model,
+def train_step(state: model_state.TrainState, x, *, model: model_state.Model,
                vae_tx, ebm_tx) -> tuple[model_state.TrainState, dict[str, jax.Array]]:
-  """One update of VAE and EBM. images float32 (B, M, 28, 28, 3) in [0, 1]."""
+  """One update of VAE and EBM. x: the batch's modalities {name: (B, *shape)} (models.py)."""
   key, k_vae, k_prior, k_pick, k_post = jax.random.split(jax.random.fold_in(state.key, state.step),
                                                         5)
   del key  # Keys derive from (state.key, step): resuming reproduces them exactly.
 
   beta = model.beta_at(state.step)
+  prior = model.prior  # priors.py: the fixed prior, the EBM, or any registered one.
 
   def vae_loss_fn(vae_params):
     return objectives.get(model.objective).fn(
-        model.vae, vae_params, images, k_vae, beta=beta, num_samples=model.num_samples,
-        estimator=model.estimator, log_prior_z=model.log_prior_z(state.ebm_params, beta))
+        model.vae, vae_params, x, k_vae, beta=beta, num_samples=model.num_samples,
+        estimator=model.estimator, log_prior_z=prior.log_prob(state.ebm_params, beta))
 
   (vae_loss, aux), vae_grads = jax.value_and_grad(vae_loss_fn, has_aux=True)(state.vae_params)
   metrics = dict(aux.metrics)
   if model.beta_warmup_steps:
     metrics['beta'] = jnp.asarray(model.beta_at(state.step), jnp.float32)
   ok_vae = jnp.isfinite(vae_loss) & _all_finite(vae_grads)
-
-  if model.has_ebm:
-    b = images.shape[0]
-    z_prior, prior_diag = ebm_lib.sample_prior(
-        model.energy, state.ebm_params, k_prior, b, model.vae.latent_z,
-        num_steps=model.prior_steps, step_size=model.prior_step_size,
-        noise_scale=model.noise_scale, unroll=model.langevin_unroll, sampler=model.sampler)
-    z_q = aux.latents.z[:, 0]  # (M, B, Dz): the first of K samples per source.
-    if model.posterior_sampler == 'langevin':
-      z0 = ebm_lib.pick_expert(k_pick, z_q)
-      post_state, post_diag = ebm_lib.sample_posterior(
-          model.vae, jax.lax.stop_gradient(state.vae_params), model.energy, state.ebm_params,
-          images, z0, aux.latents.w[:, 0], k_post, num_steps=model.posterior_steps,
-          step_size=model.posterior_step_size, noise_scale=model.noise_scale,
-          latents=model.posterior_latents, unroll=model.langevin_unroll, sampler=model.sampler)
-      z_post = post_state['z']
-      if 'accept_rate' in post_diag and model.posterior_steps:  # Metropolis-adjusted samplers.
-        metrics['posterior_accept_rate'] = post_diag['accept_rate'].mean()
-      metrics['posterior_grad_norm'] = post_diag['grad_norm'][-1] if model.posterior_steps else 0.
-      metrics['posterior_log_prob'] = post_diag['log_prob'][-1] if model.posterior_steps else 0.
-    else:
-      z_post = z_q  # Every expert's sample: the mixture's expectation without picking.
-    (ebm_loss, ebm_metrics), ebm_grads = jax.value_and_grad(
-        lambda p: ebm_lib.ebm_loss(model.energy, p, z_prior, z_post, model.energy_l2),
-        has_aux=True)(
-            state.ebm_params)
-    metrics.update(ebm_metrics)
-    if model.prior_steps:
-      metrics['prior_grad_norm'] = prior_diag['grad_norm'][-1]
-      if 'accept_rate' in prior_diag:
-        metrics['prior_accept_rate'] = prior_diag['accept_rate'].mean()
-    ok_ebm = jnp.isfinite(ebm_loss) & _all_finite(ebm_grads)
-    ok_energy = ((jnp.abs(ebm_metrics['energy_prior']) < model.max_abs_energy) &
-                 (jnp.abs(ebm_metrics['energy_posterior']) < model.max_abs_energy))
-  else:
-    ebm_grads = state.ebm_params
-    ok_ebm = ok_energy = jnp.array(True)
+  # The prior's own update (the EBM: prior and posterior chains, the EBM loss's gradient).
+  ebm_grads, prior_metrics, ok_ebm, ok_energy = prior.learn(
+      state.ebm_params, (k_prior, k_pick, k_post), model.vae, state.vae_params, x, aux)
+  metrics.update(prior_metrics)
 
   ok = ok_vae & ok_ebm & ok_energy
   vae_updates, vae_opt_state = vae_tx.update(vae_grads, state.vae_opt_state, state.vae_params)
@@ -130,15 +97,15 @@ def train_step(state: model_state.TrainState, images: jax.Array, *, model: model
   return new_state, metrics
 
 
-def eval_step(state: model_state.TrainState, images: jax.Array, key: jax.Array, *,
+def eval_step(state: model_state.TrainState, x, key: jax.Array, *,
               model: model_state.Model) -> dict[str, jax.Array]:
   """Test loss of one batch (the model's own training objective, no update, the full beta):
   sums for averaging."""
   loss, aux = objectives.get(model.objective).fn(
-      model.vae, state.vae_params, images, key, beta=model.beta, num_samples=model.num_samples,
+      model.vae, state.vae_params, x, key, beta=model.beta, num_samples=model.num_samples,
       estimator='iwae' if model.estimator == 'dreg' else model.estimator,
       log_prior_z=model.log_prior_z(state.ebm_params, model.beta))
-  b = images.shape[0]
+  b = aux.post.z_loc.shape[1]
   return {'loss_sum': loss * b, 'recon_sum': aux.metrics['recon'] * b, 'count': jnp.float32(b)}
 
 
@@ -186,10 +153,10 @@ def evaluate(config, state, steps, key) -> dict[str, float]:
   for i, batch in enumerate(ds):
     if config.num_eval_batches is not None and i >= config.num_eval_batches:
       break
-    images = batch['images']
-    if images.shape[0] * jax.process_count() % n_devices:
+    x = batch['x']
+    if len(next(iter(x.values()))) * jax.process_count() % n_devices:
       continue  # The last partial batch does not split over devices; skip it.
-    out = steps['eval'](state, parallel.global_batch(images, steps['batch']),
+    out = steps['eval'](state, parallel.global_batch(x, steps['batch']),
                         parallel.replicate(jax.random.fold_in(key, i), steps['replicated']))
     for k, v in out.items():
       totals[k] = totals.get(k, 0.0) + float(v)
@@ -199,18 +166,26 @@ def evaluate(config, state, steps, key) -> dict[str, float]:
   return {'test_loss': totals['loss_sum'] / count, 'test_recon': totals['recon_sum'] / count}
 
 
-def write_samples(writer, config, state, steps, key, step: int) -> None:
-  test = next(iter(input_pipeline.eval_dataset(config)))
-  images = test['images'][:config.num_image_samples]
-  if images.shape[0] < config.num_image_samples:
+def write_samples(writer, config, model, state, steps, key, step: int) -> None:
+  """TensorBoard grids of joint samples and of cross generation from each source, for
+  datasets whose modalities are images of one shape (the others are shown by evaluation's
+  figures)."""
+  names = [s.name for s in model.vae.modalities]
+  if len({s.shape for s in model.vae.modalities}) != 1 or model.vae.modalities[0].kind != 'image':
     return
-  out = jax.device_get(steps['generate'](state, parallel.replicate(images, steps['replicated']),
+  test = next(iter(input_pipeline.eval_dataset(config)))
+  x = {n: a[:config.num_image_samples] for n, a in test['x'].items()}
+  if len(x[names[0]]) < config.num_image_samples:
+    return
+  out = jax.device_get(steps['generate'](state, parallel.replicate(x, steps['replicated']),
                                          parallel.replicate(key, steps['replicated'])))
-  grids = {'samples/joint': metric_logging.image_grid(out['joint'])}
-  for src in range(out['cross'].shape[0]):
+  images = np.stack([x[n] for n in names], axis=1)
+  grids = {'samples/joint': metric_logging.image_grid(
+      np.stack([out['joint'][n] for n in names], axis=1))}
+  for src, cross in enumerate(out['cross']):
     # Rows: test examples; first column the source image, then its decodes into every modality.
-    tiles = np.concatenate([images[:, src:src + 1], out['cross'][src]], axis=1)
-    grids[f'samples/cross_from_m{src}'] = metric_logging.image_grid(tiles)
+    tiles = np.concatenate([images[:, src:src + 1], np.stack([cross[n] for n in names], 1)], 1)
+    grids[f'samples/cross_from_{names[src]}'] = metric_logging.image_grid(tiles)
   writer.write_images(step, grids)
 
 
@@ -302,7 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, class
     step, compiled = start_step, False
     while step < config.num_train_steps:
       batch = next(data_iter)
-      state, metrics = steps['train'](state, parallel.global_batch(batch['images'], steps['batch']))
+      state, metrics = steps['train'](state, parallel.global_batch(batch['x'], steps['batch']))
       step += 1
       if not compiled:  # The first step compiles: time it apart from training.
         compiled = True
@@ -332,7 +307,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, class
                      metric_logging.format_value(eval_metrics['test_loss']),
                      metric_logging.format_value(eval_metrics['test_recon']))
         writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_metrics.items()})
-        write_samples(writer, config, state, steps,
+        write_samples(writer, config, model, state, steps,
                       jax.random.fold_in(jax.random.fold_in(eval_key, step), 1), step)
         writer.flush()
       due = (eval_metrics or step % config.checkpoint_every_steps == 0 or

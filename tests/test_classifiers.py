@@ -10,6 +10,8 @@ import pytest
 
 from moe_ebm_jax import classifiers
 from moe_ebm_jax import config_lib
+from moe_ebm_jax import datasets
+from moe_ebm_jax import evaluation
 from moe_ebm_jax import input_pipeline
 
 # Small enough for CPU CI (120 steps of the default net), large enough to learn digits.
@@ -31,10 +33,11 @@ def bank(config):
 
 @pytest.fixture(scope='module')
 def test_batch(config):
-  source = input_pipeline.data_source(config.data, 'test')
-  ds = input_pipeline.make_dataset(source, num_modalities=config.data.num_modalities,
+  dataset = datasets.get(config.data)
+  ds = input_pipeline.make_dataset(dataset.source('test'), modalities=dataset.modalities,
                                    batch_size=64, shuffle=False, num_epochs=1)
-  return ds[0]
+  batch = ds[0]
+  return {'images': evaluation.batch_images(batch, dataset.names), 'label': batch['label']}
 
 
 @pytest.mark.slow
@@ -115,7 +118,7 @@ def test_predict_matches_each_classifier(bank, test_batch):
 
 @pytest.mark.slow
 def test_cache_is_keyed_by_fingerprint_and_reused(bank, config, test_batch, monkeypatch):
-  fingerprint = input_pipeline.prepare(config.data).info.metadata['fingerprint']
+  fingerprint = datasets.prepare_polymnist(config.data).info.metadata['fingerprint']
   assert os.path.basename(bank.cache_dir) == fingerprint
   assert os.path.basename(os.path.dirname(bank.cache_dir)) == classifiers.CACHE_SUBDIR
   with open(os.path.join(bank.cache_dir, classifiers.META_FILENAME)) as f:

@@ -28,6 +28,15 @@ def test_every_config_and_model_validates(name, model):
   assert config.model.name == model
 
 
+@pytest.mark.parametrize('name', ['synthetic_mixture', 'mnist_label'])
+@pytest.mark.parametrize('model', config_lib.MODELS)
+def test_every_dataset_config_and_model_validates(name, model):
+  config = load_config(name, model)
+  config_lib.validate(config)
+  assert config.data.name == name and config.model.name == model
+  assert config.eval.num_fid_samples == 0  # Not RGB images.
+
+
 def test_scale_eps_is_each_reference_families_eta():
   # MMVAE+'s code adds 1e-20, MMVAE's 1e-6, the Gaussian references (std = exp(logvar / 2)) 0.
   expected = {'mmvaeplus': 1e-20, 'mmvae': 1e-6, 'mvae': 0.0, 'mmjsd': 0.0, 'mopoe': 0.0}

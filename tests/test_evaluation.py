@@ -53,6 +53,8 @@ def test_conditional_generation_draws_z_from_an_expert_in_the_subset(trained):
   subset = jnp.array([False, True, False, True, False])
   decodes, z, _ = jax.jit(functools.partial(generation.conditional_generate, model=model,
                                             post_ld=False))(state, images, subset, key)
+  assert sorted(decodes) == [f'm{m}' for m in range(5)]
+  decodes = generation.stack_images(decodes, model.vae.names)
   assert decodes.shape == (8, 5, 28, 28, 3)
   assert 0.0 <= float(decodes.min()) and float(decodes.max()) <= 1.0
   # Every expert's sample with the same noise: z must be the sample of m1 or m3, and both
@@ -86,7 +88,7 @@ def test_fid_scorer_closed_form_under_a_constant_shift():
 @pytest.mark.slow
 def test_constant_classifier_gives_closed_form_coherence(trained, polymnist_dir):
   config, workdir, _ = trained
-  constant = lambda images: np.full(images.shape[:2], 7)
+  constant = lambda decodes: np.full((len(decodes['m0']), len(decodes)), 7)
   metrics = evaluation.evaluate_run(config, workdir, classify=constant, features=channel_means)
   from moe_ebm_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   labels = np.concatenate([b['label'] for b in input_pipeline.eval_dataset(config)])[
@@ -173,7 +175,7 @@ def test_eval_of_a_run_with_another_model_config_is_refused(trained, tmp_path):
   other.model.posterior_scale_multiplier = 0.5
   before = open(os.path.join(workdir, 'config.json')).read()
   with pytest.raises(checkpointing.IncompatibleRunError, match='posterior_scale_multiplier'):
-    evaluation.evaluate_run(other, workdir, classify=lambda x: np.zeros(x.shape[:2], int))
+    evaluation.evaluate_run(other, workdir, classify=lambda d: np.zeros((len(d['m0']), len(d)), int))
   assert open(os.path.join(workdir, 'config.json')).read() == before
 
 
@@ -186,13 +188,15 @@ def test_coherence_classifies_raw_means_as_the_reference_unless_told_to_clip(tra
   model = model_state.make_model(config)
   seen = []
 
-  def classify(images):
-    seen.append(np.asarray(images))
+  def classify(decodes):
+    images = np.stack([decodes[f'm{m}'] for m in range(5)], axis=1)
+    seen.append(images)
     return np.zeros(images.shape[:2], int)
 
   evaluator = evaluation.Evaluator(config, model, classify)
   images = np.random.default_rng(1).random((6, 5, 28, 28, 3), np.float32)
-  evaluator.coherence(state, [{'images': images, 'label': np.zeros(6, int)}],
+  x = {f'm{m}': images[:, m] for m in range(5)}
+  evaluator.coherence(state, [{'x': x, 'label': np.zeros(6, int)}],
                       jax.random.PRNGKey(0), num_joint=4, cross_only=True)
   assert len(seen) == 5 * len(evaluator.ld_modes) + 1  # Each source and LD mode, then joint.
   # The decodes the classifier got equal the generation functions' raw or clipped means.
@@ -200,6 +204,7 @@ def test_coherence_classifies_raw_means_as_the_reference_unless_told_to_clip(tra
       generation.conditional_generate, model=model, post_ld=False, clip=clip))(
           state, jnp.asarray(images), jnp.arange(5) == 0,
           jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(0), 0), 0))
+  expected = generation.stack_images(expected, model.vae.names)
   np.testing.assert_allclose(seen[0], expected, rtol=1e-6, atol=1e-6)
   everything = np.concatenate([s.reshape(-1) for s in seen])
   inside = (everything >= 0) & (everything <= 1)
@@ -214,6 +219,9 @@ class FakeBank:
 
   def predict(self, images):
     return np.full(images.shape[:2], 7)
+
+  def classify(self, decodes):
+    return np.full((len(decodes['m0']), len(decodes)), 7)
 
 
 @pytest.mark.slow
@@ -328,7 +336,7 @@ def test_only_process_zero_writes_the_report(trained, tmp_path, monkeypatch):
   """Processes sharing a workdir all evaluate (the generation spans every device), but only
   process 0 writes eval/: two writers of one metrics.json could leave it torn."""
   config, _, state = trained
-  constant = lambda images: np.full(images.shape[:2], 7)
+  constant = lambda decodes: np.full((len(decodes['m0']), len(decodes)), 7)
   config = config.copy_and_resolve_references()
   config.eval.num_fid_samples = 0
   monkeypatch.setattr(evaluation.jax, 'process_index', lambda: 1)

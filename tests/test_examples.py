@@ -20,7 +20,7 @@ def run_example(name: str) -> str:
 
 def test_examples_are_short():
   names = [n for n in os.listdir(os.path.join(ROOT, 'examples')) if n.endswith('.py')]
-  assert len(names) >= 2
+  assert len(names) >= 4  # A dataset, an objective, a sampler, a prior.
   for name in names:
     with open(os.path.join(ROOT, 'examples', name)) as f:
       assert len(f.readlines()) <= 60, name
@@ -44,3 +44,22 @@ def test_new_sampler_hits_a_known_target_and_runs_the_ebm_chains():
   np.testing.assert_allclose(var, [0.25, 1.0], rtol=0.06)
   ebm_loss = float(re.search(r'EBM loss (\S+)', out).group(1))
   assert np.isfinite(ebm_loss)
+
+
+@pytest.mark.slow
+def test_dataset_from_arrays_trains_and_evaluates_above_chance():
+  out = run_example('dataset_from_arrays.py')
+  got = re.search(r'cross coherence (\S+), joint coherence (\S+)', out)
+  assert got, out
+  cross, joint = float(got.group(1)), float(got.group(2))
+  assert 0.0 <= joint <= 1.0
+  # 300 steps on two views that share one of 3 classes: well above chance (1/3) across views.
+  assert cross > 0.5, out
+
+
+@pytest.mark.slow
+def test_new_prior_trains_inside_the_step():
+  out = run_example('new_prior.py')
+  nll = [float(v) for v in re.search(r'every 50 steps: (.*)', out).group(1).split()]
+  assert len(nll) == 4 and np.all(np.isfinite(nll))
+  assert nll[-1] < nll[0]  # The mixture fits the posterior samples better as it learns.

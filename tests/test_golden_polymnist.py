@@ -58,9 +58,10 @@ def trajectory(data_dir: str, model_name: str) -> dict:
   batches = hashlib.sha256()
   losses = {'vae_loss': [], 'ebm_loss': []}
   for _ in range(NUM_STEPS):
-    images = next(data)['images']
-    batches.update(np.ascontiguousarray(images).tobytes())
-    state, metrics = steps['train'](state, parallel.global_batch(images, steps['batch']))
+    x = next(data)['x']
+    # The (B, M, 28, 28, 3) stack of the five images, as the batches were before modality specs.
+    batches.update(np.ascontiguousarray(np.stack([x[f'm{m}'] for m in range(len(x))], 1)).tobytes())
+    state, metrics = steps['train'](state, parallel.global_batch(x, steps['batch']))
     for name in losses:
       if name in metrics:
         losses[name].append(float(np.float32(metrics[name])).hex())

@@ -1,14 +1,24 @@
 """The grain pipeline: shapes and ranges, seeded shuffling, per-process sharding, checkpointable
 position, subsets, and the errors."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from moe_ebm_jax import config_lib
+from moe_ebm_jax import datasets
 from moe_ebm_jax import input_pipeline
+from moe_ebm_jax import models
 
 M = 5
+SPECS = models.polymnist_specs(M)
+
+
+def images(batch):
+  """A PolyMNIST batch's modalities stacked: (B, M, 28, 28, 3)."""
+  return np.stack([batch['x'][f'm{m}'] for m in range(M)], axis=1)
 
 
 @pytest.fixture(scope='module')
@@ -34,16 +44,17 @@ def first_index(batch):
 def test_batches_are_float_images_in_unit_range_matching_the_source(config, train_source):
   it = input_pipeline.train_iterator(config)
   batch = next(it)
-  assert batch['images'].shape == (32, M, 28, 28, 3) and batch['images'].dtype == np.float32
+  assert sorted(batch['x']) == [f'm{m}' for m in range(M)]
+  assert all(a.shape == (32, 28, 28, 3) and a.dtype == np.float32 for a in batch['x'].values())
   assert batch['label'].shape == (32,) and batch['label'].dtype == np.int32
-  assert batch['mnist_index'].shape == (32, M)
-  assert 0.0 <= batch['images'].min() and batch['images'].max() <= 1.0
+  assert batch['mnist_index'].shape == (32, M) and batch['mnist_index'].dtype == np.int32
+  assert 0.0 <= images(batch).min() and images(batch).max() <= 1.0
   # Each row is the stored tuple, scaled by 1/255: find it by its modality-0 index.
   by_index = {int(train_source[i]['mnist_index'][0]): i for i in range(320)}
   for row in (0, 7, 31):
     example = train_source[by_index[int(batch['mnist_index'][row, 0])]]
     stored = np.stack([example[f'm{m}'] for m in range(M)]).astype(np.float32) / 255
-    np.testing.assert_allclose(batch['images'][row], stored, atol=1e-6)
+    np.testing.assert_allclose(images(batch)[row], stored, atol=1e-6)
     assert batch['label'][row] == example['label']
 
 
@@ -53,7 +64,7 @@ def epoch(ds, num_batches):
 
 
 def test_shuffling_is_seeded_covers_each_example_once_and_reshuffles_per_epoch(train_source):
-  kwargs = dict(num_modalities=M, batch_size=32, subset=320)
+  kwargs = dict(modalities=SPECS, batch_size=32, subset=320)
   ds = input_pipeline.make_dataset(train_source, seed=0, **kwargs)
   two_epochs = epoch(ds, 20)
   first, second = sum(two_epochs[:10], []), sum(two_epochs[10:], [])
@@ -70,7 +81,7 @@ def test_shuffling_is_seeded_covers_each_example_once_and_reshuffles_per_epoch(t
 def test_process_rows_assemble_the_single_process_batches(train_source, process_count):
   # Each process reads its rows of every global batch: concatenated in process order they are
   # exactly the batches one process reads, so training does not depend on the process count.
-  kwargs = dict(num_modalities=M, batch_size=32, subset=320, seed=3)
+  kwargs = dict(modalities=SPECS, batch_size=32, subset=320, seed=3)
   single = list(input_pipeline.make_dataset(train_source, num_epochs=1, **kwargs))
   shards = [list(input_pipeline.make_dataset(train_source, process_index=p,
                                              process_count=process_count, num_epochs=1,
@@ -79,8 +90,9 @@ def test_process_rows_assemble_the_single_process_batches(train_source, process_
   assert [len(s) for s in shards] == [10] * process_count
   for g, batch in enumerate(single):
     rows = [shards[p][g] for p in range(process_count)]
-    assert all(r['images'].shape[0] == 32 // process_count for r in rows)
-    for key in ('images', 'label', 'mnist_index'):
+    assert all(r['label'].shape[0] == 32 // process_count for r in rows)
+    np.testing.assert_array_equal(np.concatenate([images(r) for r in rows]), images(batch))
+    for key in ('label', 'mnist_index'):
       np.testing.assert_array_equal(np.concatenate([r[key] for r in rows]), batch[key])
   seen = [i for s in shards for b in s for i in first_index(b)]
   assert len(seen) == len(set(seen)) == 320
@@ -108,7 +120,7 @@ def test_worker_processes_give_the_same_batches_and_restore_exactly(config):
   got = [next(it) for _ in range(13)]
   for a, b in zip(expected, got):
     np.testing.assert_array_equal(a['mnist_index'], b['mnist_index'])
-    np.testing.assert_array_equal(a['images'], b['images'])
+    np.testing.assert_array_equal(images(a), images(b))
   state = it.get_state()
   assert input_pipeline.workers_of_position(state) == 2
   resumed = input_pipeline.train_iterator(workers)
@@ -122,34 +134,39 @@ def test_worker_processes_give_the_same_batches_and_restore_exactly(config):
 
 
 def test_subset_and_drop_remainder(train_source):
-  ds = input_pipeline.make_dataset(train_source, num_modalities=M, batch_size=32, subset=100,
+  ds = input_pipeline.make_dataset(train_source, modalities=SPECS, batch_size=32, subset=100,
                                    num_epochs=1)
-  assert [b['images'].shape[0] for b in ds] == [32, 32, 32]
-  ds = input_pipeline.make_dataset(train_source, num_modalities=M, batch_size=32, subset=100,
+  assert [b['label'].shape[0] for b in ds] == [32, 32, 32]
+  ds = input_pipeline.make_dataset(train_source, modalities=SPECS, batch_size=32, subset=100,
                                    num_epochs=1, drop_remainder=False, shuffle=False)
-  assert [b['images'].shape[0] for b in ds] == [32, 32, 32, 4]
+  assert [b['label'].shape[0] for b in ds] == [32, 32, 32, 4]
 
 
 def test_eval_dataset_is_one_ordered_pass(config):
   batches = list(input_pipeline.eval_dataset(config))
-  assert [b['images'].shape[0] for b in batches] == [64, 36]
+  assert [b['label'].shape[0] for b in batches] == [64, 36]
   again = list(input_pipeline.eval_dataset(config))
   assert [first_index(b) for b in batches] == [first_index(b) for b in again]
 
 
 def test_errors(train_source, config):
   with pytest.raises(ValueError, match='does not divide over 3 processes'):
-    input_pipeline.make_dataset(train_source, num_modalities=M, batch_size=32, process_count=3)
+    input_pipeline.make_dataset(train_source, modalities=SPECS, batch_size=32, process_count=3)
   with pytest.raises(ValueError, match='subset=0'):
-    input_pipeline.make_dataset(train_source, num_modalities=M, batch_size=32, subset=0)
+    input_pipeline.make_dataset(train_source, modalities=SPECS, batch_size=32, subset=0)
   with pytest.raises(ValueError, match='fewer than one batch'):
-    input_pipeline.make_dataset(train_source, num_modalities=M, batch_size=64, subset=40)
+    input_pipeline.make_dataset(train_source, modalities=SPECS, batch_size=64, subset=40)
   with pytest.raises(ValueError, match='needs one process'):
-    input_pipeline.make_dataset(train_source, num_modalities=M, batch_size=32, process_count=2,
+    input_pipeline.make_dataset(train_source, modalities=SPECS, batch_size=32, process_count=2,
                                 drop_remainder=False, num_epochs=1)
-  with pytest.raises(ValueError, match='has 5 modalities, the config says 3'):
-    input_pipeline.check_modalities(train_source, 3)
+  six = models.polymnist_specs(6)
+  with pytest.raises(ValueError, match="modality 'm5': the PolyMNIST split has no such field"):
+    input_pipeline.check_source(train_source, six, 'PolyMNIST split')
+  small = (dataclasses.replace(SPECS[0], shape=(32, 32, 3)),)
+  with pytest.raises(ValueError, match=r"modality 'm0': shape \(28, 28, 3\) of the data differs "
+                     r"from the spec's \(32, 32, 3\)"):
+    input_pipeline.check_source(train_source, small, 'data')
   bad = config.copy_and_resolve_references()
   bad.data.name = 'mnist'
-  with pytest.raises(ValueError, match="only 'polymnist'"):
-    input_pipeline.builder(bad.data)
+  with pytest.raises(ValueError, match="data.name='mnist' is not one of"):
+    datasets.get(bad.data)

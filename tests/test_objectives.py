@@ -295,7 +295,7 @@ def multi_sample(tiny):
   def run(params, images, key):
     out = {}
     for estimator in ('iwae', 'dreg'):
-      fn = functools.partial(objectives.mmvaeplus_objective, vae, images=images, key=key,
+      fn = functools.partial(objectives.mmvaeplus_objective, vae, x=images, key=key,
                              beta=BETA, num_samples=3, estimator=estimator)
       (loss, aux), grads = jax.value_and_grad(fn, has_aux=True)(params)
       lw, _ = objectives.mmvaeplus_log_weights(vae, params, images, aux.post, aux.latents,

@@ -158,7 +158,7 @@ class PoisonedIterator:
     batch = next(self.inner)
     self.count += 1
     if self.count in self.bad_steps:
-      batch = dict(batch, images=np.full_like(batch['images'], np.nan))
+      batch = dict(batch, x={k: np.full_like(v, np.nan) for k, v in batch['x'].items()})
     return batch
 
   def get_state(self):
@@ -251,7 +251,7 @@ TWO_PROCESS_SCRIPT = textwrap.dedent('''
       config.distributed.num_processes = num_processes
       config.distributed.process_id = process_id
     state = train.train_and_evaluate(config, sys.argv[3],
-                                     classify=lambda x: np.zeros(x.shape[:2], int))
+                                     classify=lambda d: np.zeros((len(d['m0']), len(d)), int))
     assert jax.process_count() == num_processes and jax.device_count() == num_processes
     if process_id == 0:
       leaves = [np.asarray(x) for x in jax.tree.leaves((state.vae_params, state.ebm_params))]

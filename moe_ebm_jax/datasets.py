@@ -1,0 +1,295 @@
+"""Datasets: a list of modality specs and a data source, and the registry that names them.
+
+A dataset is `Dataset(name, modalities, source, num_classes)`: `source(split)` returns a
+random-access source (len, __getitem__) of examples {modality name: array, 'label': int} for the
+splits 'train' and 'test'. config.data.name picks a registered dataset; its builder reads
+config.data and returns the Dataset without loading anything (sources load on first use).
+
+Registered:
+  'polymnist'         M 28x28 RGB images of one digit on M backgrounds (polymnist.py, TFDS).
+  'mnist_label'       MNIST image (28, 28, 1) + its digit as a categorical modality (MVAE's
+                      bimodal MNIST).
+  'synthetic_mixture' M vectors of different dimensions from a shared cluster (one of K) and a
+                      shared continuous factor, through fixed nonlinear maps, each with private
+                      noise: a problem whose latent structure is known.
+A user's own arrays: `from_arrays(...)`; a new dataset: `@register('name')` on a function
+config.data -> Dataset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import io
+import os
+import time
+from typing import Any, Callable, Mapping
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from moe_ebm_jax import modalities as modalities_lib
+from moe_ebm_jax import registry
+
+SPLITS = ('train', 'test')
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """name; modalities (specs, in model order); source(split) -> random-access examples
+  {name: array, 'label': int}; num_classes of the label (0: the examples carry none)."""
+  name: str
+  modalities: tuple[modalities_lib.ModalitySpec, ...]
+  source: Callable[[str], Any]
+  num_classes: int = 0
+  description: str = ''
+
+  @property
+  def names(self) -> tuple[str, ...]:
+    return tuple(s.name for s in self.modalities)
+
+
+class ArraySource:
+  """A random-access source over in-memory arrays: example i is {name: arrays[name][i],
+  'label': labels[i]} (no 'label' without labels)."""
+
+  def __init__(self, arrays: Mapping[str, np.ndarray], labels: np.ndarray | None = None):
+    lengths = {name: len(a) for name, a in arrays.items()}
+    if labels is not None:
+      lengths['label'] = len(labels)
+    if len(set(lengths.values())) != 1:
+      raise ValueError(f'every array needs the same number of examples; got {lengths}.')
+    self._arrays = dict(arrays)
+    self._labels = labels
+    self._len = next(iter(lengths.values()))
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    example = {name: a[i] for name, a in self._arrays.items()}
+    if self._labels is not None:
+      example['label'] = self._labels[i]
+    return example
+
+
+DATASETS: registry.Registry = registry.Registry('dataset')
+
+
+def register(name: str):
+  """Decorator: registers a builder config.data -> Dataset under `name` (config.data.name)."""
+  return DATASETS.register(name)
+
+
+def get(data_config: ml_collections.ConfigDict) -> Dataset:
+  """The Dataset that config.data describes (nothing is loaded yet)."""
+  if data_config.name not in DATASETS:
+    raise ValueError(f'config.data.name={data_config.name!r} is not one of '
+                     f'{sorted(DATASETS)}.')
+  build = DATASETS[data_config.name]
+  dataset = build(data_config)
+  modalities_lib.check_specs(dataset.modalities)
+  return dataset
+
+
+def prepare(data_config: ml_collections.ConfigDict) -> Dataset:
+  """Builds or loads every split of the dataset now (--mode=prepare), so that training starts
+  on data that is there."""
+  dataset = get(data_config)
+  for split in SPLITS:
+    source = dataset.source(split)
+    logging.info('%s %s: %d examples.', dataset.name, split, len(source))
+  return dataset
+
+
+def from_arrays(name: str, train: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray],
+                modalities, train_labels=None, test_labels=None, num_classes: int = 0
+                ) -> Dataset:
+  """A Dataset over in-memory arrays {modality name: (N, *shape)} per split, checked against the
+  specs before any work (shapes, dtypes, label ranges)."""
+  modalities = tuple(modalities)
+  modalities_lib.check_specs(modalities)
+  for split, arrays, labels in (('train', train, train_labels), ('test', test, test_labels)):
+    names = [s.name for s in modalities]
+    if set(arrays) != set(names):
+      raise ValueError(f'the {split} arrays have modalities {sorted(arrays)}, the specs '
+                       f'{sorted(names)}.')
+    for spec in modalities:
+      modalities_lib.check_data(spec, arrays[spec.name], f'{split} data')
+    if labels is not None:
+      labels = np.asarray(labels)
+      if not np.issubdtype(labels.dtype, np.integer) or (
+          num_classes and labels.size and (labels.min() < 0 or labels.max() >= num_classes)):
+        raise ValueError(f'{split} labels: integers in [0, {num_classes}) expected, got '
+                         f'{labels.dtype} in [{labels.min()}, {labels.max()}].')
+  sources = {'train': ArraySource(train, train_labels), 'test': ArraySource(test, test_labels)}
+  return Dataset(name, modalities, sources.__getitem__,
+                 num_classes if train_labels is not None else 0)
+
+
+# ----------------------------------------------------------------------------- PolyMNIST
+
+
+def polymnist_builder(data_config: ml_collections.ConfigDict):
+  """The PolyMNIST TFDS builder that `data_config` describes (config.data)."""
+  from moe_ebm_jax import polymnist  # pylint: disable=g-import-not-at-top
+  if data_config.name != 'polymnist':
+    raise ValueError(f"config.data.name={data_config.name!r}: not 'polymnist'.")
+  return polymnist.builder(num_modalities=data_config.num_modalities, seed=data_config.seed,
+                           backgrounds=data_config.backgrounds, data_dir=data_config.data_dir,
+                           mnist_path=data_config.mnist)
+
+
+@functools.lru_cache(maxsize=None)
+def _announce_ready(name: str, data_dir: str, fingerprint: str | None) -> None:
+  """Logs that a dataset is ready, once per process (every evaluation reopens it)."""
+  logging.info('PolyMNIST %s is ready in %s (fingerprint %s).', name, data_dir, fingerprint)
+
+
+def prepare_polymnist(data_config: ml_collections.ConfigDict):
+  """Builds PolyMNIST unless it is already there; returns the prepared builder.
+
+  An existing directory that is incomplete or does not match is rebuilt by TFDS (it writes into
+  a temporary directory and renames it when done, so an interrupted build leaves no half data).
+  """
+  b = polymnist_builder(data_config)
+  if b.is_prepared():
+    _announce_ready(b.builder_config.name, b.data_dir, b.info.metadata.get('fingerprint'))
+    return b
+  logging.info('Building PolyMNIST %s into %s (about a minute on 2 CPU cores) ...',
+               b.builder_config.name, b.data_dir)
+  start = time.time()
+  # TFDS prints its own 'Downloading and preparing' / 'prepared' lines to stdout: these log lines
+  # say the same.
+  with contextlib.redirect_stdout(io.StringIO()):
+    b.download_and_prepare()
+  logging.info('Built PolyMNIST in %.1f s: %s (fingerprint %s).', time.time() - start,
+               {k: v.num_examples for k, v in b.info.splits.items()}, b.info.metadata['fingerprint'])
+  return b
+
+
+def polymnist_source(data_config: ml_collections.ConfigDict, split: str):
+  """Random-access source of one PolyMNIST split (builds the dataset on first use)."""
+  return prepare_polymnist(data_config).as_data_source(split=split)
+
+
+@register('polymnist')
+def polymnist_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
+  specs = tuple(modalities_lib.image_spec(f'm{i}') for i in range(data_config.num_modalities))
+  return Dataset('polymnist', specs, functools.partial(polymnist_source, data_config),
+                 num_classes=10, description=f'PolyMNIST, {data_config.num_modalities} '
+                 'modalities')
+
+
+# ----------------------------------------------------------------------------- MNIST + label
+
+
+def _mnist_cache_dir(data_config) -> str:
+  base = data_config.get('data_dir') or os.path.expanduser('~/.cache/moe_ebm_jax')
+  return os.path.join(base, 'mnist')
+
+
+@functools.lru_cache(maxsize=4)
+def _mnist_split(path: str | None, cache_dir: str, split: str):
+  from moe_ebm_jax import mnist  # pylint: disable=g-import-not-at-top
+  data = mnist.load_mnist(path, cache_dir=cache_dir)
+  x, y = (data.x_train, data.y_train) if split == 'train' else (data.x_test, data.y_test)
+  return ArraySource({'image': x[..., None], 'digit': y.astype(np.int32)}, y.astype(np.int32))
+
+
+@register('mnist_label')
+def mnist_label_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
+  """MNIST's 28x28 grey digit (Bernoulli likelihood, as MVAE's) and the digit as a categorical
+  modality; the label is the digit. MNIST's own train/test split."""
+  specs = (modalities_lib.image_spec('image', (28, 28, 1), likelihood='bernoulli'),
+           modalities_lib.label_spec('digit', 10))
+  return Dataset('mnist_label', specs,
+                 lambda split: _mnist_split(data_config.get('mnist'),
+                                            _mnist_cache_dir(data_config), split),
+                 num_classes=10, description='MNIST image + digit label')
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+
+@dataclasses.dataclass(frozen=True)
+class MixtureMaps:
+  """The fixed generative maps of the synthetic mixture (drawn from the dataset seed).
+
+  centers (K, E): the clusters' embeddings; per modality m: w1 (E + F, H), b1 (H,), w2 (H, D_m).
+  x_m = tanh([centers[c], s] @ w1 + b1) @ w2 + noise_m * eps, s ~ N(0, I_F), eps ~ N(0, I).
+  """
+  centers: np.ndarray
+  layers: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]
+
+
+def mixture_maps(num_clusters: int, dims, factor_dim: int, separation: float, seed: int,
+                 hidden: int = 32, embed_dim: int = 8) -> MixtureMaps:
+  rng = np.random.default_rng([seed, 0])
+  centers = rng.normal(size=(num_clusters, embed_dim)) * separation / np.sqrt(2 * embed_dim)
+  layers = []
+  for d in dims:
+    w1 = rng.normal(size=(embed_dim + factor_dim, hidden)) / np.sqrt(embed_dim + factor_dim)
+    b1 = rng.normal(size=(hidden,)) * 0.1
+    w2 = rng.normal(size=(hidden, d)) / np.sqrt(hidden) * 2.0
+    layers.append((w1, b1, w2))
+  return MixtureMaps(centers, tuple(layers))
+
+
+def sample_mixture(maps: MixtureMaps, num_examples: int, noise, factor_dim: int,
+                   rng: np.random.Generator) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+  """(per-modality float32 arrays (N, D_m), clusters (N,), shared factors (N, F))."""
+  k = len(maps.centers)
+  clusters = rng.integers(0, k, num_examples)
+  factors = rng.normal(size=(num_examples, factor_dim))
+  shared = np.concatenate([maps.centers[clusters], factors], axis=1)
+  xs = []
+  for (w1, b1, w2), sigma in zip(maps.layers, noise):
+    clean = np.tanh(shared @ w1 + b1) @ w2
+    xs.append((clean + sigma * rng.normal(size=clean.shape)).astype(np.float32))
+  return xs, clusters.astype(np.int32), factors.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _mixture_split(num_clusters, dims, factor_dim, noise, separation, seed, size, split):
+  maps = mixture_maps(num_clusters, dims, factor_dim, separation, seed)
+  # Each split from its own stream: no example is in both.
+  rng = np.random.default_rng([seed, 1 + SPLITS.index(split)])
+  xs, clusters, _ = sample_mixture(maps, size, noise, factor_dim, rng)
+  return ArraySource({f'v{m}': x for m, x in enumerate(xs)}, clusters)
+
+
+def mixture_options() -> ml_collections.ConfigDict:
+  """config.data fields of the synthetic mixture (configs/synthetic_mixture.py)."""
+  c = ml_collections.ConfigDict()
+  c.num_clusters = 4  # K
+  c.dims = (2, 8, 16)  # One vector modality per entry (M = len(dims)), of that dimension.
+  c.factor_dim = 1  # The shared continuous factor's dimension.
+  c.noise = (0.1,)  # Private noise std per modality; one entry: the same for every modality.
+  c.separation = 6.0  # Distance scale between the clusters' embeddings.
+  c.num_train = 8192
+  c.num_test = 2048
+  return c
+
+
+@register('synthetic_mixture')
+def synthetic_mixture_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
+  c = data_config
+  dims = tuple(int(d) for d in c.dims)
+  noise = tuple(float(n) for n in c.noise)
+  noise = noise * len(dims) if len(noise) == 1 else noise
+  if len(noise) != len(dims):
+    raise ValueError(f'config.data.noise has {len(noise)} entries for {len(dims)} modalities '
+                     '(config.data.dims).')
+  if c.num_clusters < 2:
+    raise ValueError(f'config.data.num_clusters={c.num_clusters} must be >= 2.')
+  specs = tuple(modalities_lib.vector_spec(f'v{m}', d) for m, d in enumerate(dims))
+  sizes = {'train': c.num_train, 'test': c.num_test}
+  return Dataset(
+      'synthetic_mixture', specs,
+      lambda split: _mixture_split(c.num_clusters, dims, c.factor_dim, noise,
+                                   float(c.separation), c.seed, sizes[split], split),
+      num_classes=c.num_clusters,
+      description=f'synthetic mixture: K={c.num_clusters}, dims {dims}, noise {noise}')
