@@ -231,9 +231,13 @@ def _train_setup(scale: str, model_name: str, mesh):
   model = model_state.make_model(config)
   steps = train.compile_steps(config, model, mesh)
   state = steps['init'](jax.random.PRNGKey(0))
-  images = np.random.default_rng(0).random(
-      (config.batch_size, config.data.num_modalities, 28, 28, 3), np.float32)
-  return config, model, steps, state, jax.device_put(images, steps['batch'])
+  # A batch as the input pipeline gives it: {modality: (B, *shape)} of each spec's dtype.
+  rng = np.random.default_rng(0)
+  x = {s.name: (rng.integers(0, max(s.num_classes, 1), (config.batch_size,) + s.shape, np.int32)
+                if s.dtype == 'int32' else
+                rng.random((config.batch_size,) + s.shape, np.float32))
+       for s in model.vae.modalities}
+  return config, model, steps, state, jax.device_put(x, steps['batch'])
 
 
 def bench_train(scale: str, model_name: str, mesh, counter: CompileCounter,
