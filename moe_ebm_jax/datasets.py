@@ -31,6 +31,7 @@ import numpy as np
 from absl import logging
 
 from moe_ebm_jax import modalities as modalities_lib
+from moe_ebm_jax import models
 from moe_ebm_jax import registry
 
 SPLITS = ('train', 'test')
@@ -177,7 +178,7 @@ def polymnist_source(data_config: ml_collections.ConfigDict, split: str):
 
 @register('polymnist')
 def polymnist_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
-  specs = tuple(modalities_lib.image_spec(f'm{i}') for i in range(data_config.num_modalities))
+  specs = models.polymnist_specs(data_config.num_modalities)
   return Dataset('polymnist', specs, functools.partial(polymnist_source, data_config),
                  num_classes=10, description=f'PolyMNIST, {data_config.num_modalities} '
                  'modalities')

@@ -228,18 +228,20 @@ class Evaluator:
                       [f'post {d}' for d in names]),
           row_labels=tests)
       files['prior_trajectory'] = self._trajectory_figure(state, trajectory, out_dir)
-    for d, spec in enumerate(specs):
-      if spec.kind == 'vector' and spec.shape == (2,):
-        many, _ = self._joint(state, jax.random.fold_in(key, 7))
-        points, labels = (x, None) if data is None else data
-        samples = np.asarray(many[spec.name])
-        classes = np.asarray(self.classify(jax.device_get(many)))[:, d]
-        files[f'scatter_{spec.name}'] = self._save_image(
-            out_dir, f'scatter_{spec.name}.png', figures_lib.scatter_panels(
-                [('test data, coloured by label', np.asarray(points[spec.name]), labels),
-                 ('joint samples, coloured by the class read', samples, classes)],
-                title=f'{spec.name} of {name}: test data vs joint samples '
-                      f'({self._prior_z_wording()})'))
+    planar = [d for d, spec in enumerate(specs) if spec.kind == 'vector' and spec.shape == (2,)]
+    if planar:  # One set of joint samples, classified once, for every scatter plot.
+      many = jax.device_get(self._joint(state, jax.random.fold_in(key, 7))[0])
+      read = np.asarray(self.classify(many))
+      points, labels = (x, None) if data is None else data
+    for d in planar:
+      spec = specs[d]
+      samples, classes = np.asarray(many[spec.name]), read[:, d]
+      files[f'scatter_{spec.name}'] = self._save_image(
+          out_dir, f'scatter_{spec.name}.png', figures_lib.scatter_panels(
+              [('test data, coloured by label', np.asarray(points[spec.name]), labels),
+               ('joint samples, coloured by the class read', samples, classes)],
+              title=f'{spec.name} of {name}: test data vs joint samples '
+                    f'({self._prior_z_wording()})'))
     return files
 
   def _prior_z_wording(self) -> str:
