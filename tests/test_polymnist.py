@@ -138,27 +138,42 @@ def test_train_and_test_use_disjoint_mnist_splits(polymnist_dir, mnist_arrays):
     np.testing.assert_array_equal(np.sort(test_indices[:, m]), np.arange(10000))
 
 
+@pytest.fixture(scope='module')
+def three_modality_build(mnist_npz, backgrounds_dir, tmp_path_factory):
+  """PolyMNIST with 3 modalities, seed 1 and folder backgrounds, built once for this module
+  (the smaller build: 3 images a tuple instead of 5)."""
+  data_dir = str(tmp_path_factory.mktemp('polymnist_m3'))
+  builder = polymnist.builder(num_modalities=3, seed=1, backgrounds=backgrounds_dir,
+                              data_dir=data_dir, mnist_path=mnist_npz)
+  builder.download_and_prepare()
+  return builder
+
+
+def _files(builder) -> dict[str, str]:
+  folder = builder.data_dir
+  # Files only: other tests may cache classifiers in a subfolder of a dataset.
+  return {n: os.path.join(folder, n) for n in sorted(os.listdir(folder))
+          if os.path.isfile(os.path.join(folder, n))}
+
+
 @pytest.mark.slow
-def test_two_builds_with_one_seed_are_byte_identical(polymnist_dir, mnist_npz, tmp_path):
-  polymnist.builder(data_dir=str(tmp_path), mnist_path=mnist_npz).download_and_prepare()
-  config = polymnist.make_config().name
-  first = os.path.join(polymnist_dir, 'polymnist', config, '1.0.0')
-  second = os.path.join(str(tmp_path), 'polymnist', config, '1.0.0')
-  # Files only: other tests may cache classifiers in a subfolder of the session's dataset.
-  names = sorted(n for n in os.listdir(first) if os.path.isfile(os.path.join(first, n)))
-  assert names == sorted(os.listdir(second))
-  assert sum(n.endswith(tuple(f'of-{k:05d}' for k in range(1, 99))) for n in names) >= 2
-  for name in names:
-    with open(os.path.join(first, name), 'rb') as a, open(os.path.join(second, name), 'rb') as b:
+def test_two_builds_with_one_seed_are_byte_identical(three_modality_build, mnist_npz,
+                                                     backgrounds_dir, tmp_path):
+  again = polymnist.builder(num_modalities=3, seed=1, backgrounds=backgrounds_dir,
+                            data_dir=str(tmp_path), mnist_path=mnist_npz)
+  again.download_and_prepare()
+  first, second = _files(three_modality_build), _files(again)
+  assert list(first) == list(second)
+  assert sum(n.endswith(tuple(f'of-{k:05d}' for k in range(1, 99))) for n in first) >= 2
+  for name in first:
+    with open(first[name], 'rb') as a, open(second[name], 'rb') as b:
       assert a.read() == b.read(), name
 
 
 @pytest.mark.slow
-def test_other_seed_and_modality_count_and_folder_backgrounds(polymnist_dir, mnist_npz,
-                                                              backgrounds_dir, tmp_path):
-  builder = polymnist.builder(num_modalities=3, seed=1, backgrounds=backgrounds_dir,
-                              data_dir=str(tmp_path), mnist_path=mnist_npz)
-  builder.download_and_prepare()
+def test_other_seed_and_modality_count_and_folder_backgrounds(three_modality_build, polymnist_dir,
+                                                              backgrounds_dir):
+  builder = three_modality_build
   meta = builder.info.metadata
   assert builder.builder_config.name.startswith('m3_seed1_bg')
   assert [b['name'] for b in meta['backgrounds']] == sorted(os.listdir(backgrounds_dir))[:3]
