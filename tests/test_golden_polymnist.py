@@ -6,9 +6,11 @@ pytree does not matter, changing a value does), and every step's losses (float32
 against values recorded from the code as it was before the modality-spec refactor
 (tests/golden/polymnist_20_steps.json).
 
-The values are those of XLA:CPU under the tests' flags (conftest.py), recorded on an AVX-512
-machine; the same run with XLA's code generation held to AVX2 (XLA_FLAGS=--xla_cpu_max_isa=AVX2,
-the other machine kind's instruction set) gave the same bits. To record them again, only
+The values are those of XLA:CPU under the tests' flags (conftest.py: backend optimisation
+level 1, code generation held to AVX2), recorded on an AVX-512 machine. They were first recorded
+at level 0 before the refactor; the refactored library matched them bit for bit there, and it is
+that library, unchanged, that recorded them again at level 1 (where AVX-512 code rounds a few
+losses differently in the last bit: hence AVX2 on every machine). To record them again, only
 for a change meant to move them, say why in the commit:
   MOE_EBM_JAX_RECORD_GOLDEN=1 pytest tests/test_golden_polymnist.py
 """
