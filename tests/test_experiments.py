@@ -117,3 +117,42 @@ def test_ebm_effect_gpu_script_at_smoke_scale(tmp_path, private_polymnist_dir, m
       assert 0 <= probe[f'cross_coherence_{tag}'] <= 1
     assert 0 <= probe['joint_coherence'] <= 1
   assert 'moe_ebm | 4 |' in result.stdout
+
+
+def test_table_interval_is_students_t():
+  table = _load('table')
+  mean, sd, lo, hi = table.interval([1.0, 2.0, 3.0])
+  assert (mean, sd) == (2.0, 1.0)
+  assert (lo, hi) == pytest.approx((2 - 4.303 / np.sqrt(3), 2 + 4.303 / np.sqrt(3)))
+  assert table.interval([0.5]) == (0.5, 0.0, 0.5, 0.5)
+  assert table.t975(40) == 1.96 and table.t975(12) == 2.228  # Conservative between entries.
+
+
+@pytest.mark.slow
+def test_table_runs_every_seed_then_resumes_without_retraining(tmp_path):
+  """MOE-EBM x 2 seeds on the smoke synthetic mixture: trained, evaluated, probed pre- and
+  post-LD, tabled; a second call finds every run done and trains nothing."""
+  out = tmp_path / 'table'
+  cmd = [sys.executable, os.path.join(ROOT, 'experiments', 'table.py'),
+         '--config=configs/smoke.py', '--variant=synthetic_mixture', '--models=moe_ebm',
+         '--seeds=0,1', f'--out={out}', '--set=num_train_steps=4', '--set=eval_every_steps=2',
+         '--set=eval.at_end_of_training=True', f'--set=data.data_dir={tmp_path / "data"}',
+         '--probe_train=64']
+  result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+  assert result.returncode == 0, result.stderr[-3000:]
+  results = json.loads((out / 'results.json').read_text())
+  assert sorted(results) == ['moe_ebm_s0', 'moe_ebm_s1']
+  for run in results.values():
+    assert run['step'] == 4 and [s for s, _ in run['test_loss_curve']] == [2, 4]
+    for mode in ('pre_ld', 'post_ld'):
+      assert 0 <= run['latent_probe'][mode]['mean'] <= 1
+    assert run['latent_probe']['num_train'] == 64
+  assert results['moe_ebm_s0']['coherence'] != results['moe_ebm_s1']['coherence']
+  text = (out / 'table.md').read_text()
+  assert '| moe_ebm pre-LD | 2 |' in text and '| moe_ebm post-LD | 2 |' in text
+  assert (out / 'curves.png').stat().st_size > 1000
+  logs = {p.name: p.stat().st_size for p in out.glob('*.log')}
+  again = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert {p.name: p.stat().st_size for p in out.glob('*.log')} == logs  # Nothing retrained.
+  assert (out / 'table.md').read_text() == text

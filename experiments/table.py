@@ -1,0 +1,197 @@
+r"""One dataset's table: every model x every training seed, trained, evaluated, probed; resumable.
+
+  python experiments/table.py --config=configs/synthetic_mixture.py --out=/tmp/table_mixture
+  python experiments/table.py --config=configs/synthetic_mixture.py --variant=z2 \
+      --models=mmvaeplus,moe_ebm --seeds=0,1,2 --set=num_train_steps=6000 --out=/tmp/t
+
+Each run is `main.py --config=<config>:<model>[,<variant>] --config.seed=<seed>` in
+<out>/<model>_s<seed> (main.py resumes an interrupted run and skips an evaluated one), then the
+linear probe of the shared latent (latent_probe.py) on its final state. <out>/results.json is
+rewritten after every run (a finished run is not redone); <out>/table.md holds mean, sample sd
+and a 95% t-interval over seeds per model and metric; <out>/curves.png the test loss of every
+run against the step (the convergence evidence).
+"""
+
+import ast
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from moe_ebm_jax import config_lib
+from moe_ebm_jax import datasets
+from moe_ebm_jax import evaluation
+from moe_ebm_jax import input_pipeline
+from moe_ebm_jax import latent_probe
+from moe_ebm_jax import log_setup
+from moe_ebm_jax import metric_logging
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_CONFIG = flags.DEFINE_string('config', None, 'Config file (its get_config takes the model).',
+                              required=True)
+_VARIANT = flags.DEFINE_string('variant', '', 'Appended to the config argument: <model>,<variant>.')
+_MODELS = flags.DEFINE_list('models', ['mmvaeplus', 'ebm_mmvaeplus', 'moe_ebm'], 'Models.')
+_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Training seeds (config.seed).')
+_SET = flags.DEFINE_multi_string('set', [], 'key=value config overrides for every run.')
+_OUT = flags.DEFINE_string('out', None, 'Output folder.', required=True)
+_PROBE_TRAIN = flags.DEFINE_integer('probe_train', 10_000,
+                                    'Training examples the linear probe is fitted on.')
+
+# Two-sided 95% quantiles of Student's t by degrees of freedom (1.96 beyond 30).
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+        9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def t975(df: int) -> float:
+  return T975.get(df) or (T975[max(k for k in T975 if k <= df)] if df < 30 else 1.96)
+
+
+def interval(values: list[float]) -> tuple[float, float, float, float]:
+  """(mean, sample sd, low, high) of the 95% t-interval of the mean; sd and width 0 for one."""
+  mean = statistics.fmean(values)
+  if len(values) < 2:
+    return mean, 0.0, mean, mean
+  sd = statistics.stdev(values)
+  half = t975(len(values) - 1) * sd / math.sqrt(len(values))
+  return mean, sd, mean - half, mean + half
+
+
+def parse_override(config, item: str) -> tuple[str, str]:
+  """'a.b=v' -> sets config.a.b to v read as a Python literal (else a string), as its type."""
+  key, sep, text = item.partition('=')
+  if not sep:
+    raise app.UsageError(f'--set {item!r}: expected key=value.')
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    value = text
+  *path, name = key.split('.')
+  node = config
+  for part in path:
+    node = node[part]
+  node[name] = tuple(value) if isinstance(value, list) else value
+  return key, text
+
+
+def run_metrics(config, workdir: str) -> dict:
+  """The run's evaluation, its latent probe and its test-loss curve."""
+  with open(os.path.join(workdir, 'eval', 'metrics.json')) as f:
+    metrics = json.load(f)
+  model, state = evaluation.restore_latest(config, workdir)
+  whole = config.copy_and_resolve_references()
+  whole.data.test_subset = None  # The probe's training examples: not the test split's subset.
+  limit = lambda c, split, n: [b for _, b in zip(range(-(-n // c.eval_batch_size)),
+                                                 input_pipeline.eval_dataset(c, split))]
+  probe = latent_probe.probe(
+      model, state, limit(whole, 'train', _PROBE_TRAIN.value),
+      limit(config, 'test', config.eval.num_test_examples or 10**9),
+      datasets.get(config.data).num_classes, jax.random.PRNGKey(config.seed + 3))
+  scalars = metric_logging.read_scalars(os.path.join(workdir, 'tensorboard'))
+  curve = sorted(dict(scalars.get('eval/test_loss', [])).items())
+  return {'coherence': metrics['coherence'], 'latent_probe': probe, 'step': metrics['step'],
+          'test_loss_curve': curve}
+
+
+ROWS = (('joint coherence', lambda r, tag: r['coherence'].get('joint_coherence')),
+        ('cross coherence', lambda r, tag: r['coherence'][tag]['cross_coherence']),
+        ('latent accuracy', lambda r, tag: r['latent_probe'][
+            'post_ld' if tag == 'post_ld' else 'pre_ld']['mean']))
+
+
+def tags(model: str) -> list[str]:
+  return {'moe_ebm': ['pre_ld', 'post_ld'], 'ebm_mmvaeplus': ['pre_ld'],
+          'ebm_mmvae': ['pre_ld']}.get(model, ['q'])
+
+
+def table(results: dict, models: list[str]) -> str:
+  lines = ['| model | runs | ' + ' | '.join(
+      f'{name}: mean, sd [95% interval]' for name, _ in ROWS) + ' |', '|---' * 5 + '|']
+  for model in models:
+    runs = [r for r in results.values() if r['model'] == model]
+    if not runs:
+      continue
+    for tag in tags(model):
+      cells = []
+      for _, get in ROWS:
+        values = [get(r, tag) for r in runs]
+        if any(v is None for v in values):
+          cells.append('-')
+          continue
+        mean, sd, lo, hi = interval(values)
+        cells.append(f'{mean:.3f}, {sd:.3f} [{lo:.3f}, {hi:.3f}]')
+      label = model + {'pre_ld': ' pre-LD', 'post_ld': ' post-LD'}.get(tag, '')
+      lines.append(f'| {label} | {len(runs)} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def plot_curves(results: dict, path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  colours = {}
+  for r in sorted(results.values(), key=lambda r: (r['model'], r['seed'])):
+    first = r['model'] not in colours
+    colour = colours.setdefault(r['model'], f'C{len(colours)}')
+    steps, losses = zip(*r['test_loss_curve']) if r['test_loss_curve'] else ((), ())
+    ax.plot(steps, losses, color=colour, lw=1, label=r['model'] if first else None)
+  ax.set(xlabel='training step', ylabel="test loss (the model's own objective)",
+         title='Test loss of every run (one line per seed)')
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv):
+  del argv
+  log_setup.setup(debug=False)
+  os.makedirs(_OUT.value, exist_ok=True)
+  results_path = os.path.join(_OUT.value, 'results.json')
+  results = {}
+  if os.path.exists(results_path):
+    with open(results_path) as f:
+      results = json.load(f)
+  for model in _MODELS.value:
+    for seed in _SEEDS.value:
+      name = f'{model}_s{seed}'
+      if name in results:
+        continue
+      arg = model + (f',{_VARIANT.value}' if _VARIANT.value else '')
+      config = config_lib.from_file(_CONFIG.value, arg)
+      config.seed = int(seed)
+      overrides = [parse_override(config, item) for item in _SET.value]
+      config_lib.validate(config)
+      workdir = os.path.join(_OUT.value, name)
+      start = time.time()
+      cmd = [sys.executable, os.path.join(ROOT, 'main.py'), f'--config={_CONFIG.value}:{arg}',
+             f'--workdir={workdir}', f'--config.seed={seed}',
+             *[f'--config.{k}={v}' for k, v in overrides]]
+      logging.info('%s: %s', name, ' '.join(cmd[1:]))
+      with open(os.path.join(_OUT.value, f'{name}.log'), 'a') as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, check=False)
+      if proc.returncode:
+        raise SystemExit(f'{name} failed: see {_OUT.value}/{name}.log')
+      results[name] = {'model': model, 'seed': int(seed), 'overrides': dict(overrides),
+                       'seconds': time.time() - start, **run_metrics(config, workdir)}
+      with open(results_path, 'w') as f:
+        json.dump(results, f, indent=1)
+      logging.info('%s done in %.0f s: %s', name, time.time() - start,
+                   json.dumps(results[name]['coherence'].get('joint_coherence')))
+  text = table(results, _MODELS.value)
+  with open(os.path.join(_OUT.value, 'table.md'), 'w') as f:
+    f.write(f'{_CONFIG.value} {_VARIANT.value} {_SET.value}\n\n{text}\n')
+  plot_curves(results, os.path.join(_OUT.value, 'curves.png'))
+  print(text)
+
+
+if __name__ == '__main__':
+  app.run(main)
