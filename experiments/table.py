@@ -14,9 +14,7 @@ run against the step (the convergence evidence).
 
 import ast
 import json
-import math
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -25,6 +23,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
+from moe_ebm_jax import comparison
 from moe_ebm_jax import config_lib
 from moe_ebm_jax import datasets
 from moe_ebm_jax import evaluation
@@ -44,25 +43,6 @@ _SET = flags.DEFINE_multi_string('set', [], 'key=value config overrides for ever
 _OUT = flags.DEFINE_string('out', None, 'Output folder.', required=True)
 _PROBE_TRAIN = flags.DEFINE_integer('probe_train', 10_000,
                                     'Training examples the linear probe is fitted on.')
-
-# Two-sided 95% quantiles of Student's t by degrees of freedom (1.96 beyond 30).
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-        9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
-
-
-def t975(df: int) -> float:
-  return T975.get(df) or (T975[max(k for k in T975 if k <= df)] if df < 30 else 1.96)
-
-
-def interval(values: list[float]) -> tuple[float, float, float, float]:
-  """(mean, sample sd, low, high) of the 95% t-interval of the mean; sd and width 0 for one."""
-  mean = statistics.fmean(values)
-  if len(values) < 2:
-    return mean, 0.0, mean, mean
-  sd = statistics.stdev(values)
-  half = t975(len(values) - 1) * sd / math.sqrt(len(values))
-  return mean, sd, mean - half, mean + half
-
 
 def parse_override(config, item: str) -> tuple[str, str]:
   """'a.b=v' -> sets config.a.b to v read as a Python literal (else a string), as its type."""
@@ -125,7 +105,7 @@ def table(results: dict, models: list[str]) -> str:
         if any(v is None for v in values):
           cells.append('-')
           continue
-        mean, sd, lo, hi = interval(values)
+        mean, sd, lo, hi = comparison.interval(values)
         cells.append(f'{mean:.3f}, {sd:.3f} [{lo:.3f}, {hi:.3f}]')
       label = model + {'pre_ld': ' pre-LD', 'post_ld': ' post-LD'}.get(tag, '')
       lines.append(f'| {label} | {len(runs)} | ' + ' | '.join(cells) + ' |')

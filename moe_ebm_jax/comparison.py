@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import statistics
 from typing import Any, Sequence
@@ -200,6 +201,26 @@ def seed_summary(rows: Sequence[Row]) -> list[SeedGroup]:
     out.append(SeedGroup(label=label, step=step, runs=tuple(r.run for r in members),
                          values=values))
   return out
+
+
+# Two-sided 95% quantiles of Student's t by degrees of freedom (1.96 beyond 30).
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+        9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def t975(df: int) -> float:
+  return T975.get(df) or (T975[max(k for k in T975 if k <= df)] if df < 30 else 1.96)
+
+
+def interval(values: Sequence[float]) -> tuple[float, float, float, float]:
+  """(mean, sample sd, low, high) of the 95% t-interval of the mean; sd and width 0 for one."""
+  mean = statistics.fmean(values)
+  if len(values) < 2:
+    return mean, 0.0, mean, mean
+  sd = statistics.stdev(values)
+  half = t975(len(values) - 1) * sd / math.sqrt(len(values))
+  return mean, sd, mean - half, mean + half
+
 
 
 def _what_differs(row: Row, others: Sequence[Row], limit: int = 3) -> str:
