@@ -175,22 +175,12 @@ def has_loops(hlo_text: str) -> bool:
 
 def get_config(scale: str, model: str):
   import importlib  # pylint: disable=g-import-not-at-top
-  import ast  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax import config_lib  # pylint: disable=g-import-not-at-top
   config = importlib.import_module(f'configs.{SCALES[scale]}').get_config(model)
   config.batch_size = _BATCH.value
   config.eval_batch_size = _BATCH.value
   for item in _OVERRIDES.value:
-    key, _, value = item.partition('=')
-    node, *path = key.split('.')
-    target = config
-    for part in [node] + path[:-1]:
-      target = target[part]
-    if path[-1] not in target:
-      raise KeyError(f'--set {item}: config has no key {key!r}.')
-    try:
-      target[path[-1]] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):  # A bare word: a string.
-      target[path[-1]] = value
+    config_lib.apply_override(config, item)
   return config
 
 

@@ -12,7 +12,6 @@ and a 95% t-interval over seeds per model and metric; <out>/curves.png the test 
 run against the step (the convergence evidence).
 """
 
-import ast
 import json
 import os
 import subprocess
@@ -44,23 +43,6 @@ _OUT = flags.DEFINE_string('out', None, 'Output folder.', required=True)
 _PROBE_TRAIN = flags.DEFINE_integer('probe_train', 10_000,
                                     'Training examples the linear probe is fitted on.')
 
-def parse_override(config, item: str) -> tuple[str, str]:
-  """'a.b=v' -> sets config.a.b to v read as a Python literal (else a string), as its type."""
-  key, sep, text = item.partition('=')
-  if not sep:
-    raise app.UsageError(f'--set {item!r}: expected key=value.')
-  try:
-    value = ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    value = text
-  *path, name = key.split('.')
-  node = config
-  for part in path:
-    node = node[part]
-  node[name] = tuple(value) if isinstance(value, list) else value
-  return key, text
-
-
 def run_metrics(config, workdir: str) -> dict:
   """The run's evaluation, its latent probe and its test-loss curve."""
   with open(os.path.join(workdir, 'eval', 'metrics.json')) as f:
@@ -86,11 +68,6 @@ ROWS = (('joint coherence', lambda r, tag: r['coherence'].get('joint_coherence')
             'post_ld' if tag == 'post_ld' else 'pre_ld']['mean']))
 
 
-def tags(model: str) -> list[str]:
-  return {'moe_ebm': ['pre_ld', 'post_ld'], 'ebm_mmvaeplus': ['pre_ld'],
-          'ebm_mmvae': ['pre_ld']}.get(model, ['q'])
-
-
 def table(results: dict, models: list[str]) -> str:
   lines = ['| model | runs | ' + ' | '.join(
       f'{name}: mean, sd [95% interval]' for name, _ in ROWS) + ' |', '|---' * 5 + '|']
@@ -98,7 +75,8 @@ def table(results: dict, models: list[str]) -> str:
     runs = [r for r in results.values() if r['model'] == model]
     if not runs:
       continue
-    for tag in tags(model):
+    # The coherence tags the runs were evaluated with: 'q', or 'pre_ld' (and 'post_ld').
+    for tag in [t for t in ('q', 'pre_ld', 'post_ld') if t in runs[0]['coherence']]:
       cells = []
       for _, get in ROWS:
         values = [get(r, tag) for r in runs]
@@ -148,7 +126,7 @@ def main(argv):
       arg = model + (f',{_VARIANT.value}' if _VARIANT.value else '')
       config = config_lib.from_file(_CONFIG.value, arg)
       config.seed = int(seed)
-      overrides = [parse_override(config, item) for item in _SET.value]
+      overrides = [config_lib.apply_override(config, item) for item in _SET.value]
       config_lib.validate(config)
       workdir = os.path.join(_OUT.value, name)
       start = time.time()

@@ -212,6 +212,29 @@ def from_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
   return module.get_config(arg) if arg is not None else module.get_config()
 
 
+def apply_override(config: ml_collections.ConfigDict, item: str) -> tuple[str, str]:
+  """Applies 'a.b=value' (a Python literal, else a string; lists become tuples) to `config`, as
+  scripts' --set flags take them; -> (key, value text). Unknown keys raise KeyError."""
+  import ast  # pylint: disable=g-import-not-at-top
+  key, sep, text = item.partition('=')
+  if not sep:
+    raise ValueError(f'override {item!r}: expected key=value.')
+  *path, name = key.split('.')
+  node = config
+  for part in path:
+    if part not in node:
+      raise KeyError(f'override {item!r}: config has no key {key!r}.')
+    node = node[part]
+  if name not in node:
+    raise KeyError(f'override {item!r}: config has no key {key!r}.')
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):  # A bare word: a string.
+    value = text
+  node[name] = tuple(value) if isinstance(value, list) else value
+  return key, text
+
+
 def summary(config: ml_collections.ConfigDict) -> str:
   """One line: model, data, steps, batch, widths and the EBM's chains, for the log's start."""
   m = config.model

@@ -116,3 +116,19 @@ def test_main_rejects_unknown_keys_and_bad_values(tmp_path):
                   f'--config.data.data_dir={tmp_path}', '--mode=prepare')
   assert proc.returncode != 0 and 'num_modalities=1 must be' in proc.stderr
   assert not os.listdir(tmp_path)  # Failed before touching the data dir.
+
+
+def test_apply_override_sets_literals_tuples_strings_and_refuses_unknown_keys():
+  config = config_lib.base_config('moe_ebm')
+  assert config_lib.apply_override(config, 'num_train_steps=7') == ('num_train_steps', '7')
+  config_lib.apply_override(config, 'ebm.hidden=[8, 8]')
+  config_lib.apply_override(config, 'ebm.energy_weight=one')
+  config_lib.apply_override(config, 'model.conv_backward="matmul"')
+  assert (config.num_train_steps, config.ebm.hidden) == (7, (8, 8))
+  assert (config.ebm.energy_weight, config.model.conv_backward) == ('one', 'matmul')
+  with pytest.raises(KeyError, match="no key 'model.conv_speed'"):
+    config_lib.apply_override(config, 'model.conv_speed=1')
+  with pytest.raises(KeyError, match="no key 'nothing.here'"):
+    config_lib.apply_override(config, 'nothing.here=1')
+  with pytest.raises(ValueError, match='expected key=value'):
+    config_lib.apply_override(config, 'num_train_steps')
