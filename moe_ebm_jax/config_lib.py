@@ -177,6 +177,9 @@ def base_config(model: str | None, dataset: str = 'polymnist') -> ml_collections
   c.num_image_samples = 8  # Rows of the sample grids written to TensorBoard.
   c.max_consecutive_bad_steps = 20  # Non-finite or exploding steps in a row before acting.
   c.on_divergence = 'restore'  # 'restore' the last good checkpoint, or 'stop'.
+  # Restores of one checkpoint in a row (each diverging again before a newer good step is saved)
+  # before the run stops with an error instead of looping.
+  c.max_restores = 3
   c.eval = ml_collections.ConfigDict()
   # --mode=train ends with --mode=eval's evaluation of the final step (evaluation.evaluate_state)
   # into <workdir>/eval; a relaunch of a finished run skips it if eval/metrics.json is of that step.
@@ -359,6 +362,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(config.ebm.energy_l2 >= 0, f'ebm.energy_l2={config.ebm.energy_l2} < 0')
   check(config.ebm.energy_weight in ENERGY_WEIGHTS,
         f'ebm.energy_weight={config.ebm.energy_weight!r}, expected one of {ENERGY_WEIGHTS}')
+  check(isinstance(config.max_restores, int) and config.max_restores >= 0,
+        f'max_restores={config.max_restores!r}, expected an integer >= 0')
   check(config.on_divergence in ('restore', 'stop'),
         f"on_divergence={config.on_divergence!r}, expected 'restore' or 'stop'")
   check(isinstance(config.eval.at_end_of_training, bool),

@@ -11,7 +11,8 @@ process feeding its own shard of the batch).
 
 Non-finite losses or gradients, or an energy beyond config.ebm.max_abs_energy, skip the update
 inside the step and are counted; after config.max_consecutive_bad_steps in a row the run restores
-the last good checkpoint (with a fresh random stream) or stops, saying what diverged.
+the last good checkpoint (with a fresh random stream) or stops, saying what diverged; a checkpoint
+restored config.max_restores times in a row, diverging again each time, stops the run.
 """
 
 from __future__ import annotations
@@ -275,6 +276,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, class
   # input threads and worker processes stop.
   with ckpt, writer, contextlib.closing(data_iter), checkpointing.GracefulShutdown() as shutdown:
     step, compiled = start_step, False
+    restores_in_a_row = (None, 0)  # (the step restored, how often in a row).
     while step < config.num_train_steps:
       batch = next(data_iter)
       state, metrics = steps['train'](state, parallel.global_batch(batch['x'], steps['batch']))
@@ -291,7 +293,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, class
         skipped = int(state.skipped_steps)
         report = progress.update(step, progress_line_metrics(model, metrics, skipped))
         if int(state.bad_steps) >= config.max_consecutive_bad_steps:
-          state, step = _handle_divergence(config, state, ckpt, abstract, data_iter)
+          state, step = _handle_divergence(config, state, ckpt, abstract, data_iter,
+                                           restores_in_a_row)
+          restores_in_a_row = (restores_in_a_row[0], restores_in_a_row[1] + 1) if (
+              restores_in_a_row[0] == step) else (step, 1)
           restores += 1
           state = state.replace(key=jax.random.fold_in(state.key, 10_000 + restores))
           continue
@@ -355,7 +360,10 @@ def _any_process(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
 
 
-def _handle_divergence(config, state, ckpt, abstract, data_iter):
+def _handle_divergence(config, state, ckpt, abstract, data_iter, restores_in_a_row):
+  """Restores the newest good checkpoint, or raises DivergenceError: on_divergence='stop', no
+  checkpoint, or that checkpoint restored config.max_restores times in a row already (every
+  restore diverged again before a newer good step was saved)."""
   what = describe_divergence(state)
   message = (f'Training diverged at step {int(state.step)}: {int(state.bad_steps)} bad steps in '
              f'a row ({what}); {int(state.skipped_steps)} skipped in total.')
@@ -364,6 +372,13 @@ def _handle_divergence(config, state, ckpt, abstract, data_iter):
   if config.on_divergence == 'stop' or good is None:
     raise DivergenceError(message + (' Stopping (config.on_divergence=stop).'
                                      if good is not None else ' No checkpoint to restore.'))
+  restored_step, count = restores_in_a_row
+  if restored_step == good and count >= config.max_restores:
+    raise DivergenceError(
+        f'{message} Stopping: step {good} was restored {count} times in a row '
+        f'(config.max_restores={config.max_restores}) and diverged again each time. The run is '
+        'unstable, not unlucky: lower the learning rates or the Langevin step sizes, or set an '
+        'energy penalty (config.ebm.energy_l2). The checkpoints are kept.')
   logging.error('%s Restoring step %d with a fresh random stream.', message, good)
   restored, extra = ckpt.restore(abstract, step=good)
   input_pipeline.restore_position(data_iter, extra['data'], config)

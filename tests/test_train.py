@@ -194,6 +194,24 @@ def test_divergence_stops_or_restores_the_last_good_checkpoint(polymnist_dir, tm
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.vae_params))
 
 
+@pytest.mark.slow
+def test_divergence_after_every_restore_stops_after_max_restores(polymnist_dir, tmp_path,
+                                                                 monkeypatch):
+  """Every batch from the fourth on is poisoned: each restore of step 2 diverges again. The run
+  restores it max_restores times, then stops with an error instead of looping forever."""
+  real = train.input_pipeline.train_iterator
+  restores = []
+  monkeypatch.setattr(train.input_pipeline, 'train_iterator',
+                      lambda *a, **k: PoisonedIterator(real(*a, **k), range(4, 10**6)))
+  monkeypatch.setattr(train.input_pipeline, 'restore_position',
+                      lambda it, position, config: restores.append(1) or it.set_state(position))
+  config = smoke_config(polymnist_dir, 'mmvaeplus', num_train_steps=50, log_every_steps=1,
+                        checkpoint_every_steps=2, max_consecutive_bad_steps=2, max_restores=2)
+  with pytest.raises(train.DivergenceError, match='step 2 was restored 2 times in a row'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert len(restores) == 2
+
+
 SHARDED_SCRIPT = textwrap.dedent('''
     import os, sys, functools
     os.environ['JAX_PLATFORMS'] = 'cpu'  # A CPU split in four, also beside an accelerator.
