@@ -74,8 +74,8 @@ def main(argv):
   panels.append((f'fixed prior {vae.distribution}(0, I)', np.asarray(fixed),
                  decode_classes(fixed, k_dec)))
   if model.has_ebm:
-    p0 = jax.random.laplace(k_p0, (_NUM.value, 2))
-    panels.append(('p0 = Laplace(0, I): the chain\'s start', np.asarray(p0),
+    p0 = dists.standard_sample(model.ebm_base, k_p0, (_NUM.value, 2))
+    panels.append((f'p0 = {model.ebm_base}(0, I): the chain\'s start', np.asarray(p0),
                    decode_classes(p0, k_dec)))
     z, _ = model.prior.sample(state.ebm_params, k_ebm, _NUM.value, 2)
     panels.append((f'EBM prior after {model.prior_steps} chain steps', np.asarray(z),

@@ -165,6 +165,10 @@ def base_config(model: str | None, dataset: str = 'polymnist') -> ml_collections
   # beta * (f_a(z) + log p0(z) + log p(w) - log q)); 'one': the paper's Eq. 5, the ELBO plus f_a
   # unweighted (lw = recon + beta * (log p0(z) + log p(w) - log q) + f_a(z)).
   c.ebm.energy_weight = 'beta'
+  # The EBM's base density p0 on z: 'laplace' (the paper: MMVAE+'s prior) or 'gaussian' (Pang et
+  # al.'s N(0, I)). exp(f_a) Laplace is improper once the MLP f_a grows faster than |z|_1, which
+  # nothing prevents; exp(f_a) N(0, I) is proper for every MLP (docs/fidelity.md).
+  c.ebm.base = 'laplace'
   c.ebm.max_abs_energy = 1e4  # An |energy| above this counts as an explosion (step skipped).
 
   c.num_train_steps = 250 * 468  # 250 epochs of 60,000 / 128 (the MMVAE+ schedule).
@@ -360,6 +364,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(isinstance(config.model.beta_warmup_steps, int) and config.model.beta_warmup_steps >= 0,
         f'model.beta_warmup_steps={config.model.beta_warmup_steps!r} must be an integer >= 0')
   check(config.ebm.energy_l2 >= 0, f'ebm.energy_l2={config.ebm.energy_l2} < 0')
+  check(config.ebm.base in ('laplace', 'gaussian'),
+        f"ebm.base={config.ebm.base!r}, expected 'laplace' or 'gaussian'")
   check(config.ebm.energy_weight in ENERGY_WEIGHTS,
         f'ebm.energy_weight={config.ebm.energy_weight!r}, expected one of {ENERGY_WEIGHTS}')
   check(isinstance(config.max_restores, int) and config.max_restores >= 0,

@@ -1,6 +1,9 @@
 """The latent EBM prior p_a(z) = exp(f_a(z)) p0(z) / Z(a), its Langevin chains and its loss.
 
-f_a is the energy network's output (the negative energy); p0 = Laplace(0, I).
+f_a is the energy network's output (the negative energy); p0 = Laplace(0, I) (the paper's) or
+N(0, I) (Pang et al.'s), the `base` argument (config.ebm.base). With a Laplace base, exp(f_a) p0
+is normalisable only while f_a grows slower than |z|_1; an MLP grows linearly, at any slope, so
+nothing keeps p_a proper; a Gaussian base is proper for every MLP (docs/fidelity.md).
 
 - Prior chain: z0 ~ p0, Langevin on log pi = f_a(z) + log p0(z).
 - Posterior chain ("MCMC inference"): z0 ~ q(z | X) (one expert per example), Langevin on
@@ -17,28 +20,38 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from moe_ebm_jax import distributions as dists
 from moe_ebm_jax import samplers
 from moe_ebm_jax import models
 from moe_ebm_jax import networks
 
 Params = Any
 POSTERIOR_LATENTS = ('z', 'zw')
+BASES = ('laplace', 'gaussian')
 
 
-def prior_log_prob(energy: networks.EnergyMLP, ebm_params: Params) -> Callable:
+def base_log_prob(base: str, z: jax.Array) -> jax.Array:
+  """log p0(z) of the EBM's base family(0, I): (..., D) -> (...)."""
+  if base not in BASES:
+    raise ValueError(f'EBM base {base!r}: choose one of {BASES}.')
+  return dists.log_prob(base, z, 0.0, 1.0)
+
+
+def prior_log_prob(energy: networks.EnergyMLP, ebm_params: Params,
+                   base: str = 'laplace') -> Callable:
   """z (..., D) -> f_a(z) + log p0(z), (...)."""
-  return lambda z: energy.apply(ebm_params, z) + models.base_log_prob(z)
+  return lambda z: energy.apply(ebm_params, z) + base_log_prob(base, z)
 
 
 def sample_prior(energy: networks.EnergyMLP, ebm_params: Params, key: jax.Array,
                  batch_size: int, latent_dim: int, *, num_steps: int, step_size: float,
                  noise_scale: float = 1.0, keep_trajectory: bool = False,
-                 unroll: int | bool = 1, sampler: str = 'langevin'):
-  """Short-run prior chain from Laplace(0, I) with `sampler` (samplers.py): (z (B, D),
+                 unroll: int | bool = 1, sampler: str = 'langevin', base: str = 'laplace'):
+  """Short-run prior chain from p0 = base(0, I) with `sampler` (samplers.py): (z (B, D),
   diagnostics)."""
   k0, k1 = jax.random.split(key)
-  z0 = jax.random.laplace(k0, (batch_size, latent_dim))
-  return samplers.get(sampler)(prior_log_prob(energy, ebm_params), z0, k1,
+  z0 = dists.standard_sample(base, k0, (batch_size, latent_dim))
+  return samplers.get(sampler)(prior_log_prob(energy, ebm_params, base), z0, k1,
                                num_steps=num_steps, step_size=step_size,
                                noise_scale=noise_scale, keep_trajectory=keep_trajectory,
                                unroll=unroll)
@@ -56,7 +69,8 @@ def pick_expert(key: jax.Array, samples: jax.Array) -> jax.Array:
 
 def posterior_log_prob(vae: models.MultimodalVAE, vae_params: Params,
                        energy: networks.EnergyMLP, ebm_params: Params, x: models.Data,
-                       observed: jax.Array, w: jax.Array | None = None) -> Callable:
+                       observed: jax.Array, w: jax.Array | None = None,
+                       base: str = 'laplace') -> Callable:
   """log pi of the posterior chain over the state {'z': (B, Dz)[, 'w': (B, M, Dw)]}.
 
   x: the batch's modalities {name: (B, *shape)} (models.py), each scored by its own likelihood;
@@ -71,7 +85,7 @@ def posterior_log_prob(vae: models.MultimodalVAE, vae_params: Params,
     z_m = jnp.broadcast_to(z[None], (w_m.shape[0],) + z.shape)
     log_px = vae.log_likelihood(vae_params, jnp.concatenate([w_m, z_m], axis=-1), x)  # (M, B)
     lp = jnp.where(observed[:, None], log_px, 0.0).sum(axis=0)
-    lp += energy.apply(ebm_params, z) + models.base_log_prob(z)
+    lp += energy.apply(ebm_params, z) + base_log_prob(base, z)
     if 'w' in state:
       lp += models.base_log_prob(state['w']).sum(axis=-1)
     return lp
@@ -84,7 +98,8 @@ def sample_posterior(vae: models.MultimodalVAE, vae_params: Params,
                      z0: jax.Array, w: jax.Array, key: jax.Array, *, num_steps: int,
                      step_size: float, noise_scale: float = 1.0, latents: str = 'z',
                      observed: jax.Array | None = None, keep_trajectory: bool = False,
-                     unroll: int | bool = 1, sampler: str = 'langevin'):
+                     unroll: int | bool = 1, sampler: str = 'langevin',
+                     base: str = 'laplace'):
   """Posterior chain from z0 (B, Dz) with private latents w (M, B, Dw), run by `sampler`
   (samplers.py): (state dict, diag)."""
   if latents not in POSTERIOR_LATENTS:
@@ -94,7 +109,7 @@ def sample_posterior(vae: models.MultimodalVAE, vae_params: Params,
   state = {'z': z0}
   if latents == 'zw':
     state['w'] = jnp.moveaxis(w, 0, 1)  # Leading batch axis for the sampler.
-  log_prob = posterior_log_prob(vae, vae_params, energy, ebm_params, x, observed, w)
+  log_prob = posterior_log_prob(vae, vae_params, energy, ebm_params, x, observed, w, base)
   return samplers.get(sampler)(log_prob, state, key, num_steps=num_steps,
                                step_size=step_size, noise_scale=noise_scale,
                                keep_trajectory=keep_trajectory, unroll=unroll)

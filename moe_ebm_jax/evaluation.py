@@ -66,6 +66,16 @@ def joint_coherence(predictions: np.ndarray) -> float:
   return float(np.mean(np.all(predictions == predictions[:, :1], axis=1)))
 
 
+def joint_class_share(predictions: np.ndarray) -> list[float]:
+  """Per class k, the fraction of joint samples whose M predictions all equal k: (N, M) ->
+  [share_0, ..., share_K] (K the largest class predicted). The shares sum to the joint coherence;
+  a prior that decodes one class only can still score high coherence, which these show.
+  Classes never predicted above the largest are not listed."""
+  agreed = predictions[np.all(predictions == predictions[:, :1], axis=1), 0]
+  counts = np.bincount(agreed, minlength=int(predictions.max()) + 1) if predictions.size else []
+  return [float(c) / len(predictions) for c in counts]
+
+
 def subset_coherence(accuracy: dict[tuple[int, ...], float]) -> dict[int, float]:
   """MoPoE protocol: mean accuracy per subset size from {subset: accuracy on its targets}."""
   by_size: dict[int, list[float]] = {}
@@ -176,6 +186,7 @@ class Evaluator:
                        elapsed / min(n, num_joint) * max(num_joint - n, 0)))
     predictions = np.concatenate(predictions)[:num_joint]
     results['joint_coherence'] = joint_coherence(predictions)
+    results['joint_class_share'] = [round(s, 4) for s in joint_class_share(predictions)]
     results['num_joint_samples'] = int(len(predictions))
     return results
 
@@ -467,6 +478,10 @@ def write_report(out_dir: str, metrics: dict[str, Any], figures: dict[str, str])
       joint_fid, cross_fid = (no_fid if joint_row else 'n/a'), no_fid
     lines.append(f"| {name} | {fmt(joint_coh, '.3f')} | {c[tag]['cross_coherence']:.3f} | "
                  f"{joint_fid} | {cross_fid} |")
+  if c.get('joint_class_share'):  # Absent in reports written before it existed.
+    lines += ['', 'Joint samples whose modalities agree, by the class they agree on (fractions of '
+                  'all joint samples; they sum to the joint coherence): ' +
+              ', '.join(f'{k}: {v:.3f}' for k, v in enumerate(c['joint_class_share'])) + '.']
   lines += ['', 'Conditional coherence per number of observed modalities (MoPoE protocol):', '']
   lines += ['| inputs | ' + ' | '.join(tags) + ' |', '|---' * (len(tags) + 1) + '|']
   sizes = list(c[tags[0]]['subset_coherence'])

@@ -85,7 +85,8 @@ def conditional_generate(state, x, subset: jax.Array, key: jax.Array, *, model,
         vae, state.vae_params, model.energy, state.ebm_params, x, z, w_q, k_ld,
         num_steps=model.posterior_steps, step_size=model.posterior_step_size,
         noise_scale=model.noise_scale, latents=model.posterior_latents, observed=subset,
-        keep_trajectory=keep_trajectory, unroll=model.langevin_unroll, sampler=model.sampler)
+        keep_trajectory=keep_trajectory, unroll=model.langevin_unroll, sampler=model.sampler,
+        base=model.ebm_base)
     z = final['z']
     if 'w' in final:
       w_q = jnp.moveaxis(final['w'], 1, 0)

@@ -70,6 +70,7 @@ class Model:
   energy_weight: str = 'beta'  # f_a's weight in the VAE's bound (config.ebm.energy_weight).
   sampler: str = 'langevin'  # The chains' MCMC sampler (samplers.py; config.ebm.sampler).
   prior_kind: str = 'fixed'  # The prior on z (priors.py; config.model.prior).
+  ebm_base: str = 'laplace'  # The EBM's p0 family (config.ebm.base).
 
   @property
   def has_ebm(self) -> bool:
@@ -111,7 +112,7 @@ def make_model(config: ml_collections.ConfigDict) -> Model:
       posterior_latents=config.ebm.posterior_latents, max_abs_energy=config.ebm.max_abs_energy,
       energy_l2=config.ebm.energy_l2, energy_weight=config.ebm.energy_weight,
       langevin_unroll=True if config.ebm.unroll_chains else 1, sampler=config.ebm.sampler,
-      prior_kind=config.model.prior)
+      prior_kind=config.model.prior, ebm_base=config.ebm.base)
 
 
 def make_optimizers(config: ml_collections.ConfigDict):

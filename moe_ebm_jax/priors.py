@@ -31,7 +31,6 @@ import jax.numpy as jnp
 
 from moe_ebm_jax import distributions as dists
 from moe_ebm_jax import ebm as ebm_lib
-from moe_ebm_jax import models
 from moe_ebm_jax import networks
 from moe_ebm_jax import registry
 from moe_ebm_jax import samplers
@@ -87,6 +86,7 @@ class EnergyPrior:
   energy_weight: str = 'beta'  # f_a's weight in the bound: 'beta' or 'one' (the paper's Eq. 5).
   energy_l2: float = 0.0
   max_abs_energy: float = 1e4
+  base: str = 'laplace'  # p0's family (ebm.BASES; config.ebm.base).
 
   def init(self, key, latent_dim: int):
     return self.energy.init(key, jnp.zeros((1, latent_dim)))
@@ -95,15 +95,15 @@ class EnergyPrior:
     """f_a(z) + log p0(z); with energy_weight 'one' f_a enters divided by beta, so that its
     net weight in the bound is 1."""
     if self.energy_weight == 'beta':
-      return ebm_lib.prior_log_prob(self.energy, params)
-    return lambda z: self.energy.apply(params, z) / beta + models.base_log_prob(z)
+      return ebm_lib.prior_log_prob(self.energy, params, self.base)
+    return lambda z: self.energy.apply(params, z) / beta + ebm_lib.base_log_prob(self.base, z)
 
   def sample(self, params, key, num: int, latent_dim: int, keep_trajectory: bool = False):
     c = self.prior_chain
     return ebm_lib.sample_prior(self.energy, params, key, num, latent_dim,
                                 num_steps=c.num_steps, step_size=c.step_size,
                                 noise_scale=c.noise_scale, keep_trajectory=keep_trajectory,
-                                unroll=c.unroll, sampler=c.sampler)
+                                unroll=c.unroll, sampler=c.sampler, base=self.base)
 
   def learn(self, params, keys, vae, vae_params, x, aux):
     k_prior, k_pick, k_post = keys
@@ -117,7 +117,7 @@ class EnergyPrior:
           vae, jax.lax.stop_gradient(vae_params), self.energy, params, x, z0,
           aux.latents.w[:, 0], k_post, num_steps=post.num_steps, step_size=post.step_size,
           noise_scale=post.noise_scale, latents=self.posterior_latents, unroll=post.unroll,
-          sampler=post.sampler)
+          sampler=post.sampler, base=self.base)
       z_post = post_state['z']
       if 'accept_rate' in post_diag and post.num_steps:  # Metropolis-adjusted samplers.
         metrics['posterior_accept_rate'] = post_diag['accept_rate'].mean()
@@ -152,4 +152,4 @@ def _energy(model):
   return EnergyPrior(model.energy, chain(model.prior_steps, model.prior_step_size),
                      chain(model.posterior_steps, model.posterior_step_size),
                      model.posterior_sampler, model.posterior_latents, model.energy_weight,
-                     model.energy_l2, model.max_abs_energy)
+                     model.energy_l2, model.max_abs_energy, model.ebm_base)

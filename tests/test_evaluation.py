@@ -36,6 +36,14 @@ def test_joint_coherence_and_subsets():
                                                                           2: .9}
 
 
+def test_joint_class_share_counts_agreeing_samples_by_class():
+  predictions = np.array([[2, 2, 2], [2, 2, 2], [0, 0, 0], [1, 2, 1], [3, 3, 0], [1, 1, 1],
+                          [2, 2, 2], [0, 1, 2]])
+  shares = evaluation.joint_class_share(predictions)
+  assert shares == [1 / 8, 1 / 8, 3 / 8, 0.0]  # Class 3 is predicted, never agreed on.
+  assert sum(shares) == evaluation.joint_coherence(predictions)
+
+
 @pytest.fixture(scope='module')
 def trained(polymnist_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('eval_run'))
@@ -96,6 +104,7 @@ def test_constant_classifier_gives_closed_form_coherence(trained, polymnist_dir)
   expected = float(np.mean(labels == 7))
   c = metrics['coherence']
   assert c['joint_coherence'] == 1.0 and c['num_joint_samples'] == config.eval.num_joint_samples
+  assert c['joint_class_share'] == [1.0]  # Every sample agrees on class 0.
   assert c['num_test_examples'] == config.eval.num_test_examples
   for tag in ('pre_ld', 'post_ld'):
     assert c[tag]['cross_coherence'] == pytest.approx(expected)
