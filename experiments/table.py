@@ -59,10 +59,12 @@ def run_metrics(config, workdir: str) -> dict:
   scalars = metric_logging.read_scalars(os.path.join(workdir, 'tensorboard'))
   curve = sorted(dict(scalars.get('eval/test_loss', [])).items())
   return {'coherence': metrics['coherence'], 'latent_probe': probe, 'step': metrics['step'],
-          'test_loss_curve': curve}
+          'test_loss_curve': curve, 'num_classes': datasets.get(config.data).num_classes}
 
 
 ROWS = (('joint coherence', lambda r, tag: r['coherence'].get('joint_coherence')),
+        ('joint class balance', lambda r, tag: evaluation.class_balance(
+            r['coherence'].get('joint_class_share'), r.get('num_classes', 0))),
         ('cross coherence', lambda r, tag: r['coherence'][tag]['cross_coherence']),
         ('latent accuracy', lambda r, tag: r['latent_probe'][
             'post_ld' if tag == 'post_ld' else 'pre_ld']['mean']))
@@ -70,7 +72,8 @@ ROWS = (('joint coherence', lambda r, tag: r['coherence'].get('joint_coherence')
 
 def table(results: dict, models: list[str]) -> str:
   lines = ['| model | runs | ' + ' | '.join(
-      f'{name}: mean, sd [95% interval]' for name, _ in ROWS) + ' |', '|---' * 5 + '|']
+      f'{name}: mean, sd [95% interval]' for name, _ in ROWS) + ' |',
+           '|---' * (len(ROWS) + 2) + '|']
   for model in models:
     runs = [r for r in results.values() if r['model'] == model]
     if not runs:
@@ -121,13 +124,15 @@ def main(argv):
   for model in _MODELS.value:
     for seed in _SEEDS.value:
       name = f'{model}_s{seed}'
-      if name in results:
-        continue
       arg = model + (f',{_VARIANT.value}' if _VARIANT.value else '')
       config = config_lib.from_file(_CONFIG.value, arg)
       config.seed = int(seed)
       overrides = [config_lib.apply_override(config, item) for item in _SET.value]
       config_lib.validate(config)
+      # Done at this length: skipped. A longer --set=num_train_steps=N extends the run (main.py
+      # resumes its last checkpoint and trains on), so a table grows until its curves are flat.
+      if name in results and results[name]['step'] == config.num_train_steps:
+        continue
       workdir = os.path.join(_OUT.value, name)
       start = time.time()
       cmd = [sys.executable, os.path.join(ROOT, 'main.py'), f'--config={_CONFIG.value}:{arg}',

@@ -76,6 +76,16 @@ def joint_class_share(predictions: np.ndarray) -> list[float]:
   return [float(c) / len(predictions) for c in counts]
 
 
+def class_balance(shares: list[float] | None, num_classes: int) -> float | None:
+  """How evenly the agreeing joint samples spread over the classes: the entropy of their class
+  distribution over log K; 1 when every class is as frequent, 0 when one class takes all. None
+  for an evaluation without shares."""
+  if not shares or not sum(shares) or num_classes < 2:
+    return None
+  p = np.asarray(shares + [0.0] * (num_classes - len(shares))) / sum(shares)
+  p = p[p > 0]
+  return float(-(p * np.log(p)).sum() / np.log(num_classes))
+
 def subset_coherence(accuracy: dict[tuple[int, ...], float]) -> dict[int, float]:
   """MoPoE protocol: mean accuracy per subset size from {subset: accuracy on its targets}."""
   by_size: dict[int, list[float]] = {}

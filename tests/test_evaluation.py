@@ -42,6 +42,12 @@ def test_joint_class_share_counts_agreeing_samples_by_class():
   shares = evaluation.joint_class_share(predictions)
   assert shares == [1 / 8, 1 / 8, 3 / 8, 0.0]  # Class 3 is predicted, never agreed on.
   assert sum(shares) == evaluation.joint_coherence(predictions)
+  # Balance: entropy of the agreed classes over log K. 1/5, 1/5, 3/5 over K = 4:
+  p = np.array([1, 1, 3]) / 5
+  assert evaluation.class_balance(shares, 4) == pytest.approx(-(p * np.log(p)).sum() / np.log(4))
+  assert evaluation.class_balance([0.2, 0.2, 0.2, 0.2], 4) == pytest.approx(1.0)
+  assert evaluation.class_balance([0.0, 0.9], 4) == 0.0
+  assert evaluation.class_balance([], 4) is None and evaluation.class_balance([0.0], 4) is None
 
 
 @pytest.fixture(scope='module')

@@ -131,7 +131,7 @@ def test_table_interval_is_students_t():
 @pytest.mark.slow
 def test_table_runs_every_seed_then_resumes_without_retraining(tmp_path):
   """MOE-EBM x 2 seeds on the smoke synthetic mixture: trained, evaluated, probed pre- and
-  post-LD, tabled; a second call finds every run done and trains nothing."""
+  post-LD, tabled; a second call finds every run done and trains nothing; a longer one extends."""
   out = tmp_path / 'table'
   cmd = [sys.executable, os.path.join(ROOT, 'experiments', 'table.py'),
          '--config=configs/smoke.py', '--variant=synthetic_mixture', '--models=moe_ebm',
@@ -156,3 +156,12 @@ def test_table_runs_every_seed_then_resumes_without_retraining(tmp_path):
   assert again.returncode == 0, again.stderr[-3000:]
   assert {p.name: p.stat().st_size for p in out.glob('*.log')} == logs  # Nothing retrained.
   assert (out / 'table.md').read_text() == text
+  # A longer run for seed 0 only: it resumes at step 4 and trains on to 6; seed 1 is kept.
+  longer = [c if c != '--set=num_train_steps=4' else '--set=num_train_steps=6' for c in cmd]
+  longer = [c if c != '--seeds=0,1' else '--seeds=0' for c in longer]
+  extended = subprocess.run(longer, capture_output=True, text=True, timeout=900, cwd=ROOT)
+  assert extended.returncode == 0, extended.stderr[-3000:]
+  results = json.loads((out / 'results.json').read_text())
+  assert [s for s, _ in results['moe_ebm_s0']['test_loss_curve']] == [2, 4, 6]
+  assert results['moe_ebm_s1']['step'] == 4
+  assert 'Resumed from step 4' in (out / 'moe_ebm_s0.log').read_text()
