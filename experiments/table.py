@@ -132,6 +132,8 @@ def main(argv):
       # Done at this length: skipped. A longer --set=num_train_steps=N extends the run (main.py
       # resumes its last checkpoint and trains on), so a table grows until its curves are flat.
       if name in results and results[name]['step'] == config.num_train_steps:
+        if 'num_classes' not in results[name]:  # Written before the class balance was tabled.
+          results[name]['num_classes'] = datasets.get(config.data).num_classes
         continue
       workdir = os.path.join(_OUT.value, name)
       start = time.time()

@@ -110,7 +110,7 @@ def test_constant_classifier_gives_closed_form_coherence(trained, polymnist_dir)
   expected = float(np.mean(labels == 7))
   c = metrics['coherence']
   assert c['joint_coherence'] == 1.0 and c['num_joint_samples'] == config.eval.num_joint_samples
-  assert c['joint_class_share'] == [1.0]  # Every sample agrees on class 0.
+  assert c['joint_class_share'] == [0.0] * 7 + [1.0]  # Every sample agrees on class 7.
   assert c['num_test_examples'] == config.eval.num_test_examples
   for tag in ('pre_ld', 'post_ld'):
     assert c[tag]['cross_coherence'] == pytest.approx(expected)
