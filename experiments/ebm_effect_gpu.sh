@@ -6,7 +6,7 @@
 # NUM_JOINT prior samples, by experiments/coherence_probe.py. One JSON per model in $OUT, rewritten
 # after every probe, so a run cut short by its time limit still leaves its numbers.
 #
-#   OUT=/tmp/effect bash experiments/ebm_effect_gpu.sh               # one H200: under 9 minutes
+#   OUT=/tmp/effect bash experiments/ebm_effect_gpu.sh               # one H200: ~9.5 minutes
 #   OUT=/tmp/effect SCALE=smoke bash experiments/ebm_effect_gpu.sh   # the same script on a CPU, seconds
 #
 # DATA_DIR: a built PolyMNIST (built there if missing, from MNIST: a verified .npz or IDX folder,
@@ -20,8 +20,11 @@ DATA_DIR=${DATA_DIR:-/tmp/ebm_effect_tfds}
 MNIST_FLAG=()
 [ -n "${MNIST:-}" ] && MNIST_FLAG=(--config.data.mnist="$MNIST")
 case "$SCALE" in
-  # H200 (README): MMVAE+ 0.034 s a step, MOE-EBM 0.099 s: 1,500 steps ~1 and ~2.5 minutes.
-  paper) CONFIG=configs/polymnist.py; AT=${AT:-500,1000,1500}; NUM_TEST=${NUM_TEST:-2000}
+  # One H200, 2026-12-04 (jax 0.11.2): dataset build ~45 s, classifiers 31 s; MMVAE+ 51 s to its
+  # step 100 (start-up and compile), then 30.5 steps/s, a probe 21 s (first) / ~12 s; MOE-EBM
+  # 126 s to step 100, then 10.2 steps/s, first probe ~45 s. 1,000 steps fit its default
+  # limits (~100 and ~280 s) and one 10-minute device call; AT=...,1500 needs two calls (MODELS=).
+  paper) CONFIG=configs/polymnist.py; AT=${AT:-500,1000}; NUM_TEST=${NUM_TEST:-2000}
          NUM_JOINT=${NUM_JOINT:-2000}; EXTRA=() ;;
   smoke) CONFIG=configs/smoke.py; AT=${AT:-2,4}; NUM_TEST=${NUM_TEST:-16}; NUM_JOINT=${NUM_JOINT:-8}
          EXTRA=(--classifier_max_steps=2 --classifier_test_subset=32) ;;
