@@ -131,3 +131,33 @@ def ebm_loss(energy: networks.EnergyMLP, ebm_params: Params, z_prior: jax.Array,
   # Energies are -f_a: report them as such.
   return loss, {'ebm_loss': contrastive, 'energy_prior': -f_prior.mean(),
                 'energy_posterior': -f_post.mean()}
+
+
+def log_partition_grid(f: Callable[[jax.Array], jax.Array], base: str, latent_dim: int, *,
+                       half_width: float = 12.0, num: int = 801, chunk: int = 65536) -> jax.Array:
+  """log Z = log of the integral of exp(f(z)) p0(z) dz by the midpoint rule on [-h, h]^D.
+
+  For the low-dimensional latents that can be drawn (D = 1 or 2; the grid has num^D points):
+  the EBM prior exp(f_a) p0 / Z is a normalised density only with Z, which training never
+  needs, and a bound that uses the prior needs it. f: (N, D) -> (N,).
+  """
+  if latent_dim not in (1, 2):
+    raise ValueError(f'a grid integral needs D = 1 or 2, not {latent_dim}: use '
+                     'log_partition_monte_carlo.')
+  step = 2 * half_width / num
+  axis = -half_width + step * (jnp.arange(num) + 0.5)
+  points = (axis[:, None] if latent_dim == 1 else
+            jnp.stack(jnp.meshgrid(axis, axis), -1).reshape(-1, 2))
+  log_density = jax.jit(lambda z: f(z) + base_log_prob(base, z))
+  pad = -len(points) % chunk
+  padded = jnp.concatenate([points, jnp.zeros((pad, latent_dim), points.dtype)])
+  values = jnp.concatenate([log_density(c) for c in padded.reshape(-1, chunk, latent_dim)])
+  return jax.nn.logsumexp(values[:len(points)]) + latent_dim * jnp.log(step)
+
+
+def log_partition_monte_carlo(f: Callable[[jax.Array], jax.Array], base: str, latent_dim: int,
+                              key: jax.Array, num: int = 1_000_000) -> jax.Array:
+  """log Z = log E_{z ~ p0}[exp f(z)] from `num` draws of p0 (any D; biased low for small num
+  when exp f varies much over p0, as Jensen's inequality says). f: (N, D) -> (N,)."""
+  z = dists.standard_sample(base, key, (num, latent_dim))
+  return jax.nn.logsumexp(jax.jit(f)(z)) - jnp.log(num)

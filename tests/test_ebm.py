@@ -302,3 +302,22 @@ def test_sample_posterior_rejects_unknown_latents(tiny, energy_params):
     ebm.sample_posterior(vae, vae_params, ENERGY, energy_params, images, jnp.zeros((B, DZ)),
                          jnp.zeros((M, B, DW)), jax.random.key(0), num_steps=1,
                          step_size=0.1, latents='w')
+
+
+@pytest.mark.parametrize('base', ['gaussian', 'laplace'])
+def test_log_partition_of_an_exponential_tilt_is_its_closed_form(base):
+  # exp(c.z) p0(z): Z = exp(|c|^2 / 2) under N(0, I), prod 1 / (1 - c_i^2) under Laplace(0, 1).
+  c = jnp.array([0.4, -0.3])
+  want = (float(c @ c) / 2 if base == 'gaussian' else float(-jnp.log(1 - c**2).sum()))
+  f = lambda z: z @ c
+  got = ebm.log_partition_grid(f, base, 2, half_width=30.0, num=1201)
+  assert float(got) == pytest.approx(want, abs=2e-3)
+  mc = ebm.log_partition_monte_carlo(f, base, 2, jax.random.PRNGKey(0), num=400_000)
+  assert float(mc) == pytest.approx(want, abs=0.02)
+  # One dimension, and a density that integrates to one (f = 0): log Z = 0.
+  assert float(ebm.log_partition_grid(lambda z: z[:, 0] * 0.5, base, 1, half_width=30.0)) == \
+      pytest.approx(0.125 if base == 'gaussian' else -float(jnp.log(0.75)), abs=2e-3)
+  assert float(ebm.log_partition_grid(lambda z: 0.0 * z[:, 0], base, 2)) == \
+      pytest.approx(0.0, abs=2e-3 if base == 'gaussian' else 2e-2)
+  with pytest.raises(ValueError, match='D = 1 or 2'):
+    ebm.log_partition_grid(f, base, 3)

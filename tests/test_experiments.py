@@ -165,3 +165,16 @@ def test_table_runs_every_seed_then_resumes_without_retraining(tmp_path):
   assert [s for s, _ in results['moe_ebm_s0']['test_loss_curve']] == [2, 4, 6]
   assert results['moe_ebm_s1']['step'] == 4
   assert 'Resumed from step 4' in (out / 'moe_ebm_s0.log').read_text()
+  # The normalised bound of the trained run (experiments/true_bound.py): log Z estimated, and
+  # IWAE >= ELBO exactly (logmeanexp >= mean over the same samples), with and without f_a.
+  bounds = tmp_path / 'bounds.jsonl'
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'experiments', 'true_bound.py'),
+       '--config=configs/smoke.py:moe_ebm,synthetic_mixture', f'--workdir={out / "moe_ebm_s0"}',
+       f'--config.data.data_dir={tmp_path / "data"}', '--config.num_train_steps=6',
+       '--num_samples=4', f'--json_out={bounds}'], capture_output=True, text=True, timeout=900,
+      cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  row = json.loads(bounds.read_text().splitlines()[-1])
+  assert row['step'] == 6 and row['num_test'] > 0 and np.isfinite(row['log_z_monte_carlo'])
+  assert row['iwae'] >= row['elbo'] and row['iwae_p0'] >= row['elbo_p0']
