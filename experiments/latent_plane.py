@@ -46,39 +46,6 @@ def agreed_class(predictions: np.ndarray) -> np.ndarray:
   return np.where((scored == scored[:, :1]).all(1), scored[:, 0], -1)
 
 
-def chain_against_density(model, ebm_params, samples: np.ndarray, key: jax.Array,
-                          bins: int = 12, half_width: float = 12.0, num: int = 600) -> dict:
-  """Does the prior chain sample the density its f_a defines? (N, 2) chain samples against
-  exp(f_a) p0 / Z on a num x num grid over [-h, h]^2: total variation over bins x bins cells
-  of the samples' range, and the same distance for N exact draws from the gridded density
-  (the distance that sampling noise alone gives), mean |z| of each, and log Z."""
-  f = lambda z: model.prior.energy.apply(ebm_params, z)
-  step = 2 * half_width / num
-  axis = -half_width + step * (np.arange(num) + 0.5)
-  points = np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2).astype(np.float32)
-  log_p = np.asarray(jax.jit(lambda z: f(z) + ebm.base_log_prob(model.ebm_base, z))(points),
-                     np.float64)
-  p = np.exp(log_p - log_p.max())
-  p /= p.sum()
-  lim = float(np.abs(samples).max()) * 1.001
-  edges = np.linspace(-lim, lim, bins + 1)
-
-  def histogram(z, weights=None):  # Cells of the grid plus one for everything outside it.
-    h, _, _ = np.histogram2d(z[:, 0], z[:, 1], bins=[edges, edges], weights=weights)
-    h = h.ravel() / (len(z) if weights is None else 1.0)
-    return np.append(h, max(0.0, 1.0 - h.sum()))
-
-  density = histogram(points, p)
-  exact = points[np.asarray(jax.random.choice(key, len(p), (len(samples),), p=jnp.asarray(p)))]
-  exact = exact + np.asarray(jax.random.uniform(key, exact.shape, minval=-step / 2,
-                                                maxval=step / 2))
-  return {'tv_chain': round(0.5 * float(np.abs(histogram(samples) - density).sum()), 4),
-          'tv_exact_draws': round(0.5 * float(np.abs(histogram(exact) - density).sum()), 4),
-          'mean_radius_chain': round(float(np.linalg.norm(samples, axis=1).mean()), 3),
-          'mean_radius_density': round(float((np.linalg.norm(points, axis=1) * p).sum()), 3),
-          'log_z': round(float(ebm.log_partition_grid(f, model.ebm_base, 2)), 4)}
-
-
 def main(argv):
   del argv
   log_setup.setup(debug=False)
@@ -116,7 +83,9 @@ def main(argv):
     z, _ = model.prior.sample(state.ebm_params, k_ebm, _NUM.value, 2)
     panels.append((f'EBM prior after {model.prior_steps} chain steps', np.asarray(z),
                    decode_classes(z, k_dec)))
-    chain_vs_density = chain_against_density(model, state.ebm_params, np.asarray(z), k_ebm)
+    chain_vs_density = ebm.chain_against_density(
+        lambda z: model.prior.energy.apply(state.ebm_params, z), model.ebm_base, np.asarray(z),
+        k_ebm)
 
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')

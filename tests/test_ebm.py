@@ -321,3 +321,17 @@ def test_log_partition_of_an_exponential_tilt_is_its_closed_form(base):
       pytest.approx(0.0, abs=2e-3 if base == 'gaussian' else 2e-2)
   with pytest.raises(ValueError, match='D = 1 or 2'):
     ebm.log_partition_grid(f, base, 3)
+
+
+def test_chain_against_density_tells_exact_samples_from_a_shrunken_chain():
+  """f = 0 (the density is p0 = N(0, I), Z = 1): exact draws sit at the sampling-noise distance
+  and the closed-form mean radius sqrt(pi / 2); draws shrunk to half their radius are far off."""
+  f = lambda z: jnp.zeros(z.shape[:-1])
+  draws = np.asarray(jax.random.normal(jax.random.PRNGKey(3), (4000, 2)))
+  exact = ebm.chain_against_density(f, 'gaussian', draws, jax.random.PRNGKey(4))
+  shrunk = ebm.chain_against_density(f, 'gaussian', draws / 2, jax.random.PRNGKey(4))
+  assert exact['log_z'] == pytest.approx(0.0, abs=1e-3)
+  assert exact['mean_radius_density'] == pytest.approx(np.sqrt(np.pi / 2), abs=1e-3)
+  assert exact['mean_radius_chain'] == pytest.approx(np.sqrt(np.pi / 2), abs=0.05)
+  assert exact['tv_chain'] < 2 * exact['tv_exact_draws'] + 0.02
+  assert shrunk['tv_chain'] > 0.3 and shrunk['mean_radius_chain'] < 0.7
