@@ -178,4 +178,3 @@ def test_table_runs_every_seed_then_resumes_without_retraining(tmp_path):
   row = json.loads(bounds.read_text().splitlines()[-1])
   assert row['step'] == 6 and row['num_test'] > 0 and np.isfinite(row['log_z_monte_carlo'])
   assert row['iwae'] >= row['elbo'] and row['iwae_p0'] >= row['elbo_p0']
-
