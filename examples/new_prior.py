@@ -23,6 +23,9 @@ class MixturePrior:
     means = 2.0 * jax.random.normal(key, (self.num_components, latent_dim))
     return {'means': means, 'log_scales': 0 * means, 'logits': jnp.zeros(self.num_components)}
 
+  def init_state(self, key, latent_dim):  # Nothing carried between steps besides params.
+    return {}
+
   def log_prob(self, params, beta):  # -> log p: (..., D) -> (...)
     def log_p(z):
       each = distributions.normal_log_prob(z[..., None, :], params['means'],
@@ -30,16 +33,16 @@ class MixturePrior:
       return jax.nn.logsumexp(each + jax.nn.log_softmax(params['logits']), axis=-1)
     return log_p
 
-  def sample(self, params, key, num, latent_dim, keep_trajectory=False):
+  def sample(self, params, key, num, latent_dim, keep_trajectory=False, state=None):
     k_pick, k_noise = jax.random.split(key)
     k = jax.random.categorical(k_pick, params['logits'], shape=(num,))
     return distributions.normal_sample(k_noise, params['means'][k],
                                        jnp.exp(params['log_scales'][k])), {}
 
-  def learn(self, params, keys, vae, vae_params, x, aux):  # Fit p(z) to samples of q(z | x_m).
+  def learn(self, params, state, keys, vae, vae_params, x, aux):  # Fit p(z) to q(z | x_m)'s z.
     z = distributions.normal_sample(keys[0], aux.post.z_loc, aux.post.z_scale)
     loss, grads = jax.value_and_grad(lambda p: -self.log_prob(p, 1.0)(z).mean())(params)
-    return grads, {'prior_nll': loss}, jnp.isfinite(loss), jnp.array(True)
+    return grads, state, {'prior_nll': loss}, jnp.isfinite(loss), jnp.array(True)
 
 
 priors.register('mixture')(lambda model: MixturePrior())

@@ -78,10 +78,12 @@ def main(argv):
                  decode_classes(fixed, k_dec)))
   if model.has_ebm:
     p0 = dists.standard_sample(model.ebm_base, k_p0, (_NUM.value, 2))
-    panels.append((f'p0 = {model.ebm_base}(0, I): the chain\'s start', np.asarray(p0),
+    panels.append((f'p0 = {model.ebm_base}(0, I): the chains\' start', np.asarray(p0),
                    decode_classes(p0, k_dec)))
-    z, _ = model.prior.sample(state.ebm_params, k_ebm, _NUM.value, 2)
-    panels.append((f'EBM prior after {model.prior_steps} chain steps', np.asarray(z),
+    z, _ = model.prior.sample(state.ebm_params, k_ebm, _NUM.value, 2,
+                              state=state.prior_state)
+    start = ' from persistent chains' if model.persistent_chains else ''
+    panels.append((f'EBM prior after {model.prior_steps} chain steps{start}', np.asarray(z),
                    decode_classes(z, k_dec)))
     chain_vs_density = ebm.chain_against_density(
         lambda z: model.prior.energy.apply(state.ebm_params, z), model.ebm_base, np.asarray(z),

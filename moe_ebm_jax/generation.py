@@ -21,10 +21,10 @@ from moe_ebm_jax import ebm as ebm_lib
 
 def sample_prior_z(state, key: jax.Array, num_samples: int, *, model,
                    keep_trajectory: bool = False):
-  """z (N, Dz) from the model's prior (priors.py; the EBM's: its prior chain), and the prior
-  chain's trajectory (or None)."""
+  """z (N, Dz) from the model's prior (priors.py; the EBM's: its prior chain, from p0 or from
+  its persistent chains), and the prior chain's trajectory (or None)."""
   z, diag = model.prior.sample(state.ebm_params, key, num_samples, model.vae.latent_z,
-                               keep_trajectory=keep_trajectory)
+                               keep_trajectory=keep_trajectory, state=state.prior_state)
   return z, (diag.get('trajectory') if keep_trajectory else None)
 
 

@@ -30,7 +30,8 @@ COMPATIBLE_KEYS = ('model.name', 'model.widths', 'model.latent_w', 'model.latent
                    'model.prior', 'ebm.hidden', 'ebm.activation', 'data.name',
                    'data.num_modalities', 'model.mlp_hidden',
                    'data.seed', 'data.backgrounds', 'optim.amsgrad', 'optim.implementation',
-                   'optim.grad_clip_norm', 'model.posterior_scale_multiplier')
+                   'optim.grad_clip_norm', 'model.posterior_scale_multiplier',
+                   'ebm.persistent_chains', 'data.image_network')
 
 
 @flax.struct.dataclass
@@ -41,6 +42,7 @@ class TrainState:
   ebm_params: Params  # {} for models without an EBM prior.
   vae_opt_state: Any
   ebm_opt_state: Any
+  prior_state: Any  # The prior's untrained state ({} for most; the EBM's persistent chains).
   key: jax.Array  # uint32 (2,) raw PRNG key.
   bad_steps: jax.Array  # int32 (): consecutive skipped steps.
   skipped_steps: jax.Array  # int32 (): skipped steps in total.
@@ -71,6 +73,8 @@ class Model:
   sampler: str = 'langevin'  # The chains' MCMC sampler (samplers.py; config.ebm.sampler).
   prior_kind: str = 'fixed'  # The prior on z (priors.py; config.model.prior).
   ebm_base: str = 'laplace'  # The EBM's p0 family (config.ebm.base).
+  persistent_chains: int = 0  # Persistent prior chains (config.ebm.persistent_chains).
+  persistent_reinit: float = 0.05  # Their restart fraction (config.ebm.persistent_reinit).
 
   @property
   def has_ebm(self) -> bool:
@@ -112,7 +116,9 @@ def make_model(config: ml_collections.ConfigDict) -> Model:
       posterior_latents=config.ebm.posterior_latents, max_abs_energy=config.ebm.max_abs_energy,
       energy_l2=config.ebm.energy_l2, energy_weight=config.ebm.energy_weight,
       langevin_unroll=True if config.ebm.unroll_chains else 1, sampler=config.ebm.sampler,
-      prior_kind=config.model.prior, ebm_base=config.ebm.base)
+      prior_kind=config.model.prior, ebm_base=config.ebm.base,
+      persistent_chains=config.ebm.persistent_chains,
+      persistent_reinit=config.ebm.persistent_reinit)
 
 
 def make_optimizers(config: ml_collections.ConfigDict):

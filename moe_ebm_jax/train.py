@@ -73,24 +73,27 @@ def train_step(state: model_state.TrainState, x, *, model: model_state.Model,
     metrics['beta'] = jnp.asarray(model.beta_at(state.step), jnp.float32)
   ok_vae = jnp.isfinite(vae_loss) & _all_finite(vae_grads)
   # The prior's own update (the EBM: prior and posterior chains, the EBM loss's gradient).
-  ebm_grads, prior_metrics, ok_ebm, ok_energy = prior.learn(
-      state.ebm_params, (k_prior, k_pick, k_post), model.vae, state.vae_params, x, aux)
+  ebm_grads, prior_state, prior_metrics, ok_ebm, ok_energy = prior.learn(
+      state.ebm_params, state.prior_state, (k_prior, k_pick, k_post), model.vae,
+      state.vae_params, x, aux)
   metrics.update(prior_metrics)
 
   ok = ok_vae & ok_ebm & ok_energy
   vae_updates, vae_opt_state = vae_tx.update(vae_grads, state.vae_opt_state, state.vae_params)
   ebm_updates, ebm_opt_state = ebm_tx.update(ebm_grads, state.ebm_opt_state, state.ebm_params)
   updated = (optax.apply_updates(state.vae_params, vae_updates), vae_opt_state,
-             optax.apply_updates(state.ebm_params, ebm_updates), ebm_opt_state)
-  current = (state.vae_params, state.vae_opt_state, state.ebm_params, state.ebm_opt_state)
-  # A bad step leaves params and optimiser moments untouched (NaNs never enter the state).
-  vae_params, vae_opt_state, ebm_params, ebm_opt_state = jax.tree.map(
+             optax.apply_updates(state.ebm_params, ebm_updates), ebm_opt_state, prior_state)
+  current = (state.vae_params, state.vae_opt_state, state.ebm_params, state.ebm_opt_state,
+             state.prior_state)
+  # A bad step leaves params, optimiser moments and the prior's state untouched (NaNs never
+  # enter the state).
+  vae_params, vae_opt_state, ebm_params, ebm_opt_state, prior_state = jax.tree.map(
       lambda new, old: jnp.where(ok, new, old), updated, current)
   reason = (jnp.where(ok_vae, 0, BAD_VAE) | jnp.where(ok_ebm, 0, BAD_EBM) |
             jnp.where(ok_energy, 0, BAD_ENERGY)).astype(jnp.int32)
   new_state = state.replace(
       step=state.step + 1, vae_params=vae_params, ebm_params=ebm_params,
-      vae_opt_state=vae_opt_state, ebm_opt_state=ebm_opt_state,
+      vae_opt_state=vae_opt_state, ebm_opt_state=ebm_opt_state, prior_state=prior_state,
       bad_steps=jnp.where(ok, 0, state.bad_steps + 1),
       skipped_steps=state.skipped_steps + (~ok).astype(jnp.int32),
       last_bad_reason=jnp.where(ok, state.last_bad_reason, reason))

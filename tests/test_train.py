@@ -75,15 +75,19 @@ def test_smoke_model_trains_checkpoints_logs_and_resumes(polymnist_dir, tmp_path
 
 @pytest.mark.slow
 def test_interrupted_and_resumed_equals_uninterrupted(polymnist_dir, tmp_path):
-  config = smoke_config(polymnist_dir, 'moe_ebm', checkpoint_every_steps=100)
+  # With persistent prior chains: the prior's state is resumed too (a batch of 8 wraps 16).
+  persistent = {'checkpoint_every_steps': 100, 'ebm.persistent_chains': 16}
+  config = smoke_config(polymnist_dir, 'moe_ebm', **persistent)
   straight = train.train_and_evaluate(config, str(tmp_path / 'straight'))
-  first = smoke_config(polymnist_dir, 'moe_ebm', num_train_steps=4, checkpoint_every_steps=100)
+  first = smoke_config(polymnist_dir, 'moe_ebm', num_train_steps=4, **persistent)
   train.train_and_evaluate(first, str(tmp_path / 'split'))
   resumed = train.train_and_evaluate(config, str(tmp_path / 'split'))
   assert int(resumed.step) == int(straight.step) == 6
+  assert int(resumed.prior_state['cursor']) == 6 * 8 % 16
   leaves_equal(resumed.vae_params, straight.vae_params, rtol=0, atol=0)
   leaves_equal(resumed.ebm_params, straight.ebm_params, rtol=0, atol=0)
   leaves_equal(resumed.ebm_opt_state, straight.ebm_opt_state, rtol=0, atol=0)
+  leaves_equal(resumed.prior_state, straight.prior_state, rtol=0, atol=0)
 
 
 @pytest.mark.slow
@@ -116,7 +120,7 @@ def one_step_setup(config, model_name='moe_ebm'):
 
 @pytest.mark.slow
 def test_planted_nan_is_skipped_and_counted(polymnist_dir):
-  config = smoke_config(polymnist_dir, 'moe_ebm')
+  config = smoke_config(polymnist_dir, 'moe_ebm', **{'ebm.persistent_chains': 16})
   state, step = one_step_setup(config)
   images = np.random.default_rng(0).random((8, 5, 28, 28, 3), np.float32)
   images[3, 2, 5, 5, 0] = np.nan
@@ -127,6 +131,7 @@ def test_planted_nan_is_skipped_and_counted(polymnist_dir):
   leaves_equal(new.vae_params, state.vae_params, rtol=0, atol=0)
   leaves_equal(new.ebm_params, state.ebm_params, rtol=0, atol=0)
   leaves_equal(new.vae_opt_state, state.vae_opt_state, rtol=0, atol=0)
+  leaves_equal(new.prior_state, state.prior_state, rtol=0, atol=0)  # Chains and cursor kept.
   # A good batch afterwards updates and resets the consecutive count.
   images[3, 2, 5, 5, 0] = 0.5
   newer, metrics = step(new, jnp.asarray(images))
@@ -223,7 +228,8 @@ SHARDED_SCRIPT = textwrap.dedent('''
     from test_train import smoke_config
     from moe_ebm_jax import model_state, parallel, train
     assert jax.device_count() == 4
-    config = smoke_config({data!r}, {model!r})
+    # Persistent prior chains: their state is sharded like the rest and must agree too.
+    config = smoke_config({data!r}, {model!r}, **{{'ebm.persistent_chains': 16}})
     model = model_state.make_model(config)
     images = jnp.asarray(np.random.default_rng(0).random((8, 5, 28, 28, 3), np.float32))
     results = []
@@ -233,7 +239,8 @@ SHARDED_SCRIPT = textwrap.dedent('''
       for _ in range(2):
         state, metrics = steps['train'](state, jax.device_put(images, steps['batch']))
       assert len(state.vae_params['decoders']['params']['conv_out']['kernel'].sharding.device_set) == len(devices)
-      results.append(jax.device_get((state.vae_params, state.ebm_params, metrics)))
+      results.append(jax.device_get((state.vae_params, state.ebm_params, state.prior_state,
+                                     metrics)))
     for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
       np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
     print('SHARDED_EQUALS_SINGLE')
