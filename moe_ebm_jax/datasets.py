@@ -178,7 +178,8 @@ def polymnist_source(data_config: ml_collections.ConfigDict, split: str):
 
 @register('polymnist')
 def polymnist_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
-  specs = models.polymnist_specs(data_config.num_modalities)
+  specs = models.polymnist_specs(data_config.num_modalities,
+                                 data_config.get('image_network', 'resnet'))
   return Dataset('polymnist', specs, functools.partial(polymnist_source, data_config),
                  num_classes=10, description=f'PolyMNIST, {data_config.num_modalities} '
                  'modalities')
@@ -204,7 +205,9 @@ def _mnist_split(path: str | None, cache_dir: str, split: str):
 def mnist_label_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
   """MNIST's 28x28 grey digit (Bernoulli likelihood, as MVAE's) and the digit as a categorical
   modality; the label is the digit. MNIST's own train/test split."""
-  specs = (modalities_lib.image_spec('image', (28, 28, 1), likelihood='bernoulli'),
+  network = data_config.get('image_network', 'resnet')
+  specs = (modalities_lib.image_spec('image', (28, 28, 1), likelihood='bernoulli',
+                                     encoder=network, decoder=network),
            modalities_lib.label_spec('digit', 10))
   return Dataset('mnist_label', specs,
                  lambda split: _mnist_split(data_config.get('mnist'),

@@ -130,10 +130,12 @@ def init_state(model: Model, vae_tx, ebm_tx, key: jax.Array) -> TrainState:
   k_vae, k_ebm, k_train = jax.random.split(key, 3)
   vae_params = model.vae.init(k_vae)
   ebm_params = model.prior.init(k_ebm, model.vae.latent_z)  # {} for a prior without params.
+  # Its own key, folded from the EBM's so that the other keys are as before the prior had state.
+  prior_state = model.prior.init_state(jax.random.fold_in(k_ebm, 1), model.vae.latent_z)
   zero = jnp.zeros((), jnp.int32)
   return TrainState(step=zero, vae_params=vae_params, ebm_params=ebm_params,
                     vae_opt_state=vae_tx.init(vae_params), ebm_opt_state=ebm_tx.init(ebm_params),
-                    key=k_train, bad_steps=zero, skipped_steps=zero, last_bad_reason=zero)
+                    prior_state=prior_state, key=k_train, bad_steps=zero, skipped_steps=zero, last_bad_reason=zero)
 
 
 def abstract_state(config: ml_collections.ConfigDict, model: Model, mesh) -> TrainState:

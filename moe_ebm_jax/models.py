@@ -39,9 +39,12 @@ def modality_params(stacked: Params, m: int) -> Params:
   return jax.tree.map(lambda x: x[m], stacked)
 
 
-def polymnist_specs(num_modalities: int) -> tuple[modalities_lib.ModalitySpec, ...]:
-  """PolyMNIST's modalities: m0..m{M-1}, 28x28 RGB images, ResNet families, Laplace."""
-  return tuple(modalities_lib.image_spec(f'm{i}') for i in range(num_modalities))
+def polymnist_specs(num_modalities: int, network: str = 'resnet'
+                    ) -> tuple[modalities_lib.ModalitySpec, ...]:
+  """PolyMNIST's modalities: m0..m{M-1}, 28x28 RGB images, Laplace likelihoods, encoders and
+  decoders of the `network` family (MMVAE+'s: 'resnet')."""
+  return tuple(modalities_lib.image_spec(f'm{i}', encoder=network, decoder=network)
+               for i in range(num_modalities))
 
 
 class Posteriors(NamedTuple):

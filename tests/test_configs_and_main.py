@@ -37,6 +37,19 @@ def test_every_dataset_config_and_model_validates(name, model):
   assert config.eval.num_fid_samples == 0  # Not RGB images.
 
 
+def test_dataset_config_variants_validate_and_bad_arguments_are_named():
+  for model in config_lib.MODELS:
+    config = load_config('mnist_label', f'{model},mlp')
+    config_lib.validate(config)
+    assert config.data.image_network == 'mlp' and config.model.name == model
+    config = load_config('synthetic_mixture', f'{model},z3')
+    config_lib.validate(config)
+    assert config.model.latent_z == 3
+  for name, arg in (('mnist_label', 'moe_ebm,conv'), ('synthetic_mixture', 'moe_ebm,w2')):
+    with pytest.raises(ValueError, match=f'config argument {arg!r}'):
+      load_config(name, arg)
+
+
 def test_scale_eps_is_each_reference_families_eta():
   # MMVAE+'s code adds 1e-20, MMVAE's 1e-6, the Gaussian references (std = exp(logvar / 2)) 0.
   expected = {'mmvaeplus': 1e-20, 'mmvae': 1e-6, 'mvae': 0.0, 'mmjsd': 0.0, 'mopoe': 0.0}

@@ -4,12 +4,15 @@ MNIST image + label, a user's arrays, their errors; and every model on every dat
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from moe_ebm_jax import config_lib
 from moe_ebm_jax import datasets
 from moe_ebm_jax import input_pipeline
+from moe_ebm_jax import model_state
 from moe_ebm_jax import modalities as mods
 from moe_ebm_jax import objectives
 
@@ -99,6 +102,24 @@ def test_mnist_label_batches_hold_an_image_and_its_digit(mnist_npz):
   assert image.shape == (32, 28, 28, 1) and image.dtype == np.float32
   assert 0 <= image.min() and image.max() <= 1 and image.max() > 0.9
   np.testing.assert_array_equal(digit, batch['label'])
+
+
+@pytest.mark.parametrize('dataset', ['polymnist', 'mnist_label'])
+def test_image_network_mlp_gives_image_modalities_mlp_encoders_and_decoders(dataset):
+  config = config_lib.base_config('mmvaeplus', dataset)
+  config.data.image_network = 'mlp'
+  config.model.mlp_hidden = (16,)
+  config_lib.validate(config)
+  vae = model_state.make_model(config).vae
+  images = [s for s in vae.modalities if s.kind == 'image']
+  assert images and all(s.encoder == s.decoder == 'mlp' for s in images)
+  x = {s.name: jnp.zeros((3,) + s.shape, s.dtype) for s in vae.modalities}
+  params = vae.init(jax.random.PRNGKey(0))
+  post = vae.encode(params, x)
+  assert post.z_loc.shape == (len(vae.modalities), 3, config.model.latent_z)
+  config.data.image_network = 'dense'
+  with pytest.raises(ValueError, match=r"data.image_network='dense' is not one of \['mlp',"):
+    config_lib.validate(config)
 
 
 def test_config_errors_name_the_dataset_and_field():
