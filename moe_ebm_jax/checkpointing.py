@@ -27,6 +27,7 @@ Orbax traps handled here (orbax-checkpoint 0.12.8):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging as py_logging
 import math
@@ -195,11 +196,29 @@ class Checkpointer:
       raise FileNotFoundError(f'no checkpoint of step {step} in {self._directory}; saved steps: '
                               f'{self.all_steps()}')
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-    restored = self._manager.restore(step, args=ocp.args.Composite(**{
+    try:
+      restored = self._restore(step, target)
+    except ValueError as e:
+      if 'tree structures do not match' not in str(e) or not dataclasses.is_dataclass(target):
+        raise
+      # A checkpoint written before the state gained a field that holds no arrays here (e.g.
+      # TrainState.prior_state, {} for most priors): restore the other fields, keep that one.
+      empty = {f.name for f in dataclasses.fields(target)
+               if not jax.tree.leaves(getattr(target, f.name))}
+      if not empty:
+        raise
+      fields = {f.name: getattr(target, f.name) for f in dataclasses.fields(target)
+                if f.name not in empty}
+      restored = self._restore(step, fields)
+      return (target.replace(**restored[_STATE_ITEM]),
+              dict(restored[_EXTRA_ITEM] or {}))
+    return restored[_STATE_ITEM], dict(restored[_EXTRA_ITEM] or {})
+
+  def _restore(self, step: int, target: PyTree):
+    return self._manager.restore(step, args=ocp.args.Composite(**{
         _STATE_ITEM: ocp.args.StandardRestore(target),
         _EXTRA_ITEM: ocp.args.JsonRestore(),
     }))
-    return restored[_STATE_ITEM], dict(restored[_EXTRA_ITEM] or {})
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -254,7 +273,8 @@ def _config_to_json(config: ml_collections.ConfigDict) -> str:
 
 
 def check_or_write_run_config(workdir: str | os.PathLike[str], config: ml_collections.ConfigDict,
-                              compatible_keys: Sequence[str]) -> bool:
+                              compatible_keys: Sequence[str],
+                              defaults_of_added_keys: Mapping[str, Any] | None = None) -> bool:
   """Writes `<workdir>/config.json` on a workdir's first use, else checks `config` against it.
 
   Call before creating a Checkpointer or anything else that writes to `workdir`.
@@ -265,6 +285,9 @@ def check_or_write_run_config(workdir: str | os.PathLike[str], config: ml_collec
     compatible_keys: dotted keys ('model.widths') that must equal the stored run's values to
       resume from its checkpoints. Other keys may change (e.g. num_train_steps to extend a run).
       Values are compared after a JSON round trip, so tuples equal lists.
+    defaults_of_added_keys: compatible keys the config gained after runs were started, each
+      with the value such runs had implicitly: a stored run without the key compares as that
+      value (an older run stays resumable), any other missing key as '<missing>'.
 
   Returns:
     True if config.json was written (a new run), False if an existing one matched.
@@ -283,6 +306,8 @@ def check_or_write_run_config(workdir: str | os.PathLike[str], config: ml_collec
     differences = []
     for key in compatible_keys:
       old_value, new_value = _lookup(old, key), _lookup(new, key)
+      if old_value is _MISSING and key in (defaults_of_added_keys or {}):
+        old_value = json.loads(json.dumps(defaults_of_added_keys[key]))
       if old_value != new_value:
         differences.append(f'  {key}: {_show(old_value)} in the run, {_show(new_value)} now')
     if differences:

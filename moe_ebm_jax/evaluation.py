@@ -610,7 +610,8 @@ def restore_latest(config, workdir: str) -> tuple[model_state.Model, Any]:
   from moe_ebm_jax import checkpointing  # pylint: disable=g-import-not-at-top
   if os.path.exists(os.path.join(workdir, checkpointing.CONFIG_FILENAME)):
     # The model must be the one that was trained (same keys as a resume); nothing is written.
-    checkpointing.check_or_write_run_config(workdir, config, model_state.COMPATIBLE_KEYS)
+    checkpointing.check_or_write_run_config(
+        workdir, config, model_state.COMPATIBLE_KEYS, model_state.ADDED_KEY_DEFAULTS)
   model = model_state.make_model(config)
   abstract = model_state.abstract_state(config, model, parallel.make_mesh())
   ckpt = checkpointing.Checkpointer(workdir, keep_latest=config.keep_checkpoints,

@@ -32,6 +32,8 @@ COMPATIBLE_KEYS = ('model.name', 'model.widths', 'model.latent_w', 'model.latent
                    'data.seed', 'data.backgrounds', 'optim.amsgrad', 'optim.implementation',
                    'optim.grad_clip_norm', 'model.posterior_scale_multiplier',
                    'ebm.persistent_chains', 'data.image_network')
+# Compatible keys added after runs existed, with the value those runs had: they stay resumable.
+ADDED_KEY_DEFAULTS = {'ebm.persistent_chains': 0, 'data.image_network': 'resnet'}
 
 
 @flax.struct.dataclass

@@ -243,7 +243,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, class
   input_pipeline.per_process_batch_size(config.batch_size, jax.process_count())
   is_chief = jax.process_index() == 0
   if is_chief:
-    checkpointing.check_or_write_run_config(workdir, config, model_state.COMPATIBLE_KEYS)
+    checkpointing.check_or_write_run_config(
+        workdir, config, model_state.COMPATIBLE_KEYS, model_state.ADDED_KEY_DEFAULTS)
 
   model = model_state.make_model(config)
   mesh = parallel.make_mesh()

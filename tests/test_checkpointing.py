@@ -6,7 +6,9 @@ import os
 import signal
 import threading
 import time
+from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -193,6 +195,13 @@ def test_run_config_written_then_checked(tmp_path):
   with pytest.raises(checkpointing.IncompatibleRunError,
                      match=r'model\.depth: <missing> in the run, 4 now'):
     checkpointing.check_or_write_run_config(tmp_path, deeper, keys + ('model.depth',))
+  # ... unless declared added with the value older runs had: then that value is compared.
+  assert not checkpointing.check_or_write_run_config(tmp_path, deeper, keys + ('model.depth',),
+                                                     {'model.depth': 4})
+  with pytest.raises(checkpointing.IncompatibleRunError,
+                     match=r'model\.depth: 3 in the run, 4 now'):
+    checkpointing.check_or_write_run_config(tmp_path, deeper, keys + ('model.depth',),
+                                            {'model.depth': 3})
   assert _snapshot(tmp_path) == before
 
 
@@ -246,3 +255,29 @@ def test_graceful_shutdown_outside_main_thread_installs_nothing():
   thread.join()
   assert seen == {'handler': before, 'requested': True}
   assert signal.getsignal(signal.SIGTERM) is before
+
+
+@flax.struct.dataclass
+class _StateBefore:
+  w: jax.Array
+  step: jax.Array
+
+
+@flax.struct.dataclass
+class _StateAfter:  # _StateBefore with a field added later.
+  w: jax.Array
+  extra_state: Any
+  step: jax.Array
+
+
+def test_a_checkpoint_from_before_an_empty_field_was_added_restores(tmp_path):
+  with checkpointing.Checkpointer(tmp_path, keep_latest=1, keep_best=0) as ckpt:
+    ckpt.save(2, _StateBefore(w=jnp.arange(3.0), step=jnp.array(2)), {'next_index': 4})
+    state, extra = ckpt.restore(_StateAfter(w=jnp.zeros(3), extra_state={}, step=jnp.array(0)))
+    assert isinstance(state, _StateAfter) and state.extra_state == {}
+    np.testing.assert_array_equal(state.w, [0.0, 1.0, 2.0])
+    assert int(state.step) == 2 and extra == {'next_index': 4}
+    # A field added with arrays cannot be made up: the restore fails.
+    with pytest.raises(ValueError, match='tree structures do not match'):
+      ckpt.restore(_StateAfter(w=jnp.zeros(3), extra_state={'chains': jnp.zeros(2)},
+                               step=jnp.array(0)))
