@@ -319,7 +319,7 @@ def bench_langevin(scale: str, repeats: int) -> dict:
   prior = jax.jit(lambda p, k: ebm_lib.sample_prior(
       model.energy, p, k, b, vae.latent_z, num_steps=model.prior_steps,
       step_size=model.prior_step_size, noise_scale=model.noise_scale,
-      unroll=model.langevin_unroll, base=model.ebm_base)[0])
+      unroll=model.langevin_unroll, base=model.p0)[0])
   key = jax.random.PRNGKey(1)
   prior_times = timed_calls(prior, state.ebm_params, key, repeats=repeats)
   images = jax.random.uniform(key, (b, vae.num_modalities, 28, 28, 3))
@@ -333,7 +333,7 @@ def bench_langevin(scale: str, repeats: int) -> dict:
                                     num_steps=chain, step_size=model.posterior_step_size,
                                     noise_scale=model.noise_scale,
                                     latents=model.posterior_latents,
-                                    unroll=model.langevin_unroll, base=model.ebm_base)[0]['z']
+                                    unroll=model.langevin_unroll, base=model.p0)[0]['z']
 
   args = (state.vae_params, state.ebm_params, images, z0, w, key)
   # Per step: a chain of `chain` steps (compiled as in training) divided by `chain`. (A lone

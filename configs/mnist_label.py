@@ -5,7 +5,7 @@ r"""MNIST image + digit label (MVAE's bimodal MNIST; docs/data.md) at CPU scale.
   python main.py --config=configs/mnist_label.py:moe_ebm,mlp --workdir=/tmp/moe_ebm_mnist_mlp
 
 The argument is the model, optionally followed by `mlp`: the image through an MLP encoder and
-decoder (512, 512) instead of the ResNet, many times faster on a CPU, so that a run converges
+decoder (256, 256) instead of the ResNet, many times faster on a CPU, so that a run converges
 here (the table of docs/results.md, "MNIST + label").
 
 ResNet (the default): a starting point, not a tuned recipe: the PolyMNIST CPU widths (8, 16, 32)
@@ -42,7 +42,7 @@ def get_config(arg=None):
   config.data.image_network = 'mlp'
   config.batch_size = 128
   config.eval_batch_size = 250
-  config.model.mlp_hidden = (512, 512)
+  config.model.mlp_hidden = (256, 256)
   if config.model.latent_w:
     config.model.latent_w, config.model.latent_z = 16, 16
   else:

@@ -91,10 +91,10 @@ def posterior_probe(model, state, images: jax.Array, key: jax.Array, *, num_step
   final, diag = ebm_lib.sample_posterior(
       vae, state.vae_params, model.energy, state.ebm_params, images, z0, w_q, k_ld,
       num_steps=num_steps, step_size=step_size, noise_scale=model.noise_scale,
-      latents=model.posterior_latents, unroll=model.langevin_unroll, base=model.ebm_base)
+      latents=model.posterior_latents, unroll=model.langevin_unroll, base=model.p0)
   f = lambda z: model.energy.apply(state.ebm_params, z)
   log_prob = ebm_lib.posterior_log_prob(vae, state.vae_params, model.energy, state.ebm_params,
-                                        images, jnp.ones((m,), bool), w_q, model.ebm_base)
+                                        images, jnp.ones((m,), bool), w_q, model.p0)
   out = {
       'rms_move': jnp.sqrt(jnp.mean(jnp.square(final['z'] - z0), axis=-1)),
       'posterior_scale': jnp.median(scale, axis=-1),
@@ -120,12 +120,12 @@ def energies(model, state, images: jax.Array, key: jax.Array) -> dict[str, jax.A
   z_prior, _ = ebm_lib.sample_prior(
       model.energy, state.ebm_params, k_prior, b, vae.latent_z, num_steps=model.prior_steps,
       step_size=model.prior_step_size, noise_scale=model.noise_scale,
-      unroll=model.langevin_unroll, base=model.ebm_base)
+      unroll=model.langevin_unroll, base=model.p0)
   post = vae.encode(state.vae_params, images)
   z_q = dists.sample(vae.distribution, k_q, post.z_loc, post.z_scale)
   probe = posterior_probe(model, state, images, k_post, num_steps=model.posterior_steps,
                           step_size=model.posterior_step_size)
-  return {'p0 draws (chain start)': f(dists.standard_sample(model.ebm_base, k_p0, z_prior.shape)),
+  return {'p0 draws (chain start)': f(model.p0.sample(k_p0, z_prior.shape)),
           'prior chain end': f(z_prior), 'q(z | x_m), every expert': f(z_q).reshape(-1),
           'posterior chain end': probe['f_end']}
 

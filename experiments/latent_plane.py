@@ -77,8 +77,10 @@ def main(argv):
   panels.append((f'fixed prior {vae.distribution}(0, I)', np.asarray(fixed),
                  decode_classes(fixed, k_dec)))
   if model.has_ebm:
-    p0 = dists.standard_sample(model.ebm_base, k_p0, (_NUM.value, 2))
-    panels.append((f'p0 = {model.ebm_base}(0, I): the chains\' start', np.asarray(p0),
+    base = model.prior.p0
+    p0 = base.sample(k_p0, (_NUM.value, 2))
+    scale = '' if base.scale == 1 else f'{base.scale:g}^2 '
+    panels.append((f'p0 = {base.family}(0, {scale}I): the chains\' start', np.asarray(p0),
                    decode_classes(p0, k_dec)))
     z, _ = model.prior.sample(state.ebm_params, k_ebm, _NUM.value, 2,
                               state=state.prior_state)
@@ -86,7 +88,7 @@ def main(argv):
     panels.append((f'EBM prior after {model.prior_steps} chain steps{start}', np.asarray(z),
                    decode_classes(z, k_dec)))
     chain_vs_density = ebm.chain_against_density(
-        lambda z: model.prior.energy.apply(state.ebm_params, z), model.ebm_base, np.asarray(z),
+        lambda z: model.prior.energy.apply(state.ebm_params, z), base, np.asarray(z),
         k_ebm)
 
   import matplotlib  # pylint: disable=g-import-not-at-top

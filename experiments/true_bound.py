@@ -41,7 +41,7 @@ def normalised_log_prior(model, ebm_params, latent_dim: int):
   """(z (..., D) -> log p(z) normalised, log Z by grid or None, log Z by Monte Carlo or None)."""
   if not model.has_ebm:
     return model.log_prior_z(ebm_params, 1.0), None, None
-  energy, base = model.prior.energy, model.ebm_base
+  energy, base = model.prior.energy, model.prior.p0
   f = lambda z: energy.apply(ebm_params, z)
   log_z = float(ebm.log_partition_grid(f, base, latent_dim)) if latent_dim <= 2 else None
   log_z_mc = float(ebm.log_partition_monte_carlo(f, base, latent_dim, jax.random.PRNGKey(1)))
@@ -59,7 +59,7 @@ def main(argv):
 
   priors = {'': log_prior}
   if model.has_ebm:  # The same encoders and decoders with p0 alone: what f_a adds to the bound.
-    priors['_p0'] = lambda z: ebm.base_log_prob(model.ebm_base, z)
+    priors['_p0'] = model.prior.p0.log_prob
 
   @jax.jit
   def bounds(x, key):  # Per-example bound sums of one batch: ELBO and IWAE at beta = 1.

@@ -173,6 +173,7 @@ def base_config(model: str | None, dataset: str = 'polymnist') -> ml_collections
   # al.'s N(0, I)). exp(f_a) Laplace is improper once the MLP f_a grows faster than |z|_1, which
   # nothing prevents; exp(f_a) N(0, I) is proper for every MLP (docs/fidelity.md).
   c.ebm.base = 'laplace'
+  c.ebm.base_scale = 1.0  # p0 = base(0, base_scale^2 I); 1 is the paper's and Pang et al.'s.
   # Prior chains: 0 starts them from p0 at every step (the paper's short-run chains); N > 0 keeps
   # N persistent chains that go on across steps (each step the next batch of them), restarting
   # a fraction persistent_reinit from p0; generation starts from them too (priors.py).
@@ -386,6 +387,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(config.ebm.energy_l2 >= 0, f'ebm.energy_l2={config.ebm.energy_l2} < 0')
   check(config.ebm.base in ('laplace', 'gaussian'),
         f"ebm.base={config.ebm.base!r}, expected 'laplace' or 'gaussian'")
+  check(config.ebm.base_scale > 0, f'ebm.base_scale={config.ebm.base_scale!r} must be > 0')
   check(config.ebm.energy_weight in ENERGY_WEIGHTS,
         f'ebm.energy_weight={config.ebm.energy_weight!r}, expected one of {ENERGY_WEIGHTS}')
   check(isinstance(config.max_restores, int) and config.max_restores >= 0,

@@ -16,6 +16,7 @@ nothing keeps p_a proper; a Gaussian base is proper for every MLP (docs/fidelity
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -32,11 +33,37 @@ POSTERIOR_LATENTS = ('z', 'zw')
 BASES = ('laplace', 'gaussian')
 
 
-def base_log_prob(base: str, z: jax.Array) -> jax.Array:
-  """log p0(z) of the EBM's base family(0, I): (..., D) -> (...)."""
-  if base not in BASES:
-    raise ValueError(f'EBM base {base!r}: choose one of {BASES}.')
-  return dists.log_prob(base, z, 0.0, 1.0)
+@dataclasses.dataclass(frozen=True)
+class Base:
+  """The EBM's base density p0 = family(0, scale^2 I) (config.ebm.base, config.ebm.base_scale).
+
+  Hashable (static under jit). Every function here that takes a base takes a Base or a family
+  name (scale 1).
+  """
+  family: str = 'laplace'
+  scale: float = 1.0
+
+  def __post_init__(self):
+    if self.family not in BASES:
+      raise ValueError(f'EBM base {self.family!r}: choose one of {BASES}.')
+    if not self.scale > 0:
+      raise ValueError(f'EBM base scale {self.scale!r} must be > 0.')
+
+  def log_prob(self, z: jax.Array) -> jax.Array:
+    """log p0(z): (..., D) -> (...)."""
+    return dists.log_prob(self.family, z, 0.0, self.scale)
+
+  def sample(self, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    return self.scale * dists.standard_sample(self.family, key, shape)
+
+
+def as_base(base: str | Base) -> Base:
+  return base if isinstance(base, Base) else Base(base)
+
+
+def base_log_prob(base: str | Base, z: jax.Array) -> jax.Array:
+  """log p0(z) of the EBM's base: (..., D) -> (...)."""
+  return as_base(base).log_prob(z)
 
 
 def prior_log_prob(energy: networks.EnergyMLP, ebm_params: Params,
@@ -53,7 +80,7 @@ def sample_prior(energy: networks.EnergyMLP, ebm_params: Params, key: jax.Array,
   """Short-run prior chain from p0 = base(0, I) (or from `init` (B, D), e.g. persistent
   chains) with `sampler` (samplers.py): (z (B, D), diagnostics)."""
   k0, k1 = jax.random.split(key)
-  z0 = dists.standard_sample(base, k0, (batch_size, latent_dim)) if init is None else init
+  z0 = as_base(base).sample(k0, (batch_size, latent_dim)) if init is None else init
   return samplers.get(sampler)(prior_log_prob(energy, ebm_params, base), z0, k1,
                                num_steps=num_steps, step_size=step_size,
                                noise_scale=noise_scale, keep_trajectory=keep_trajectory,
@@ -136,8 +163,9 @@ def ebm_loss(energy: networks.EnergyMLP, ebm_params: Params, z_prior: jax.Array,
                 'energy_posterior': -f_post.mean()}
 
 
-def log_partition_grid(f: Callable[[jax.Array], jax.Array], base: str, latent_dim: int, *,
-                       half_width: float = 12.0, num: int = 801, chunk: int = 65536) -> jax.Array:
+def log_partition_grid(f: Callable[[jax.Array], jax.Array], base: str | Base, latent_dim: int,
+                       *, half_width: float | None = None, num: int = 801,
+                       chunk: int = 65536) -> jax.Array:
   """log Z = log of the integral of exp(f(z)) p0(z) dz by the midpoint rule on [-h, h]^D.
 
   For the low-dimensional latents that can be drawn (D = 1 or 2; the grid has num^D points):
@@ -147,8 +175,13 @@ def log_partition_grid(f: Callable[[jax.Array], jax.Array], base: str, latent_di
   if latent_dim not in (1, 2):
     raise ValueError(f'a grid integral needs D = 1 or 2, not {latent_dim}: use '
                      'log_partition_monte_carlo.')
-  points, step = _midpoint_grid(half_width, num, latent_dim)
+  points, step = _midpoint_grid(_half_width(base, half_width), num, latent_dim)
   return jax.nn.logsumexp(_log_density_on(f, base, points, chunk)) + latent_dim * np.log(step)
+
+
+def _half_width(base, half_width: float | None) -> float:
+  """The grid's half width: given, or 12 (6 base scales where the base is wider)."""
+  return half_width if half_width is not None else max(12.0, 6.0 * as_base(base).scale)
 
 
 def _midpoint_grid(half_width: float, num: int, dim: int) -> tuple[np.ndarray, float]:
@@ -159,7 +192,7 @@ def _midpoint_grid(half_width: float, num: int, dim: int) -> tuple[np.ndarray, f
   return points.astype(np.float32), step
 
 
-def _log_density_on(f, base: str, points: np.ndarray, chunk: int = 65536) -> jax.Array:
+def _log_density_on(f, base: str | Base, points: np.ndarray, chunk: int = 65536) -> jax.Array:
   """f(z) + log p0(z) at (N, D) points, in chunks of one compiled shape: (N,)."""
   log_density = jax.jit(lambda z: f(z) + base_log_prob(base, z))
   pad = -len(points) % chunk
@@ -168,16 +201,17 @@ def _log_density_on(f, base: str, points: np.ndarray, chunk: int = 65536) -> jax
   return jnp.concatenate(values)[:len(points)]
 
 
-def log_partition_monte_carlo(f: Callable[[jax.Array], jax.Array], base: str, latent_dim: int,
+def log_partition_monte_carlo(f: Callable[[jax.Array], jax.Array], base: str | Base,
+                              latent_dim: int,
                               key: jax.Array, num: int = 1_000_000) -> jax.Array:
   """log Z = log E_{z ~ p0}[exp f(z)] from `num` draws of p0 (any D; biased low for small num
   when exp f varies much over p0, as Jensen's inequality says). f: (N, D) -> (N,)."""
-  z = dists.standard_sample(base, key, (num, latent_dim))
+  z = as_base(base).sample(key, (num, latent_dim))
   return jax.nn.logsumexp(jax.jit(f)(z)) - jnp.log(num)
 
 
-def chain_against_density(f: Callable[[jax.Array], jax.Array], base: str, samples,
-                          key: jax.Array, *, bins: int = 12, half_width: float = 12.0,
+def chain_against_density(f: Callable[[jax.Array], jax.Array], base: str | Base, samples,
+                          key: jax.Array, *, bins: int = 12, half_width: float | None = None,
                           num: int = 600) -> dict[str, float]:
   """Does a chain sample exp(f) p0 / Z? (N, 2) samples against that density on a num x num
   grid over [-h, h]^2: the total variation over bins x bins cells of the samples' range (plus
@@ -185,7 +219,7 @@ def chain_against_density(f: Callable[[jax.Array], jax.Array], base: str, sample
   density (what sampling noise alone gives), the mean |z| of each, and log Z. A short-run chain
   need not sample the density of the f_a it trains. f: (N, 2) -> (N,)."""
   samples = np.asarray(samples)
-  points, step = _midpoint_grid(half_width, num, 2)
+  points, step = _midpoint_grid(_half_width(base, half_width), num, 2)
   log_p = np.asarray(_log_density_on(f, base, points), np.float64)
   log_z = float(np.log(np.exp(log_p - log_p.max()).sum()) + log_p.max() + 2 * np.log(step))
   p = np.exp(log_p - log_p.max())

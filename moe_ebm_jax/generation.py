@@ -86,7 +86,7 @@ def conditional_generate(state, x, subset: jax.Array, key: jax.Array, *, model,
         num_steps=model.posterior_steps, step_size=model.posterior_step_size,
         noise_scale=model.noise_scale, latents=model.posterior_latents, observed=subset,
         keep_trajectory=keep_trajectory, unroll=model.langevin_unroll, sampler=model.sampler,
-        base=model.ebm_base)
+        base=model.p0)
     z = final['z']
     if 'w' in final:
       w_q = jnp.moveaxis(final['w'], 1, 0)

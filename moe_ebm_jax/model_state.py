@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from moe_ebm_jax import datasets
+from moe_ebm_jax import ebm as ebm_lib
 from moe_ebm_jax import models
 from moe_ebm_jax import networks
 from moe_ebm_jax import objectives
@@ -75,12 +76,18 @@ class Model:
   sampler: str = 'langevin'  # The chains' MCMC sampler (samplers.py; config.ebm.sampler).
   prior_kind: str = 'fixed'  # The prior on z (priors.py; config.model.prior).
   ebm_base: str = 'laplace'  # The EBM's p0 family (config.ebm.base).
+  ebm_base_scale: float = 1.0  # Its scale (config.ebm.base_scale).
   persistent_chains: int = 0  # Persistent prior chains (config.ebm.persistent_chains).
   persistent_reinit: float = 0.05  # Their restart fraction (config.ebm.persistent_reinit).
 
   @property
   def has_ebm(self) -> bool:
     return self.energy is not None
+
+  @property
+  def p0(self) -> ebm_lib.Base:
+    """The EBM's base density (config.ebm.base and base_scale)."""
+    return ebm_lib.Base(self.ebm_base, self.ebm_base_scale)
 
   @property
   def prior(self):
@@ -119,6 +126,7 @@ def make_model(config: ml_collections.ConfigDict) -> Model:
       energy_l2=config.ebm.energy_l2, energy_weight=config.ebm.energy_weight,
       langevin_unroll=True if config.ebm.unroll_chains else 1, sampler=config.ebm.sampler,
       prior_kind=config.model.prior, ebm_base=config.ebm.base,
+      ebm_base_scale=config.ebm.base_scale,
       persistent_chains=config.ebm.persistent_chains,
       persistent_reinit=config.ebm.persistent_reinit)
 

@@ -103,8 +103,13 @@ class EnergyPrior:
   energy_l2: float = 0.0
   max_abs_energy: float = 1e4
   base: str = 'laplace'  # p0's family (ebm.BASES; config.ebm.base).
+  base_scale: float = 1.0  # p0 = base(0, base_scale^2 I) (config.ebm.base_scale).
   persistent_chains: int = 0  # 0: prior chains from p0 at every step.
   persistent_reinit: float = 0.05  # The fraction of persistent chains restarted from p0.
+
+  @property
+  def p0(self) -> ebm_lib.Base:
+    return ebm_lib.Base(self.base, self.base_scale)
 
   def init(self, key, latent_dim: int):
     return self.energy.init(key, jnp.zeros((1, latent_dim)))
@@ -114,15 +119,15 @@ class EnergyPrior:
     the first chain of the next step}."""
     if not self.persistent_chains:
       return {}
-    return {'chains': dists.standard_sample(self.base, key, (self.persistent_chains, latent_dim)),
+    return {'chains': self.p0.sample(key, (self.persistent_chains, latent_dim)),
             'cursor': jnp.zeros((), jnp.int32)}
 
   def log_prob(self, params, beta):
     """f_a(z) + log p0(z); with energy_weight 'one' f_a enters divided by beta, so that its
     net weight in the bound is 1."""
     if self.energy_weight == 'beta':
-      return ebm_lib.prior_log_prob(self.energy, params, self.base)
-    return lambda z: self.energy.apply(params, z) / beta + ebm_lib.base_log_prob(self.base, z)
+      return ebm_lib.prior_log_prob(self.energy, params, self.p0)
+    return lambda z: self.energy.apply(params, z) / beta + self.p0.log_prob(z)
 
   def sample(self, params, key, num: int, latent_dim: int, keep_trajectory: bool = False,
              state=None):
@@ -137,7 +142,7 @@ class EnergyPrior:
     return ebm_lib.sample_prior(self.energy, params, key, num, latent_dim,
                                 num_steps=c.num_steps, step_size=c.step_size,
                                 noise_scale=c.noise_scale, keep_trajectory=keep_trajectory,
-                                unroll=c.unroll, sampler=c.sampler, base=self.base, init=init)
+                                unroll=c.unroll, sampler=c.sampler, base=self.p0, init=init)
 
   def _persistent_prior(self, params, state, key, batch: int):
     """Continues the next `batch` persistent chains: (z (batch, D), diag, new state)."""
@@ -146,13 +151,13 @@ class EnergyPrior:
     rows = (cursor + jnp.arange(batch)) % n
     k_restart, k_fresh, k_chain = jax.random.split(key, 3)
     restart = jax.random.bernoulli(k_restart, self.persistent_reinit, (batch, 1))
-    fresh = dists.standard_sample(self.base, k_fresh, (batch, chains.shape[1]))
+    fresh = self.p0.sample(k_fresh, (batch, chains.shape[1]))
     init = jnp.where(restart, fresh, chains[rows])
     c = self.prior_chain
     z, diag = ebm_lib.sample_prior(self.energy, params, k_chain, batch, chains.shape[1],
                                    num_steps=c.num_steps, step_size=c.step_size,
                                    noise_scale=c.noise_scale, unroll=c.unroll,
-                                   sampler=c.sampler, base=self.base, init=init)
+                                   sampler=c.sampler, base=self.p0, init=init)
     return z, diag, {'chains': chains.at[rows].set(z), 'cursor': (cursor + batch) % n}
 
   def learn(self, params, state, keys, vae, vae_params, x, aux):
@@ -171,7 +176,7 @@ class EnergyPrior:
           vae, jax.lax.stop_gradient(vae_params), self.energy, params, x, z0,
           aux.latents.w[:, 0], k_post, num_steps=post.num_steps, step_size=post.step_size,
           noise_scale=post.noise_scale, latents=self.posterior_latents, unroll=post.unroll,
-          sampler=post.sampler, base=self.base)
+          sampler=post.sampler, base=self.p0)
       z_post = post_state['z']
       if 'accept_rate' in post_diag and post.num_steps:  # Metropolis-adjusted samplers.
         metrics['posterior_accept_rate'] = post_diag['accept_rate'].mean()
@@ -207,4 +212,4 @@ def _energy(model):
                      chain(model.posterior_steps, model.posterior_step_size),
                      model.posterior_sampler, model.posterior_latents, model.energy_weight,
                      model.energy_l2, model.max_abs_energy, model.ebm_base,
-                     model.persistent_chains, model.persistent_reinit)
+                     model.ebm_base_scale, model.persistent_chains, model.persistent_reinit)

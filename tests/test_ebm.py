@@ -335,3 +335,28 @@ def test_chain_against_density_tells_exact_samples_from_a_shrunken_chain():
   assert exact['mean_radius_chain'] == pytest.approx(np.sqrt(np.pi / 2), abs=0.05)
   assert exact['tv_chain'] < 2 * exact['tv_exact_draws'] + 0.02
   assert shrunk['tv_chain'] > 0.3 and shrunk['mean_radius_chain'] < 0.7
+
+
+@pytest.mark.parametrize('family', ebm.BASES)
+def test_a_scaled_base_is_the_family_at_that_scale(family):
+  """p0 = family(0, s^2 I): its closed-form density, draws of that spread, log Z = 0 for f = 0
+  over a grid that widens with s, and the tilt's log Z: for N(0, s^2 I) and f = c.z it is
+  s^2 |c|^2 / 2 (the Laplace's: -sum log(1 - s^2 c^2))."""
+  base = ebm.Base(family, 3.0)
+  z = jnp.array([[1.5, -6.0], [0.0, 9.0]])
+  if family == 'gaussian':
+    want = -0.5 * (z ** 2).sum(-1) / 9 - 2 * np.log(3 * np.sqrt(2 * np.pi))
+  else:
+    want = -np.abs(z).sum(-1) / 3 - 2 * np.log(2 * 3)
+  np.testing.assert_allclose(base.log_prob(z), want, rtol=1e-6)
+  draws = np.asarray(base.sample(jax.random.PRNGKey(0), (40_000, 2)))
+  np.testing.assert_allclose(draws.std(0), [3 if family == 'gaussian' else 3 * np.sqrt(2)] * 2,
+                             rtol=0.03)
+  assert float(ebm.log_partition_grid(lambda z: 0.0 * z[:, 0], base, 2)) == \
+      pytest.approx(0.0, abs=2e-3 if family == 'gaussian' else 2e-2)
+  c = jnp.array([0.1, -0.2])
+  tilt = 9 * float(c @ c) / 2 if family == 'gaussian' else -float(jnp.log(1 - 9 * c ** 2).sum())
+  assert float(ebm.log_partition_grid(lambda z: z @ c, base, 2, half_width=60.0, num=2001)) == \
+      pytest.approx(tilt, abs=5e-3)
+  with pytest.raises(ValueError, match='must be > 0'):
+    ebm.Base(family, 0.0)
