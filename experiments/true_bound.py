@@ -12,8 +12,10 @@ and decoders.
       --workdir=/tmp/table_mixture/moe_ebm_s0 --json_out=/tmp/bounds.jsonl
 
 Appends one JSON line per run: log Z (grid, Monte Carlo), the ELBO and the IWAE bound (K
-samples per source) per test example (nats, mean over the test set); for EBM models also both
-bounds of the same networks with p0 alone as the prior (elbo_p0, iwae_p0): what f_a adds.
+samples per source) of the model's own objective at beta = 1, and log p(X) by importance
+sampling with an estimator written apart from the objectives (log_px; marginal_likelihood.py,
+1,000 draws), per test example (nats, mean over the test set); for EBM models also each of them
+with p0 alone as the prior (elbo_p0, iwae_p0, log_px_p0): what f_a adds.
 """
 
 import json
@@ -28,6 +30,7 @@ from moe_ebm_jax import ebm
 from moe_ebm_jax import evaluation
 from moe_ebm_jax import input_pipeline
 from moe_ebm_jax import log_setup
+from moe_ebm_jax import marginal_likelihood
 from moe_ebm_jax import objectives
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'The run\'s config.', lock_config=False)
@@ -35,6 +38,8 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'The trained run.', required=Tru
 _JSON = flags.DEFINE_string('json_out', None, 'A .jsonl file: one line per run appended.',
                             required=True)
 _K = flags.DEFINE_integer('num_samples', 64, 'Samples per source for the bounds.')
+_K_IS = flags.DEFINE_integer('importance_samples', 1000,
+                             'Proposal draws for log p(X) (marginal_likelihood.py).')
 
 
 def normalised_log_prior(model, ebm_params, latent_dim: int):
@@ -69,6 +74,9 @@ def main(argv):
         loss, aux = fn(model.vae, state.vae_params, x, key, beta=1.0, num_samples=_K.value,
                        estimator=estimator, log_prior_z=prior)
         out[estimator + suffix] = -loss * aux.post.z_loc.shape[1]
+      # log p(X) by importance sampling, written apart from the objectives.
+      out['log_px' + suffix] = marginal_likelihood.log_marginal_likelihood(
+          model.vae, state.vae_params, x, key, prior, num_samples=_K_IS.value).sum()
     return out
 
   totals, count, key = {}, 0, jax.random.PRNGKey(0)
