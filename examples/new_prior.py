@@ -1,9 +1,7 @@
-r"""A new prior on z, a mixture of K Gaussians: the prior interface (priors.py) and one
-registration, then config.model.prior names it. Its update, in the one jitted training step,
-maximises E_q[log p(z)] over posterior samples: the bound's gradient in its parameters / beta.
+r"""A new prior on z, a mixture of K Gaussians: the prior interface (priors.py), one registration,
+and config.model.prior names it. Its update, in the one jitted training step, maximises E_q[log p(z)].
 
-  python examples/new_prior.py   # ~1 minute on 2 CPU cores, the synthetic mixture
-"""
+  python examples/new_prior.py   # ~1 minute on 2 CPU cores, the synthetic mixture"""
 
 import dataclasses
 import os
@@ -23,7 +21,7 @@ class MixturePrior:
     means = 2.0 * jax.random.normal(key, (self.num_components, latent_dim))
     return {'means': means, 'log_scales': 0 * means, 'logits': jnp.zeros(self.num_components)}
 
-  def init_state(self, key, latent_dim):  # Nothing carried between steps besides params.
+  def init_state(self, key, latent_dim):  # Carried between steps besides params: nothing.
     return {}
 
   def log_prob(self, params, beta):  # -> log p: (..., D) -> (...)
@@ -34,9 +32,8 @@ class MixturePrior:
     return log_p
 
   def sample(self, params, key, num, latent_dim, keep_trajectory=False, state=None):
-    k_pick, k_noise = jax.random.split(key)
-    k = jax.random.categorical(k_pick, params['logits'], shape=(num,))
-    return distributions.normal_sample(k_noise, params['means'][k],
+    k = jax.random.categorical(jax.random.fold_in(key, 1), params['logits'], shape=(num,))
+    return distributions.normal_sample(key, params['means'][k],
                                        jnp.exp(params['log_scales'][k])), {}
 
   def learn(self, params, state, keys, vae, vae_params, x, aux):  # Fit p(z) to q(z | x_m)'s z.
