@@ -80,7 +80,7 @@ class FixedPrior:
 
 @dataclasses.dataclass(frozen=True)
 class EnergyPrior:
-  """The latent EBM prior p_a(z) = exp(f_a(z)) p0(z) / Z(a) (ebm.py), p0 = Laplace(0, I).
+  """The latent EBM prior p_a(z) = exp(f_a(z)) p0(z) / Z(a) (ebm.py), p0 = `p0` (ebm.Base).
 
   Learned by the maximum-likelihood gradient E_post[grad f_a] - E_prior[grad f_a]: prior samples
   from the prior chain, posterior samples from the encoders' q ('q') or refined by the
