@@ -77,8 +77,8 @@ def sample_prior(energy: networks.EnergyMLP, ebm_params: Params, key: jax.Array,
                  noise_scale: float = 1.0, keep_trajectory: bool = False,
                  unroll: int | bool = 1, sampler: str = 'langevin', base: str = 'laplace',
                  init: jax.Array | None = None):
-  """Short-run prior chain from p0 = base(0, I) (or from `init` (B, D), e.g. persistent
-  chains) with `sampler` (samplers.py): (z (B, D), diagnostics)."""
+  """Short-run prior chain from p0 (`base`: a Base or a family name) or from `init` (B, D),
+  e.g. persistent chains, with `sampler` (samplers.py): (z (B, D), diagnostics)."""
   k0, k1 = jax.random.split(key)
   z0 = as_base(base).sample(k0, (batch_size, latent_dim)) if init is None else init
   return samplers.get(sampler)(prior_log_prob(energy, ebm_params, base), z0, k1,

@@ -75,19 +75,13 @@ class Model:
   energy_weight: str = 'beta'  # f_a's weight in the VAE's bound (config.ebm.energy_weight).
   sampler: str = 'langevin'  # The chains' MCMC sampler (samplers.py; config.ebm.sampler).
   prior_kind: str = 'fixed'  # The prior on z (priors.py; config.model.prior).
-  ebm_base: str = 'laplace'  # The EBM's p0 family (config.ebm.base).
-  ebm_base_scale: float = 1.0  # Its scale (config.ebm.base_scale).
+  p0: ebm_lib.Base = ebm_lib.Base()  # The EBM's base density (config.ebm.base, base_scale).
   persistent_chains: int = 0  # Persistent prior chains (config.ebm.persistent_chains).
   persistent_reinit: float = 0.05  # Their restart fraction (config.ebm.persistent_reinit).
 
   @property
   def has_ebm(self) -> bool:
     return self.energy is not None
-
-  @property
-  def p0(self) -> ebm_lib.Base:
-    """The EBM's base density (config.ebm.base and base_scale)."""
-    return ebm_lib.Base(self.ebm_base, self.ebm_base_scale)
 
   @property
   def prior(self):
@@ -125,8 +119,7 @@ def make_model(config: ml_collections.ConfigDict) -> Model:
       posterior_latents=config.ebm.posterior_latents, max_abs_energy=config.ebm.max_abs_energy,
       energy_l2=config.ebm.energy_l2, energy_weight=config.ebm.energy_weight,
       langevin_unroll=True if config.ebm.unroll_chains else 1, sampler=config.ebm.sampler,
-      prior_kind=config.model.prior, ebm_base=config.ebm.base,
-      ebm_base_scale=config.ebm.base_scale,
+      prior_kind=config.model.prior, p0=ebm_lib.Base(config.ebm.base, config.ebm.base_scale),
       persistent_chains=config.ebm.persistent_chains,
       persistent_reinit=config.ebm.persistent_reinit)
 

@@ -102,14 +102,9 @@ class EnergyPrior:
   energy_weight: str = 'beta'  # f_a's weight in the bound: 'beta' or 'one' (the paper's Eq. 5).
   energy_l2: float = 0.0
   max_abs_energy: float = 1e4
-  base: str = 'laplace'  # p0's family (ebm.BASES; config.ebm.base).
-  base_scale: float = 1.0  # p0 = base(0, base_scale^2 I) (config.ebm.base_scale).
+  p0: ebm_lib.Base = ebm_lib.Base()  # The base density (config.ebm.base, base_scale).
   persistent_chains: int = 0  # 0: prior chains from p0 at every step.
   persistent_reinit: float = 0.05  # The fraction of persistent chains restarted from p0.
-
-  @property
-  def p0(self) -> ebm_lib.Base:
-    return ebm_lib.Base(self.base, self.base_scale)
 
   def init(self, key, latent_dim: int):
     return self.energy.init(key, jnp.zeros((1, latent_dim)))
@@ -211,5 +206,5 @@ def _energy(model):
   return EnergyPrior(model.energy, chain(model.prior_steps, model.prior_step_size),
                      chain(model.posterior_steps, model.posterior_step_size),
                      model.posterior_sampler, model.posterior_latents, model.energy_weight,
-                     model.energy_l2, model.max_abs_energy, model.ebm_base,
-                     model.ebm_base_scale, model.persistent_chains, model.persistent_reinit)
+                     model.energy_l2, model.max_abs_energy, model.p0,
+                     model.persistent_chains, model.persistent_reinit)

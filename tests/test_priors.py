@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from moe_ebm_jax import config_lib
+from moe_ebm_jax import ebm
 from moe_ebm_jax import model_state
 from moe_ebm_jax import priors
 from moe_ebm_jax import samplers
@@ -66,7 +67,7 @@ def test_prior_registry_names_the_config_choices_and_refuses_duplicates():
 def _persistent_prior(num_chains, reinit, steps):
   from moe_ebm_jax import networks  # pylint: disable=g-import-not-at-top
   return priors.EnergyPrior(networks.EnergyMLP(hidden=(8,)), samplers.Chain(steps, 0.4),
-                            samplers.Chain(0, 0.1), posterior_sampler='q', base='gaussian',
+                            samplers.Chain(0, 0.1), posterior_sampler='q', p0=ebm.Base('gaussian'),
                             persistent_chains=num_chains, persistent_reinit=reinit)
 
 
