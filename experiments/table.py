@@ -59,7 +59,8 @@ def run_metrics(config, workdir: str) -> dict:
   scalars = metric_logging.read_scalars(os.path.join(workdir, 'tensorboard'))
   curve = sorted(dict(scalars.get('eval/test_loss', [])).items())
   return {'coherence': metrics['coherence'], 'latent_probe': probe, 'step': metrics['step'],
-          'test_loss_curve': curve, 'num_classes': datasets.get(config.data).num_classes}
+          'test_loss_curve': curve, 'num_classes': datasets.get(config.data).num_classes,
+          'modalities': list(datasets.get(config.data).names)}
 
 
 ROWS = (('joint coherence', lambda r, tag: r['coherence'].get('joint_coherence')),
@@ -70,10 +71,22 @@ ROWS = (('joint coherence', lambda r, tag: r['coherence'].get('joint_coherence')
             'post_ld' if tag == 'post_ld' else 'pre_ld']['mean']))
 
 
+def directed_rows(names: list[str]) -> tuple:
+  """Cross coherence each way, from the [source][target] matrix: for two modalities only (more
+  would be M (M - 1) columns)."""
+  if len(names) != 2:
+    return ()
+  cell = lambda s, t: lambda r, tag: r['coherence'][tag]['cross_coherence_matrix'][s][t]
+  return ((f'cross {names[0]} -> {names[1]}', cell(0, 1)),
+          (f'cross {names[1]} -> {names[0]}', cell(1, 0)))
+
+
 def table(results: dict, models: list[str]) -> str:
+  names = next((r['modalities'] for r in results.values() if 'modalities' in r), [])
+  rows = ROWS + directed_rows(names)
   lines = ['| model | runs | ' + ' | '.join(
-      f'{name}: mean, sd [95% interval]' for name, _ in ROWS) + ' |',
-           '|---' * (len(ROWS) + 2) + '|']
+      f'{name}: mean, sd [95% interval]' for name, _ in rows) + ' |',
+           '|---' * (len(rows) + 2) + '|']
   for model in models:
     runs = [r for r in results.values() if r['model'] == model]
     if not runs:
@@ -81,7 +94,7 @@ def table(results: dict, models: list[str]) -> str:
     # The coherence tags the runs were evaluated with: 'q', or 'pre_ld' (and 'post_ld').
     for tag in [t for t in ('q', 'pre_ld', 'post_ld') if t in runs[0]['coherence']]:
       cells = []
-      for _, get in ROWS:
+      for _, get in rows:
         values = [get(r, tag) for r in runs]
         if any(v is None for v in values):
           cells.append('-')
