@@ -63,49 +63,6 @@ def run_metrics(config, workdir: str) -> dict:
           'modalities': list(datasets.get(config.data).names)}
 
 
-ROWS = (('joint coherence', lambda r, tag: r['coherence'].get('joint_coherence')),
-        ('joint class balance', lambda r, tag: evaluation.class_balance(
-            r['coherence'].get('joint_class_share'), r.get('num_classes', 0))),
-        ('cross coherence', lambda r, tag: r['coherence'][tag]['cross_coherence']),
-        ('latent accuracy', lambda r, tag: r['latent_probe'][
-            'post_ld' if tag == 'post_ld' else 'pre_ld']['mean']))
-
-
-def directed_rows(names: list[str]) -> tuple:
-  """Cross coherence each way, from the [source][target] matrix: for two modalities only (more
-  would be M (M - 1) columns)."""
-  if len(names) != 2:
-    return ()
-  cell = lambda s, t: lambda r, tag: r['coherence'][tag]['cross_coherence_matrix'][s][t]
-  return ((f'cross {names[0]} -> {names[1]}', cell(0, 1)),
-          (f'cross {names[1]} -> {names[0]}', cell(1, 0)))
-
-
-def table(results: dict, models: list[str]) -> str:
-  names = next((r['modalities'] for r in results.values() if 'modalities' in r), [])
-  rows = ROWS + directed_rows(names)
-  lines = ['| model | runs | ' + ' | '.join(
-      f'{name}: mean, sd [95% interval]' for name, _ in rows) + ' |',
-           '|---' * (len(rows) + 2) + '|']
-  for model in models:
-    runs = [r for r in results.values() if r['model'] == model]
-    if not runs:
-      continue
-    # The coherence tags the runs were evaluated with: 'q', or 'pre_ld' (and 'post_ld').
-    for tag in [t for t in ('q', 'pre_ld', 'post_ld') if t in runs[0]['coherence']]:
-      cells = []
-      for _, get in rows:
-        values = [get(r, tag) for r in runs]
-        if any(v is None for v in values):
-          cells.append('-')
-          continue
-        mean, sd, lo, hi = comparison.interval(values)
-        cells.append(f'{mean:.3f}, {sd:.3f} [{lo:.3f}, {hi:.3f}]')
-      label = model + {'pre_ld': ' pre-LD', 'post_ld': ' post-LD'}.get(tag, '')
-      lines.append(f'| {label} | {len(runs)} | ' + ' | '.join(cells) + ' |')
-  return '\n'.join(lines)
-
-
 def plot_curves(results: dict, path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
@@ -164,7 +121,7 @@ def main(argv):
         json.dump(results, f, indent=1)
       logging.info('%s done in %.0f s: %s', name, time.time() - start,
                    json.dumps(results[name]['coherence'].get('joint_coherence')))
-  text = table(results, _MODELS.value)
+  text = comparison.results_table(results, _MODELS.value)
   with open(os.path.join(_OUT.value, 'table.md'), 'w') as f:
     f.write(f'{_CONFIG.value} {_VARIANT.value} {_SET.value}\n\n{text}\n')
   plot_curves(results, os.path.join(_OUT.value, 'curves.png'))

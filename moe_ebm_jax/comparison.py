@@ -18,6 +18,7 @@ import statistics
 from typing import Any, Sequence
 
 from moe_ebm_jax import config_lib
+from moe_ebm_jax import evaluation
 
 # The paper's Table 1 (docs/method.md, section 2): (joint coherence, cross coherence,
 # joint FID, cross FID); None where the paper has no number. Rows marked * there were copied from
@@ -221,6 +222,52 @@ def interval(values: Sequence[float]) -> tuple[float, float, float, float]:
   half = t975(len(values) - 1) * sd / math.sqrt(len(values))
   return mean, sd, mean - half, mean + half
 
+
+
+RESULT_ROWS = (('joint coherence', lambda r, tag: r['coherence'].get('joint_coherence')),
+        ('joint class balance', lambda r, tag: evaluation.class_balance(
+            r['coherence'].get('joint_class_share'), r.get('num_classes', 0))),
+        ('cross coherence', lambda r, tag: r['coherence'][tag]['cross_coherence']),
+        ('latent accuracy', lambda r, tag: r['latent_probe'][
+            'post_ld' if tag == 'post_ld' else 'pre_ld']['mean']))
+
+
+def directed_rows(names: list[str]) -> tuple:
+  """Cross coherence each way, from the [source][target] matrix: for two modalities only (more
+  would be M (M - 1) columns)."""
+  if len(names) != 2:
+    return ()
+  cell = lambda s, t: lambda r, tag: r['coherence'][tag]['cross_coherence_matrix'][s][t]
+  return ((f'cross {names[0]} -> {names[1]}', cell(0, 1)),
+          (f'cross {names[1]} -> {names[0]}', cell(1, 0)))
+
+
+def results_table(results: dict, models: list[str]) -> str:
+  """experiments/table.py's table: per model (and per pre-/post-LD tag) the mean, sample sd and
+  95% t-interval over its runs of every row. results: {run name: {'model', 'coherence',
+  'latent_probe', 'num_classes', 'modalities'}} as table.py writes them."""
+  names = next((r['modalities'] for r in results.values() if 'modalities' in r), [])
+  rows = RESULT_ROWS + directed_rows(names)
+  lines = ['| model | runs | ' + ' | '.join(
+      f'{name}: mean, sd [95% interval]' for name, _ in rows) + ' |',
+           '|---' * (len(rows) + 2) + '|']
+  for model in models:
+    runs = [r for r in results.values() if r['model'] == model]
+    if not runs:
+      continue
+    # The coherence tags the runs were evaluated with: 'q', or 'pre_ld' (and 'post_ld').
+    for tag in [t for t in ('q', 'pre_ld', 'post_ld') if t in runs[0]['coherence']]:
+      cells = []
+      for _, get in rows:
+        values = [get(r, tag) for r in runs]
+        if any(v is None for v in values):
+          cells.append('-')
+          continue
+        mean, sd, lo, hi = interval(values)
+        cells.append(f'{mean:.3f}, {sd:.3f} [{lo:.3f}, {hi:.3f}]')
+      label = model + {'pre_ld': ' pre-LD', 'post_ld': ' post-LD'}.get(tag, '')
+      lines.append(f'| {label} | {len(runs)} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
 
 
 def _what_differs(row: Row, others: Sequence[Row], limit: int = 3) -> str:

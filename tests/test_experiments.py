@@ -130,18 +130,18 @@ def test_table_interval_is_students_t():
 
 def test_table_reads_cross_coherence_each_way_from_source_target_matrix():
   """Two modalities: a column per direction, [source][target] of the matrix; three: none."""
-  table = _load('table')
+  from moe_ebm_jax import comparison  # pylint: disable=g-import-not-at-top
   def run(seed, matrix):
     return {'model': 'm', 'seed': seed, 'modalities': ['image', 'digit'], 'num_classes': 10,
             'latent_probe': {'pre_ld': {'mean': 0.5}},
             'coherence': {'joint_coherence': 0.5, 'joint_class_share': [0.05] * 10,
                           'q': {'cross_coherence': 0.0, 'cross_coherence_matrix': matrix}}}
   results = {'a': run(0, [[1, 0.2], [0.8, 1]]), 'b': run(1, [[1, 0.4], [0.6, 1]])}
-  header, _, row = table.table(results, ['m']).splitlines()
+  header, _, row = comparison.results_table(results, ['m']).splitlines()
   names = [c.split(':')[0].strip() for c in header.split('|')[3:-1]]
   cells = dict(zip(names, [c.split(',')[0].strip() for c in row.split('|')[3:-1]]))
   assert cells['cross image -> digit'] == '0.300' and cells['cross digit -> image'] == '0.700'
-  assert table.directed_rows(['a', 'b', 'c']) == ()
+  assert comparison.directed_rows(['a', 'b', 'c']) == ()
 
 
 @pytest.mark.slow
