@@ -223,13 +223,14 @@ def interval(values: Sequence[float]) -> tuple[float, float, float, float]:
   return mean, sd, mean - half, mean + half
 
 
-
-RESULT_ROWS = (('joint coherence', lambda r, tag: r['coherence'].get('joint_coherence')),
-        ('joint class balance', lambda r, tag: evaluation.class_balance(
-            r['coherence'].get('joint_class_share'), r.get('num_classes', 0))),
-        ('cross coherence', lambda r, tag: r['coherence'][tag]['cross_coherence']),
-        ('latent accuracy', lambda r, tag: r['latent_probe'][
-            'post_ld' if tag == 'post_ld' else 'pre_ld']['mean']))
+# results_table's rows: (name, (run, coherence tag) -> value or None).
+RESULT_ROWS = (
+    ('joint coherence', lambda r, tag: r['coherence'].get('joint_coherence')),
+    ('joint class balance', lambda r, tag: evaluation.class_balance(
+        r['coherence'].get('joint_class_share'), r.get('num_classes', 0))),
+    ('cross coherence', lambda r, tag: r['coherence'][tag]['cross_coherence']),
+    ('latent accuracy', lambda r, tag: r['latent_probe'][
+        'post_ld' if tag == 'post_ld' else 'pre_ld']['mean']))
 
 
 def directed_rows(names: list[str]) -> tuple:
