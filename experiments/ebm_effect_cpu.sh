@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Does the EBM help at CPU scale (docs/results.md, "Does the EBM help?")? MMVAE+, EBM-MMVAE+ and
 # MOE-EBM, each with every training seed of SEEDS (config.seed; the dataset's seed unchanged),
-# trained and evaluated by `main.py --config=configs/polymnist_cpu.py:<model>,quick` (1,000 steps;
-# coherence on 1,000 test tuples, 5,000 joint samples), then one table with mean and spread over
+# trained and evaluated by `main.py --config=configs/polymnist_cpu.py:<model>` stopped at 1,000
+# steps (ISSUE16: the quick start of that issue, 5 modalities; coherence on 1,000 test tuples,
+# 5,000 joint samples), then one table with mean and spread over
 # seeds (--mode=compare) and a look inside every MOE-EBM run's chains (inspect_chains.py).
 #
 #   OUT=/tmp/effect bash experiments/ebm_effect_cpu.sh                  # ~20-25 min a run here
@@ -20,14 +21,15 @@ MODELS=${MODELS:-mmvaeplus ebm_mmvaeplus moe_ebm}
 JOBS=${JOBS:-1}
 EXTRA=${EXTRA:-}
 PYTHON=${PYTHON:-python}  # The interpreter.
+ISSUE16="--config.num_train_steps=1000 --config.eval_every_steps=500"
 mkdir -p "$OUT"
-export OUT EXTRA PYTHON
+export OUT EXTRA PYTHON ISSUE16
 for seed in $SEEDS; do for model in $MODELS; do echo "$model $seed"; done; done |
   xargs -P "$JOBS" -L1 bash -c '
     echo "$0 seed $1 $(date +%T)"
     # shellcheck disable=SC2086
-    "$PYTHON" main.py --config="configs/polymnist_cpu.py:$0,quick" --workdir="$OUT/$0_s$1" \
-      --config.seed="$1" $EXTRA > "$OUT/$0_s$1.log" 2>&1 || echo "$0 seed $1 FAILED: $OUT/$0_s$1.log"'
+    "$PYTHON" main.py --config="configs/polymnist_cpu.py:$0" --workdir="$OUT/$0_s$1" \
+      --config.seed="$1" $ISSUE16 $EXTRA > "$OUT/$0_s$1.log" 2>&1 || echo "$0 seed $1 FAILED: $OUT/$0_s$1.log"'
 workdirs=()
 for model in $MODELS; do for seed in $SEEDS; do workdirs+=("--workdir=$OUT/${model}_s$seed"); done; done
 "$PYTHON" main.py --mode=compare "${workdirs[@]}" --compare_dir="$OUT/compare" > "$OUT/compare.log" 2>&1 \
@@ -35,7 +37,7 @@ for model in $MODELS; do for seed in $SEEDS; do workdirs+=("--workdir=$OUT/${mod
 for seed in $SEEDS; do
   case " $MODELS " in *" moe_ebm "*) ;; *) break ;; esac
   # shellcheck disable=SC2086
-  "$PYTHON" experiments/inspect_chains.py --config=configs/polymnist_cpu.py:moe_ebm,quick $EXTRA \
+  "$PYTHON" experiments/inspect_chains.py --config=configs/polymnist_cpu.py:moe_ebm $ISSUE16 $EXTRA \
     --workdir="$OUT/moe_ebm_s$seed" --out="$OUT/inside_moe_ebm_s$seed" --num_test=500 \
     --sweep_steps=2,5,10 --sweep_step_sizes=0.03,0.1 > "$OUT/inside_moe_ebm_s$seed.log" 2>&1 \
     || echo "inspect_chains failed: $OUT/inside_moe_ebm_s$seed.log"

@@ -35,6 +35,9 @@ def test_filter_hides_dependencies_info_and_keeps_ours_and_their_warnings():
   assert not f.filter(record(
       tfds_file, logging.WARNING, 'Variant folder /d/polymnist/m5/1.0.0 has no dataset_info.json'))
   assert f.filter(record(tfds_file, logging.WARNING, 'Variant folder /d has invalid version x'))
+  assert not f.filter(record(tfds_file, logging.WARNING, "Using custom data configuration: "
+                                "PolymnistConfig(name='m3_seed0_skimage', num_modalities=3)"))
+  assert f.filter(record(tfds_file, logging.WARNING, 'Using custom data configuration: other'))
   assert f.filter(record(ours, logging.WARNING, expected))  # Ours always show.
   assert f.filter(record(ours, logging.INFO))
   assert f.filter(record(os.path.join(ROOT, 'main.py'), logging.INFO))
