@@ -64,7 +64,8 @@ def get_config(arg=None):
   if variants:
     # Cross coherence of MOE-EBM on 500 test tuples (docs/results.md): at 3 modalities and 6e-3,
     # seeds 0 / 1: 0.48 / 0.41 at step 1,000, 0.55 / 0.55 at 1,250, 0.61 / 0.59 at 1,500; with
-    # 5 modalities and 3e-3, 0.52 at step 1,000, at 2.3 times the cost per step.
+    # 5 modalities and 3e-3, 0.52 at step 1,000, at 2.3 times the cost per step. Probed on
+    # MOE-EBM only: the other models' quick runs take these settings unprobed.
     config.data.num_modalities = QUICK_MODALITIES
     config.optim.learning_rate = 6e-3
     config.num_train_steps = QUICK_STEPS
