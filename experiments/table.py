@@ -9,7 +9,8 @@ Each run is `main.py --config=<config>:<model>[,<variant>] --config.seed=<seed>`
 linear probe of the shared latent (latent_probe.py) on its final state. <out>/results.json is
 rewritten after every run (a finished run is not redone); <out>/table.md holds mean, sample sd
 and a 95% t-interval over seeds per model and metric; <out>/curves.png the test loss of every
-run against the step (the convergence evidence).
+run against the step (the convergence evidence) and, with --coherence_curve=K, the cross
+coherence of each kept checkpoint on K test tuples (moe_ebm_jax/curves.py) beside it.
 """
 
 import json
@@ -22,8 +23,10 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
+from moe_ebm_jax import coherence_scorers
 from moe_ebm_jax import comparison
 from moe_ebm_jax import config_lib
+from moe_ebm_jax import curves
 from moe_ebm_jax import datasets
 from moe_ebm_jax import evaluation
 from moe_ebm_jax import input_pipeline
@@ -42,6 +45,9 @@ _SET = flags.DEFINE_multi_string('set', [], 'key=value config overrides for ever
 _OUT = flags.DEFINE_string('out', None, 'Output folder.', required=True)
 _PROBE_TRAIN = flags.DEFINE_integer('probe_train', 10_000,
                                     'Training examples the linear probe is fitted on.')
+_CURVE_TEST = flags.DEFINE_integer(
+    'coherence_curve', 0, 'Cross coherence of every kept checkpoint of each run on this many test '
+    'tuples (coherence_curve.py; needs a config that keeps them, e.g. ,long); 0: none.')
 
 def run_metrics(config, workdir: str) -> dict:
   """The run's evaluation, its latent probe and its test-loss curve."""
@@ -58,25 +64,49 @@ def run_metrics(config, workdir: str) -> dict:
       datasets.get(config.data).num_classes, jax.random.PRNGKey(config.seed + 3))
   scalars = metric_logging.read_scalars(os.path.join(workdir, 'tensorboard'))
   curve = sorted(dict(scalars.get('eval/test_loss', [])).items())
-  return {'coherence': metrics['coherence'], 'latent_probe': probe, 'step': metrics['step'],
-          'test_loss_curve': curve, 'num_classes': datasets.get(config.data).num_classes,
-          'modalities': list(datasets.get(config.data).names)}
+  out = {'coherence': metrics['coherence'], 'latent_probe': probe, 'step': metrics['step'],
+         'test_loss_curve': curve, 'num_classes': datasets.get(config.data).num_classes,
+         'modalities': list(datasets.get(config.data).names)}
+  if _CURVE_TEST.value:
+    scorer = coherence_scorers.make_scorer(config)
+    out['coherence_curve'] = curves.coherence_curve(config, workdir, _CURVE_TEST.value,
+                                                    scorer.classify, scorer.scored)
+  return out
+
+
+def _curve_tag(points: list[dict]) -> str:
+  """The cross coherence a curve plots: post-LD where there is one, else pre-LD, else q."""
+  return next(t for t in ('post_ld', 'pre_ld', 'q') if f'cross_coherence_{t}' in points[0])
 
 
 def plot_curves(results: dict, path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  with_curves = any(r.get('coherence_curve') for r in results.values())
+  fig, axes = plt.subplots(1, 1 + with_curves, figsize=(7 + 6 * with_curves, 4.5), squeeze=False)
+  ax = axes[0, 0]
   colours = {}
   for r in sorted(results.values(), key=lambda r: (r['model'], r['seed'])):
     first = r['model'] not in colours
     colour = colours.setdefault(r['model'], f'C{len(colours)}')
     steps, losses = zip(*r['test_loss_curve']) if r['test_loss_curve'] else ((), ())
     ax.plot(steps, losses, color=colour, lw=1, label=r['model'] if first else None)
+    points = r.get('coherence_curve')
+    if with_curves and points:
+      tag = _curve_tag(points)
+      axes[0, 1].plot([p['step'] for p in points], [p[f'cross_coherence_{tag}'] for p in points],
+                      color=colour, lw=1, marker='.',
+                      label=f"{r['model']} ({tag})" if first else None)
   ax.set(xlabel='training step', ylabel="test loss (the model's own objective)",
          title='Test loss of every run (one line per seed)')
   ax.legend()
+  if with_curves:
+    n = next(r['coherence_curve'][0]['num_test'] for r in results.values()
+             if r.get('coherence_curve'))
+    axes[0, 1].set(xlabel='training step', ylabel='cross coherence (single sources)',
+                   title=f'Cross coherence of every kept checkpoint ({n} test tuples)')
+    axes[0, 1].legend()
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -104,6 +134,14 @@ def main(argv):
       if name in results and results[name]['step'] == config.num_train_steps:
         if 'num_classes' not in results[name]:  # Written before the class balance was tabled.
           results[name]['num_classes'] = datasets.get(config.data).num_classes
+        if _CURVE_TEST.value and not results[name].get('coherence_curve'):
+          # Tabled before the curve was asked for: read it from the kept checkpoints, no training.
+          scorer = coherence_scorers.make_scorer(config)
+          results[name]['coherence_curve'] = curves.coherence_curve(
+              config, os.path.join(_OUT.value, name), _CURVE_TEST.value, scorer.classify,
+              scorer.scored)
+          with open(results_path, 'w') as f:
+            json.dump(results, f, indent=1)
         continue
       workdir = os.path.join(_OUT.value, name)
       start = time.time()

@@ -45,7 +45,17 @@ def test_dataset_config_variants_validate_and_bad_arguments_are_named():
     config = load_config('synthetic_mixture', f'{model},z3')
     config_lib.validate(config)
     assert config.model.latent_z == 3
-  for name, arg in (('mnist_label', 'moe_ebm,conv'), ('synthetic_mixture', 'moe_ebm,w2')):
+    # PolyMNIST's long runs: the quick problem, longer, with every periodic checkpoint kept
+    # (their coherence curve is read from them afterwards).
+    quick = load_config('polymnist_cpu', f'{model},quick')
+    config = load_config('polymnist_cpu', f'{model},long')
+    config_lib.validate(config)
+    assert config.data.num_modalities == quick.data.num_modalities == 3
+    assert config.optim.learning_rate == quick.optim.learning_rate
+    assert config.num_train_steps > quick.num_train_steps
+    assert config.keep_checkpoints * config.checkpoint_every_steps > config.num_train_steps
+  for name, arg in (('mnist_label', 'moe_ebm,conv'), ('synthetic_mixture', 'moe_ebm,w2'),
+                    ('polymnist_cpu', 'moe_ebm,quick,long')):
     with pytest.raises(ValueError, match=f'config argument {arg!r}'):
       load_config(name, arg)
 

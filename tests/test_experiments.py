@@ -153,7 +153,7 @@ def test_table_runs_every_seed_then_resumes_without_retraining(tmp_path):
          '--config=configs/smoke.py', '--variant=synthetic_mixture', '--models=moe_ebm',
          '--seeds=0,1', f'--out={out}', '--set=num_train_steps=4', '--set=eval_every_steps=2',
          '--set=eval.at_end_of_training=True', f'--set=data.data_dir={tmp_path / "data"}',
-         '--probe_train=64']
+         '--probe_train=64', '--coherence_curve=16']
   result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
   assert result.returncode == 0, result.stderr[-3000:]
   results = json.loads((out / 'results.json').read_text())
@@ -163,6 +163,9 @@ def test_table_runs_every_seed_then_resumes_without_retraining(tmp_path):
     for mode in ('pre_ld', 'post_ld'):
       assert 0 <= run['latent_probe'][mode]['mean'] <= 1
     assert run['latent_probe']['num_train'] == 64
+    # Every kept checkpoint (eval and checkpoint every 2 steps) read on 16 test examples.
+    assert [p['step'] for p in run['coherence_curve']] == [2, 4]
+    assert all(0 <= p['cross_coherence_post_ld'] <= 1 for p in run['coherence_curve'])
   assert results['moe_ebm_s0']['coherence'] != results['moe_ebm_s1']['coherence']
   text = (out / 'table.md').read_text()
   assert '| moe_ebm pre-LD | 2 |' in text and '| moe_ebm post-LD | 2 |' in text
@@ -179,6 +182,8 @@ def test_table_runs_every_seed_then_resumes_without_retraining(tmp_path):
   assert extended.returncode == 0, extended.stderr[-3000:]
   results = json.loads((out / 'results.json').read_text())
   assert [s for s, _ in results['moe_ebm_s0']['test_loss_curve']] == [2, 4, 6]
+  # Read again: steps 5 (the smoke config's periodic checkpoint) and 6 added, 2 and 4 kept.
+  assert [p['step'] for p in results['moe_ebm_s0']['coherence_curve']] == [2, 4, 5, 6]
   assert results['moe_ebm_s1']['step'] == 4
   assert 'Resumed from step 4' in (out / 'moe_ebm_s0.log').read_text()
   # The normalised bound of the trained run (experiments/true_bound.py): log Z estimated, and
@@ -194,3 +199,44 @@ def test_table_runs_every_seed_then_resumes_without_retraining(tmp_path):
   row = json.loads(bounds.read_text().splitlines()[-1])
   assert row['step'] == 6 and row['num_test'] > 0 and np.isfinite(row['log_z_monte_carlo'])
   assert row['iwae'] >= row['elbo'] and row['iwae_p0'] >= row['elbo_p0']
+
+
+@pytest.mark.slow
+def test_coherence_curve_of_checkpoints_equals_the_probe_of_the_same_training(
+    tmp_path, private_polymnist_dir, mnist_npz):
+  """Cross coherence read from a run's kept checkpoints (coherence_curve.py) equals the probe's
+  of the same training held in memory (coherence_probe.py: same step function, data, seed and
+  key), pre- and post-LD; a second call recomputes nothing."""
+  data = [f'--config.data.data_dir={private_polymnist_dir}', f'--config.data.mnist={mnist_npz}']
+  probe_json = tmp_path / 'probe.json'
+  probe = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'experiments', 'coherence_probe.py'),
+       '--config=configs/smoke.py:moe_ebm', '--at=2,4', '--num_test=24', *data,
+       '--classifier_max_steps=2', '--classifier_test_subset=32', f'--json_out={probe_json}'],
+      capture_output=True, text=True, timeout=900, cwd=ROOT)
+  assert probe.returncode == 0, probe.stderr[-3000:]
+  workdir = tmp_path / 'run'
+  settings = ['--config.num_train_steps=4', '--config.checkpoint_every_steps=2',
+              '--config.eval_every_steps=2', '--config.keep_checkpoints=3',
+              '--config.eval.at_end_of_training=False']
+  train = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'main.py'), '--config=configs/smoke.py:moe_ebm',
+       f'--workdir={workdir}', *data, *settings], capture_output=True, text=True, timeout=900,
+      cwd=ROOT)
+  assert train.returncode == 0, train.stderr[-3000:]
+  curve_cmd = [sys.executable, os.path.join(ROOT, 'experiments', 'coherence_curve.py'),
+               '--config=configs/smoke.py:moe_ebm', f'--workdir={workdir}', '--num_test=24',
+               '--classifier_max_steps=2', '--classifier_test_subset=32', *data, *settings]
+  curve = subprocess.run(curve_cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+  assert curve.returncode == 0, curve.stderr[-3000:]
+  points = json.loads((workdir / 'coherence_curve.json').read_text())['points']
+  assert [p['step'] for p in points] == [2, 4]
+  assert all(p['test_loss'] is not None and np.isfinite(p['test_loss']) for p in points)
+  probes = json.loads(probe_json.read_text())['probes']
+  for point, expected in zip(points, probes):
+    for tag in ('pre_ld', 'post_ld'):
+      assert point[f'cross_coherence_{tag}'] == expected[f'cross_coherence_{tag}'], tag
+  before = (workdir / 'coherence_curve.json').stat().st_mtime_ns
+  again = subprocess.run(curve_cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert (workdir / 'coherence_curve.json').stat().st_mtime_ns == before
