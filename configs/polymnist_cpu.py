@@ -27,7 +27,7 @@ from moe_ebm_jax import config_lib
 
 QUICK_STEPS = 1250
 QUICK_MODALITIES = 3
-LONG_STEPS = 3000
+LONG_STEPS = 6000  # At 3,000 MMVAE+'s cross coherence still rose 0.015 per 250 steps.
 
 
 def get_config(arg=None):
