@@ -54,6 +54,11 @@ def test_dataset_config_variants_validate_and_bad_arguments_are_named():
     assert config.optim.learning_rate == quick.optim.learning_rate
     assert config.num_train_steps > quick.num_train_steps
     assert config.keep_checkpoints * config.checkpoint_every_steps > config.num_train_steps
+    if config.model.prior == 'ebm':  # The paper's and Pang et al.'s EBM, persistent chains.
+      assert (config.ebm.energy_weight, config.ebm.energy_l2) == ('one', 0.0)
+      assert config.ebm.persistent_chains > 0
+    else:  # Resumable runs of the models without an EBM keep the base's EBM keys.
+      assert config.ebm.persistent_chains == 0
   for name, arg in (('mnist_label', 'moe_ebm,conv'), ('synthetic_mixture', 'moe_ebm,w2'),
                     ('polymnist_cpu', 'moe_ebm,quick,long')):
     with pytest.raises(ValueError, match=f'config argument {arg!r}'):
