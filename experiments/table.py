@@ -68,10 +68,15 @@ def run_metrics(config, workdir: str) -> dict:
          'test_loss_curve': curve, 'num_classes': datasets.get(config.data).num_classes,
          'modalities': list(datasets.get(config.data).names)}
   if _CURVE_TEST.value:
-    scorer = coherence_scorers.make_scorer(config)
-    out['coherence_curve'] = curves.coherence_curve(config, workdir, _CURVE_TEST.value,
-                                                    scorer.classify, scorer.scored)
+    out['coherence_curve'] = coherence_curve(config, workdir)
   return out
+
+
+def coherence_curve(config, workdir: str) -> list[dict]:
+  """The run's curve on --coherence_curve test tuples, from its kept checkpoints."""
+  scorer = coherence_scorers.make_scorer(config)
+  return curves.coherence_curve(config, workdir, _CURVE_TEST.value, scorer.classify,
+                                scorer.scored)
 
 
 def _curve_tag(points: list[dict]) -> str:
@@ -136,10 +141,8 @@ def main(argv):
           results[name]['num_classes'] = datasets.get(config.data).num_classes
         if _CURVE_TEST.value and not results[name].get('coherence_curve'):
           # Tabled before the curve was asked for: read it from the kept checkpoints, no training.
-          scorer = coherence_scorers.make_scorer(config)
-          results[name]['coherence_curve'] = curves.coherence_curve(
-              config, os.path.join(_OUT.value, name), _CURVE_TEST.value, scorer.classify,
-              scorer.scored)
+          results[name]['coherence_curve'] = coherence_curve(config,
+                                                             os.path.join(_OUT.value, name))
           with open(results_path, 'w') as f:
             json.dump(results, f, indent=1)
         continue
