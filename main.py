@@ -77,7 +77,10 @@ def main(argv):
       raise app.UsageError(f'--mode={_MODE.value} takes exactly one --workdir, got '
                            f'{len(workdirs)}.')
     if _MODE.value == 'train':
-      train.train_and_evaluate(config, workdirs[0])
+      try:
+        train.train_and_evaluate(config, workdirs[0])
+      except train.DivergenceError as e:  # Reported and handled, not a bug: no traceback.
+        raise SystemExit(f'Training stopped: {e}') from None
     else:
       evaluation.evaluate_run(config, workdirs[0])
 

@@ -146,6 +146,18 @@ def test_main_rejects_unknown_keys_and_bad_values(tmp_path):
   assert not os.listdir(tmp_path)  # Failed before touching the data dir.
 
 
+@pytest.mark.slow
+def test_main_ends_a_diverged_run_with_its_message_not_a_traceback(polymnist_dir, tmp_path):
+  # Every step's energy counts as an explosion: two bad steps in a row, no checkpoint yet.
+  proc = run_main('--config=configs/smoke.py:moe_ebm', f'--config.data.data_dir={polymnist_dir}',
+                  f'--workdir={tmp_path}', '--config.ebm.max_abs_energy=1e-12',
+                  '--config.max_consecutive_bad_steps=2', '--config.on_divergence=stop')
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert 'Training stopped: Training diverged at step' in proc.stderr
+  assert 'an energy exceeded config.ebm.max_abs_energy' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+
+
 def test_apply_override_sets_literals_tuples_strings_and_refuses_unknown_keys():
   config = config_lib.base_config('moe_ebm')
   assert config_lib.apply_override(config, 'num_train_steps=7') == ('num_train_steps', '7')
