@@ -245,8 +245,9 @@ def directed_rows(names: list[str]) -> tuple:
 
 def results_table(results: dict, models: list[str]) -> str:
   """experiments/table.py's table: per model (and per pre-/post-LD tag) the mean, sample sd and
-  95% t-interval over its runs of every row. results: {run name: {'model', 'coherence',
-  'latent_probe', 'num_classes', 'modalities'}} as table.py writes them."""
+  95% t-interval over its runs of every row (a model with one run: its value alone).
+  results: {run name: {'model', 'coherence', 'latent_probe', 'num_classes', 'modalities'}} as
+  table.py writes them."""
   names = next((r['modalities'] for r in results.values() if 'modalities' in r), [])
   rows = RESULT_ROWS + directed_rows(names)
   lines = ['| model | runs | ' + ' | '.join(
@@ -265,7 +266,9 @@ def results_table(results: dict, models: list[str]) -> str:
           cells.append('-')
           continue
         mean, sd, lo, hi = interval(values)
-        cells.append(f'{mean:.3f}, {sd:.3f} [{lo:.3f}, {hi:.3f}]')
+        # One run has no spread: its value alone, not an sd of 0 that reads as certainty.
+        cells.append(f'{mean:.3f}, {sd:.3f} [{lo:.3f}, {hi:.3f}]' if len(values) > 1
+                     else f'{mean:.3f}')
       label = model + {'pre_ld': ' pre-LD', 'post_ld': ' post-LD'}.get(tag, '')
       lines.append(f'| {label} | {len(runs)} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)

@@ -142,6 +142,9 @@ def test_table_reads_cross_coherence_each_way_from_source_target_matrix():
   cells = dict(zip(names, [c.split(',')[0].strip() for c in row.split('|')[3:-1]]))
   assert cells['cross image -> digit'] == '0.300' and cells['cross digit -> image'] == '0.700'
   assert comparison.directed_rows(['a', 'b', 'c']) == ()
+  # One run: its value alone, no sd or interval.
+  _, _, single = comparison.results_table({'a': results['a']}, ['m']).splitlines()
+  assert single.split('|')[3].strip() == '0.500' and '[' not in single
 
 
 @pytest.mark.slow
