@@ -7,7 +7,8 @@ r"""One dataset's table: every model x every training seed, trained, evaluated, 
 Each run is `main.py --config=<config>:<model>[,<variant>] --config.seed=<seed>` in
 <out>/<model>_s<seed> (main.py resumes an interrupted run and skips an evaluated one), then the
 linear probe of the shared latent (latent_probe.py) on its final state. <out>/results.json is
-rewritten after every run (a finished run is not redone); <out>/table.md holds mean, sample sd
+rewritten after every run (a finished run is not redone; one made with another config argument
+or other --set values than this call's is refused, num_train_steps aside); <out>/table.md holds mean, sample sd
 and a 95% t-interval over seeds per model and metric; <out>/curves.png the test loss of every
 run against the step (the convergence evidence) and, with --coherence_curve=K, the cross
 coherence of each kept checkpoint on K test tuples (moe_ebm_jax/curves.py) beside it.
@@ -134,6 +135,12 @@ def main(argv):
       config.seed = int(seed)
       overrides = [config_lib.apply_override(config, item) for item in _SET.value]
       config_lib.validate(config)
+      config_arg = f'{_CONFIG.value}:{arg}'
+      if name in results:
+        try:
+          comparison.check_tabled_run(name, results[name], config_arg, dict(overrides))
+        except ValueError as e:  # Before any training, evaluation or rewrite of results.json.
+          raise SystemExit(str(e)) from None
       # Done at this length: skipped. A longer --set=num_train_steps=N extends the run (main.py
       # resumes its last checkpoint and trains on), so a table grows until its curves are flat.
       if name in results and results[name]['step'] == config.num_train_steps:
@@ -156,7 +163,8 @@ def main(argv):
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, check=False)
       if proc.returncode:
         raise SystemExit(f'{name} failed: see {_OUT.value}/{name}.log')
-      results[name] = {'model': model, 'seed': int(seed), 'overrides': dict(overrides),
+      results[name] = {'model': model, 'seed': int(seed), 'config': config_arg,
+                       'overrides': dict(overrides),
                        'seconds': time.time() - start, **run_metrics(config, workdir)}
       with open(results_path, 'w') as f:
         json.dump(results, f, indent=1)

@@ -243,6 +243,22 @@ def directed_rows(names: list[str]) -> tuple:
           (f'cross {names[1]} -> {names[0]}', cell(1, 0)))
 
 
+def check_tabled_run(name: str, entry: dict, config_arg: str, overrides: dict) -> None:
+  """Raises ValueError if results.json's run `name` (`entry`) was made with another config
+  argument ('configs/x.py:model,variant') or other --set overrides than this call's: reusing or
+  resuming it would table runs of two experiments as one. num_train_steps may differ (a longer
+  one extends the run). Entries written before the config argument was kept skip that check."""
+  strip = lambda o: {k: str(v) for k, v in o.items() if k != 'num_train_steps'}
+  problems = []
+  if entry.get('config', config_arg) != config_arg:
+    problems.append(f'config {entry["config"]!r} there, {config_arg!r} now')
+  if strip(entry.get('overrides', {})) != strip(overrides):
+    problems.append(f'--set {strip(entry.get("overrides", {}))} there, {strip(overrides)} now')
+  if problems:
+    raise ValueError(f'{name} in results.json is another experiment: ' + '; '.join(problems) +
+                     '. Use another --out, or the same arguments as that table.')
+
+
 def results_table(results: dict, models: list[str]) -> str:
   """experiments/table.py's table: per model (and per pre-/post-LD tag) the mean, sample sd and
   95% t-interval over its runs of every row (a model with one run: its value alone).

@@ -147,6 +147,23 @@ def test_table_reads_cross_coherence_each_way_from_source_target_matrix():
   assert single.split('|')[3].strip() == '0.500' and '[' not in single
 
 
+def test_table_refuses_a_tabled_run_of_another_experiment():
+  from moe_ebm_jax import comparison  # pylint: disable=g-import-not-at-top
+  entry = {'config': 'configs/c.py:moe_ebm,long', 'overrides': {'data.data_dir': '/d',
+                                                                'num_train_steps': '6000'}}
+  check = lambda arg, overrides: comparison.check_tabled_run('moe_ebm_s0', entry, arg, overrides)
+  check('configs/c.py:moe_ebm,long', {'data.data_dir': '/d'})  # Longer or shorter: the same.
+  check('configs/c.py:moe_ebm,long', {'data.data_dir': '/d', 'num_train_steps': '9000'})
+  with pytest.raises(ValueError, match=r"optim.learning_rate.*another --out"):
+    check('configs/c.py:moe_ebm,long', {'data.data_dir': '/d', 'optim.learning_rate': '1e-3'})
+  with pytest.raises(ValueError, match=r"config 'configs/c.py:moe_ebm,long' there"):
+    check('configs/c.py:moe_ebm,quick', {'data.data_dir': '/d'})
+  with pytest.raises(ValueError, match='--set'):
+    check('configs/c.py:moe_ebm,long', {})
+  # An entry from before the config argument was kept: only its overrides are compared.
+  comparison.check_tabled_run('m', {'overrides': {}}, 'configs/other.py:m', {})
+
+
 @pytest.mark.slow
 def test_table_runs_every_seed_then_resumes_without_retraining(tmp_path):
   """MOE-EBM x 2 seeds on the smoke synthetic mixture: trained, evaluated, probed pre- and
@@ -189,6 +206,12 @@ def test_table_runs_every_seed_then_resumes_without_retraining(tmp_path):
   assert [p['step'] for p in results['moe_ebm_s0']['coherence_curve']] == [2, 4, 5, 6]
   assert results['moe_ebm_s1']['step'] == 4
   assert 'Resumed from step 4' in (out / 'moe_ebm_s0.log').read_text()
+  # Another --set in the same folder: refused before anything is trained or rewritten.
+  before = (out / 'results.json').read_text()
+  mixed = subprocess.run(longer + ['--set=optim.learning_rate=0.5'], capture_output=True,
+                         text=True, timeout=900, cwd=ROOT)
+  assert mixed.returncode != 0 and 'is another experiment' in mixed.stderr, mixed.stderr[-2000:]
+  assert (out / 'results.json').read_text() == before
   # The normalised bound of the trained run (experiments/true_bound.py): log Z estimated, and
   # IWAE >= ELBO exactly (logmeanexp >= mean over the same samples), with and without f_a.
   bounds = tmp_path / 'bounds.jsonl'
