@@ -9,7 +9,9 @@ sources; pre- and post-LD for EBM models) on the first --num_test test tuples wi
 cached coherence classifiers (trained on first use), optionally joint coherence over
 --num_joint prior samples, and with --norms the gradient and Adam-update norms of each layer
 group on the next training batch. Every --log_every steps a line with the loss terms, rate and
-ETA. The JSON record (rewritten after each probe) holds the config, every probe and the log.
+ETA (and the skipped steps, if any: after config.max_consecutive_bad_steps bad steps in a row
+the probe stops with the reason). The JSON record (rewritten after each probe) holds the config,
+every probe and the log.
 Any config field can be overridden with --config.<field>=<value>.
 """
 
@@ -129,8 +131,17 @@ def main(argv):
       state, metrics = steps['train'](state, parallel.global_batch(batch['x'], steps['batch']))
       if step % _LOG_EVERY.value == 0 or step in at:
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        progress.update(step, metrics)
-        record['log'].append({'step': step, **metrics})
+        skipped = int(state.skipped_steps)
+        progress.update(step, {**metrics, **({'skipped': skipped} if skipped else {})})
+        record['log'].append({'step': step, **metrics, 'skipped_steps': skipped})
+        # Skipped steps leave the state as it was: a run stuck on them learns nothing, and its
+        # coherence would read as slow learning. Stopped as train.py stops (no restore here).
+        if int(state.bad_steps) >= config.max_consecutive_bad_steps:
+          write()
+          raise SystemExit(
+              f'Stopped at step {step}: {int(state.bad_steps)} bad steps in a row '
+              f'({train.describe_divergence(state)}); {skipped} skipped in all. The probe would '
+              'measure a model that no longer trains (config.max_consecutive_bad_steps).')
       train_seconds += time.time() - t0
       if step not in at:
         continue

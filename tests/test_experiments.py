@@ -50,6 +50,25 @@ def test_coherence_probe_at_smoke_scale(tmp_path, private_polymnist_dir, mnist_n
   assert '| 4 |' in result.stdout
 
 
+@pytest.mark.slow
+def test_coherence_probe_stops_on_steps_that_are_all_skipped(tmp_path, private_polymnist_dir,
+                                                            mnist_npz):
+  """Every step's energy counts as an explosion, so every update is skipped: the probe stops
+  with the reason instead of probing a model that no longer trains."""
+  out = tmp_path / 'probe.json'
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'experiments', 'coherence_probe.py'),
+       '--config=configs/smoke.py:moe_ebm', '--at=4', '--num_test=8', '--log_every=2',
+       '--config.ebm.max_abs_energy=1e-12', '--config.max_consecutive_bad_steps=2',
+       f'--config.data.data_dir={private_polymnist_dir}', f'--config.data.mnist={mnist_npz}',
+       '--classifier_max_steps=2', '--classifier_test_subset=32', f'--json_out={out}'],
+      capture_output=True, text=True, timeout=900, cwd=ROOT)
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert 'Stopped at step 2: 2 bad steps in a row (an energy exceeded' in result.stderr
+  record = json.loads(out.read_text())
+  assert record['probes'] == [] and record['log'][-1]['skipped_steps'] == 2
+
+
 def test_digit_entropy_is_zero_for_one_digit_and_ln10_for_all_equally():
   inspect_chains = _load('inspect_chains')
   assert inspect_chains._entropy(np.full(50, 3)) == 0.0
