@@ -382,7 +382,9 @@ def _handle_divergence(config, state, ckpt, abstract, data_iter, restores_in_a_r
         f'{message} Stopping: step {good} was restored {count} times in a row '
         f'(config.max_restores={config.max_restores}) and diverged again each time. The run is '
         'unstable, not unlucky: lower the learning rates or the Langevin step sizes, or set an '
-        'energy penalty (config.ebm.energy_l2). The checkpoints are kept.')
+        'energy penalty (config.ebm.energy_l2); for non-finite VAE gradients also a larger '
+        'model.scale_eps (a posterior scale that collapses onto 1e-20 overflows float32 in the '
+        'gradient). The checkpoints are kept.')
   logging.error('%s Restoring step %d with a fresh random stream.', message, good)
   restored, extra = ckpt.restore(abstract, step=good)
   input_pipeline.restore_position(data_iter, extra['data'], config)
