@@ -108,6 +108,9 @@ def base_config(model: str | None, dataset: str = 'polymnist') -> ml_collections
   # Conv kernel gradients (conv.py): 'auto' (matmuls on CPU, XLA's own elsewhere), 'xla', 'matmul'.
   c.model.conv_backward = 'auto'
   c.model.likelihood_scale = 0.75  # Laplace scale of p(x | w, z) (MMVAE+).
+  # Per-modality weights of log p(x_m | .) in the objective, in the dataset's modality order
+  # (MVAE's lambda_m, MoPoE's rec_weights); () : all 1 (MMVAE+).
+  c.model.likelihood_weights = ()
   # Parameter initialisation of the encoders and decoders: 'pytorch' (PyTorch's Conv2d/Linear
   # defaults, kernels and biases uniform within 1/sqrt(fan_in): the references') or 'lecun'
   # (Flax's defaults: LeCun-normal kernels, zero biases; about 10x louder outputs at the start).
@@ -320,6 +323,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(config.model.scale_eps > 0,
           f'model.scale_eps={config.model.scale_eps} must be > 0 for Laplace posteriors')
   check(config.model.scale_eps >= 0, f'model.scale_eps={config.model.scale_eps} must be >= 0')
+  weights = config.model.get('likelihood_weights', ())
+  check(isinstance(weights, (tuple, list)) and all(
+      isinstance(w, (int, float)) and 0 <= w < float('inf') for w in weights),
+        f'model.likelihood_weights={weights!r} must be a tuple of finite numbers >= 0, one per '
+        'modality (or () for all 1)')
   check(config.model.conv_backward in conv.BACKWARD_MODES,
         f'model.conv_backward={config.model.conv_backward!r}, expected one of '
         f'{conv.BACKWARD_MODES}')

@@ -88,6 +88,9 @@ class MultimodalVAE:
   # Stack the params of modalities whose specs are equal (one batched program); False applies
   # every modality one by one with params of its own, as for different specs.
   stack_identical: bool = True
+  # One weight per modality on log p(x_m | .) in the training objectives (MVAE's lambda_m,
+  # MoPoE's rec_weights); () : all 1, the MMVAE+ reference.
+  likelihood_weights: tuple[float, ...] = ()
 
   def __post_init__(self):
     specs = self.modalities or polymnist_specs(self.num_modalities)
@@ -96,6 +99,11 @@ class MultimodalVAE:
     modalities_lib.check_specs(specs)
     object.__setattr__(self, 'modalities', tuple(specs))
     object.__setattr__(self, 'num_modalities', len(specs))
+    weights = tuple(float(w) for w in self.likelihood_weights)
+    if weights and (len(weights) != len(specs) or not all(0 <= w < float('inf') for w in weights)):
+      raise ValueError(f'likelihood_weights={self.likelihood_weights}: expected {len(specs)} '
+                       f'finite weights >= 0, one per modality {self.names}, or () for all 1.')
+    object.__setattr__(self, 'likelihood_weights', weights)
 
   @property
   def names(self) -> tuple[str, ...]:
@@ -238,6 +246,15 @@ class MultimodalVAE:
                                                           self._scale(spec)))
     return jnp.stack(out)
 
+  def weighted_log_likelihood(self, params: Params, latents: jax.Array, x: Data) -> jax.Array:
+    """log_likelihood (M, *lead, B) with row m times likelihood_weights[m]: the reconstruction
+    term of the training objectives. Densities (log p(X), posterior Langevin) stay unweighted."""
+    log_px = self.log_likelihood(params, latents, x)
+    if not self.likelihood_weights:
+      return log_px
+    weights = jnp.asarray(self.likelihood_weights, log_px.dtype)
+    return log_px * weights.reshape((-1,) + (1,) * (log_px.ndim - 1))
+
 
 def make_vae(config: ml_collections.ConfigDict,
              specs: tuple[modalities_lib.ModalitySpec, ...] = ()) -> MultimodalVAE:
@@ -252,7 +269,8 @@ def make_vae(config: ml_collections.ConfigDict,
                        distribution=config.model.distribution,
                        modality_loop=config.model.modality_loop,
                        conv_backward=config.model.conv_backward,
-                       param_init=config.model.param_init, scale_eps=config.model.scale_eps)
+                       param_init=config.model.param_init, scale_eps=config.model.scale_eps,
+                       likelihood_weights=tuple(config.model.get('likelihood_weights', ())))
 
 
 def make_energy(config: ml_collections.ConfigDict) -> networks.EnergyMLP:

@@ -123,7 +123,8 @@ def mmvaeplus_log_weights(vae: models.MultimodalVAE, params, x: models.Data,
   eye = jnp.eye(m, dtype=bool)[:, :, None, None, None]
   w_dec = jnp.where(eye, w[None], latents.w_aux)  # (Md, Mr, K, B, Dw)
   z_dec = jnp.broadcast_to(z[None], (m,) + z.shape)  # (Md, Mr, K, B, Dz)
-  log_px = vae.log_likelihood(params, jnp.concatenate([w_dec, z_dec], axis=-1), x)  # (Md, Mr, K, B)
+  log_px = vae.weighted_log_likelihood(  # (Md, Mr, K, B)
+      params, jnp.concatenate([w_dec, z_dec], axis=-1), x)
 
   log_qw = dists.laplace_log_prob(w, post.w_loc[:, None], post.w_scale[:, None])
   log_qz_each = dists.laplace_log_prob(z[:, None], post.z_loc[None, :, None],
@@ -225,9 +226,9 @@ def mmvaeplus_objective(vae: models.MultimodalVAE, params, x: models.Data, key: 
 
 
 def _log_px(vae: models.MultimodalVAE, params, x: models.Data, z: jax.Array) -> jax.Array:
-  """log p(x_d | z) summed over each example's elements; z (M, ..., B, Dz) with row d read by
-  decoder d -> (M, ..., B)."""
-  return vae.log_likelihood(params, z, x)
+  """log p(x_d | z) summed over each example's elements, times modality d's likelihood weight;
+  z (M, ..., B, Dz) with row d read by decoder d -> (M, ..., B)."""
+  return vae.weighted_log_likelihood(params, z, x)
 
 
 def _broadcast_to_decoders(z: jax.Array, m: int) -> jax.Array:

@@ -2,6 +2,7 @@
 the ELBO / IWAE / DReG estimators on a 1-D Gaussian model whose answers are known in closed form.
 """
 
+import dataclasses
 import functools
 import math
 
@@ -374,3 +375,53 @@ def test_an_objective_is_one_function_and_one_decorator_and_names_are_unique():
     del objectives.OBJECTIVES['test_half_mopoe']
   with pytest.raises(ValueError, match="unknown model 'test_half_mopoe'"):
     config_lib.base_config('test_half_mopoe')
+
+
+# ------------------------------------------------------------------ per-modality likelihood weights
+
+
+@pytest.mark.parametrize('name', ['mmvaeplus', 'mmvae', 'mvae', 'mmjsd', 'mopoe'])
+def test_likelihood_weights_scale_each_modalitys_reconstruction_term(tiny, name):
+  """For a fixed key every objective is affine in each weight (log p(x_m | .) enters once per
+  draw, times w_m); weights of 1 are the unweighted objective bit for bit; with w_0 = 0 decoder 0
+  gets exactly no gradient."""
+  spec = objectives.get(name)
+  _, _, images = tiny
+  vae = models.MultimodalVAE(num_modalities=M, widths=(2, 2, 2),
+                             latent_w=DW if spec.private_latents else 0, latent_z=DZ,
+                             distribution=spec.distribution)
+  params = _random_params(vae, 3)
+  if not spec.private_latents:
+    params.pop('aux_prior_logits', None)
+  key = jax.random.PRNGKey(5)
+  kwargs = dict(beta=BETA, num_samples=1, estimator='elbo')
+
+  def loss(weights):
+    weighted = dataclasses.replace(vae, likelihood_weights=weights)
+    return float(spec.fn(weighted, params, images, key, **kwargs)[0])
+
+  base = loss(())
+  assert loss((1.0, 1.0, 1.0)) == base
+  low, high = loss((0.0, 1.0, 1.0)), loss((2.0, 1.0, 1.0))
+  assert high - base == pytest.approx(base - low, rel=1e-4)
+  assert abs(high - base) > 1.0  # Modality 0's reconstruction is not negligible.
+  grad = lambda weights: jax.grad(lambda p: spec.fn(
+      dataclasses.replace(vae, likelihood_weights=weights), p, images, key, **kwargs)[0])(
+          params)['decoders']
+  grads = grad((0.0, 1.0, 1.0))
+  assert all(np.all(np.asarray(g)[0] == 0) for g in jax.tree.leaves(grads))
+  grads = grad((1.0, 1.0, 1.0))
+  assert any(np.any(np.asarray(g)[0] != 0) for g in jax.tree.leaves(grads))
+
+
+def test_likelihood_weights_are_checked():
+  with pytest.raises(ValueError, match=r'expected 3 finite weights >= 0, one per modality'):
+    models.MultimodalVAE(num_modalities=3, widths=(2, 2, 2), likelihood_weights=(1.0, 2.0))
+  with pytest.raises(ValueError, match='expected 3 finite weights'):
+    models.MultimodalVAE(num_modalities=3, widths=(2, 2, 2), likelihood_weights=(1, -1, 1))
+  config = config_lib.base_config('mvae')
+  config.model.likelihood_weights = (1.0, 50.0)
+  assert models.make_vae(config, (
+      models.modalities_lib.image_spec('a', (28, 28, 1)),
+      models.modalities_lib.ModalitySpec('b', (), 'int32', 'mlp', 'mlp', 'categorical',
+                                         num_classes=10))).likelihood_weights == (1.0, 50.0)
