@@ -7,8 +7,9 @@ r"""One dataset's table: every model x every training seed, trained, evaluated, 
 Each run is `main.py --config=<config>:<model>[,<variant>] --config.seed=<seed>` in
 <out>/<model>_s<seed> (main.py resumes an interrupted run and skips an evaluated one), then the
 linear probe of the shared latent (latent_probe.py) on its final state. <out>/results.json is
-rewritten after every run (a finished run is not redone; one made with another config argument
-or other --set values than this call's is refused, num_train_steps aside); <out>/table.md holds mean, sample sd
+rewritten after every run (a finished run is not redone; a folder holding a run made with another
+config file, variant or --set values than this call's is refused, num_train_steps aside);
+<out>/table.md holds mean, sample sd
 and a 95% t-interval over seeds per model and metric; <out>/curves.png the test loss of every
 run against the step (the convergence evidence) and, with --coherence_curve=K, the cross
 coherence of each kept checkpoint on K test tuples (moe_ebm_jax/curves.py) beside it.
@@ -127,6 +128,15 @@ def main(argv):
   if os.path.exists(results_path):
     with open(results_path) as f:
       results = json.load(f)
+  # Every run already in the folder must be this call's experiment: checked before any
+  # training, evaluation or rewrite of results.json.
+  first = config_lib.from_file(_CONFIG.value, _MODELS.value[0] + (
+      f',{_VARIANT.value}' if _VARIANT.value else ''))
+  try:
+    comparison.check_table_folder(results, _CONFIG.value, _VARIANT.value,
+                                  dict(config_lib.apply_override(first, i) for i in _SET.value))
+  except ValueError as e:
+    raise SystemExit(str(e)) from None
   for model in _MODELS.value:
     for seed in _SEEDS.value:
       name = f'{model}_s{seed}'
@@ -136,11 +146,6 @@ def main(argv):
       overrides = [config_lib.apply_override(config, item) for item in _SET.value]
       config_lib.validate(config)
       config_arg = f'{_CONFIG.value}:{arg}'
-      if name in results:
-        try:
-          comparison.check_tabled_run(name, results[name], config_arg, dict(overrides))
-        except ValueError as e:  # Before any training, evaluation or rewrite of results.json.
-          raise SystemExit(str(e)) from None
       # Done at this length: skipped. A longer --set=num_train_steps=N extends the run (main.py
       # resumes its last checkpoint and trains on), so a table grows until its curves are flat.
       if name in results and results[name]['step'] == config.num_train_steps:

@@ -18,6 +18,7 @@ sampling with an estimator written apart from the objectives (log_px; marginal_l
 with p0 alone as the prior (elbo_p0, iwae_p0, log_px_p0): what f_a adds.
 """
 
+import dataclasses
 import json
 import os
 
@@ -61,6 +62,9 @@ def main(argv):
   model, state = evaluation.restore_latest(config, _WORKDIR.value)
   log_prior, log_z, log_z_mc = normalised_log_prior(model, state.ebm_params, model.vae.latent_z)
   fn = objectives.get(model.objective).fn
+  # Bounds of log p(X) need the model's own likelihood: a run trained with likelihood_weights is
+  # scored unweighted, as marginal_likelihood.py scores it.
+  vae = dataclasses.replace(model.vae, likelihood_weights=())
 
   priors = {'': log_prior}
   if model.has_ebm:  # The same encoders and decoders with p0 alone: what f_a adds to the bound.
@@ -71,12 +75,12 @@ def main(argv):
     out = {}
     for suffix, prior in priors.items():
       for estimator in ('elbo', 'iwae'):
-        loss, aux = fn(model.vae, state.vae_params, x, key, beta=1.0, num_samples=_K.value,
+        loss, aux = fn(vae, state.vae_params, x, key, beta=1.0, num_samples=_K.value,
                        estimator=estimator, log_prior_z=prior)
         out[estimator + suffix] = -loss * aux.post.z_loc.shape[1]
       # log p(X) by importance sampling, written apart from the objectives.
       out['log_px' + suffix] = marginal_likelihood.log_marginal_likelihood(
-          model.vae, state.vae_params, x, key, prior, num_samples=_K_IS.value).sum()
+          vae, state.vae_params, x, key, prior, num_samples=_K_IS.value).sum()
     return out
 
   totals, count, key = {}, 0, jax.random.PRNGKey(0)

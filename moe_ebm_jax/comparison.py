@@ -243,20 +243,37 @@ def directed_rows(names: list[str]) -> tuple:
           (f'cross {names[1]} -> {names[0]}', cell(1, 0)))
 
 
-def check_tabled_run(name: str, entry: dict, config_arg: str, overrides: dict) -> None:
-  """Raises ValueError if results.json's run `name` (`entry`) was made with another config
-  argument ('configs/x.py:model,variant') or other --set overrides than this call's: reusing or
-  resuming it would table runs of two experiments as one. num_train_steps may differ (a longer
-  one extends the run). Entries written before the config argument was kept skip that check."""
-  strip = lambda o: {k: str(v) for k, v in o.items() if k != 'num_train_steps'}
-  problems = []
-  if entry.get('config', config_arg) != config_arg:
-    problems.append(f'config {entry["config"]!r} there, {config_arg!r} now')
-  if strip(entry.get('overrides', {})) != strip(overrides):
-    problems.append(f'--set {strip(entry.get("overrides", {}))} there, {strip(overrides)} now')
-  if problems:
-    raise ValueError(f'{name} in results.json is another experiment: ' + '; '.join(problems) +
-                     '. Use another --out, or the same arguments as that table.')
+def _literal(text: str) -> Any:
+  """An override's value as --set parses it ('(1, 50)' == '(1,50)', '1e-3' == '0.001')."""
+  import ast  # pylint: disable=g-import-not-at-top
+  try:
+    value = ast.literal_eval(str(text))
+  except (ValueError, SyntaxError):
+    return str(text)
+  return tuple(value) if isinstance(value, list) else value
+
+
+def check_table_folder(results: dict, config_file: str, variant: str, overrides: dict) -> None:
+  """Raises ValueError if any run in results.json was made with another config file or variant
+  or other --set overrides than this call's (every run of a table folder shares them): tabling
+  or resuming it beside this call's runs would mix two experiments. num_train_steps may differ
+  (a longer one extends a run). Entries written before the config argument was kept
+  ('config' missing) are checked on their overrides only.
+
+  results: {run name: {'model', 'config' ('file:model[,variant]'), 'overrides' {key: text}}}.
+  """
+  strip = lambda o: {k: _literal(v) for k, v in o.items() if k != 'num_train_steps'}
+  for name, entry in sorted(results.items()):
+    expected = f'{config_file}:{entry["model"]}' + (f',{variant}' if variant else '')
+    problems = []
+    if entry.get('config', expected) != expected:
+      problems.append(f'config {entry["config"]!r} there, {expected!r} now')
+    if strip(entry.get('overrides', {})) != strip(overrides):
+      problems.append(f'--set {entry.get("overrides", {})} there, {overrides} now '
+                      '(num_train_steps aside)')
+    if problems:
+      raise ValueError(f'{name} in results.json is another experiment: ' + '; '.join(problems) +
+                       '. Use another --out, or the same arguments as that table.')
 
 
 def results_table(results: dict, models: list[str]) -> str:

@@ -109,7 +109,8 @@ def base_config(model: str | None, dataset: str = 'polymnist') -> ml_collections
   c.model.conv_backward = 'auto'
   c.model.likelihood_scale = 0.75  # Laplace scale of p(x | w, z) (MMVAE+).
   # Per-modality weights of log p(x_m | .) in the objective, in the dataset's modality order
-  # (MVAE's lambda_m, MoPoE's rec_weights); () : all 1 (MMVAE+).
+  # (MVAE's lambda_m, MoPoE's rec_weights); () : all 1 (MMVAE+). The logged bound, recon and
+  # test loss are then the weighted objective's.
   c.model.likelihood_weights = ()
   # Parameter initialisation of the encoders and decoders: 'pytorch' (PyTorch's Conv2d/Linear
   # defaults, kernels and biases uniform within 1/sqrt(fan_in): the references') or 'lecun'

@@ -166,21 +166,27 @@ def test_table_reads_cross_coherence_each_way_from_source_target_matrix():
   assert single.split('|')[3].strip() == '0.500' and '[' not in single
 
 
-def test_table_refuses_a_tabled_run_of_another_experiment():
+def test_table_refuses_a_folder_holding_another_experiment():
   from moe_ebm_jax import comparison  # pylint: disable=g-import-not-at-top
-  entry = {'config': 'configs/c.py:moe_ebm,long', 'overrides': {'data.data_dir': '/d',
-                                                                'num_train_steps': '6000'}}
-  check = lambda arg, overrides: comparison.check_tabled_run('moe_ebm_s0', entry, arg, overrides)
-  check('configs/c.py:moe_ebm,long', {'data.data_dir': '/d'})  # Longer or shorter: the same.
-  check('configs/c.py:moe_ebm,long', {'data.data_dir': '/d', 'num_train_steps': '9000'})
-  with pytest.raises(ValueError, match=r"optim.learning_rate.*another --out"):
-    check('configs/c.py:moe_ebm,long', {'data.data_dir': '/d', 'optim.learning_rate': '1e-3'})
-  with pytest.raises(ValueError, match=r"config 'configs/c.py:moe_ebm,long' there"):
-    check('configs/c.py:moe_ebm,quick', {'data.data_dir': '/d'})
+  results = {'moe_ebm_s0': {'model': 'moe_ebm', 'config': 'configs/c.py:moe_ebm,long',
+                            'overrides': {'data.data_dir': '/d', 'num_train_steps': '6000',
+                                          'model.likelihood_weights': '(1,50)'}},
+             'mmvaeplus_s0': {'model': 'mmvaeplus',  # Written before 'config' was kept.
+                              'overrides': {'data.data_dir': '/d',
+                                            'model.likelihood_weights': '(1,50)'}}}
+  same = {'data.data_dir': '/d', 'model.likelihood_weights': '(1, 50)'}  # Spacing: the same.
+  check = lambda variant, overrides: comparison.check_table_folder(
+      results, 'configs/c.py', variant, overrides)
+  check('long', same)
+  check('long', {**same, 'num_train_steps': '9000'})  # Longer or shorter: the same experiment.
+  # A new seed or model in the folder with other settings is refused too: any entry differs.
+  with pytest.raises(ValueError, match=r'mmvaeplus_s0 .*optim.learning_rate.*another --out'):
+    check('long', {**same, 'optim.learning_rate': '1e-3'})
+  with pytest.raises(ValueError, match=r"moe_ebm_s0 .*config 'configs/c.py:moe_ebm,long' there"):
+    check('quick', same)
   with pytest.raises(ValueError, match='--set'):
-    check('configs/c.py:moe_ebm,long', {})
-  # An entry from before the config argument was kept: only its overrides are compared.
-  comparison.check_tabled_run('m', {'overrides': {}}, 'configs/other.py:m', {})
+    check('long', {'data.data_dir': '/d'})
+  comparison.check_table_folder({}, 'configs/other.py', '', {'x': '1'})  # An empty folder.
 
 
 @pytest.mark.slow

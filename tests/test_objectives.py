@@ -420,6 +420,11 @@ def test_likelihood_weights_are_checked():
   with pytest.raises(ValueError, match='expected 3 finite weights'):
     models.MultimodalVAE(num_modalities=3, widths=(2, 2, 2), likelihood_weights=(1, -1, 1))
   config = config_lib.base_config('mvae')
+  # (A bare float is refused earlier, by ml_collections' type lock.)
+  for bad in ((1.0, -1.0), (1.0, float('nan')), (1.0, 'heavy')):
+    config.model.likelihood_weights = bad
+    with pytest.raises(ValueError, match='model.likelihood_weights=.* must be a tuple of finite'):
+      config_lib.validate(config)
   config.model.likelihood_weights = (1.0, 50.0)
   assert models.make_vae(config, (
       models.modalities_lib.image_spec('a', (28, 28, 1)),
