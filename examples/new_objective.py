@@ -24,9 +24,8 @@ def mvae_joint_only(vae, params, x, key, *, beta, **unused):
   m = vae.num_modalities
   loc, scale = aggregation.product_of_experts(post.z_loc, post.z_scale, jnp.ones((m,), bool),
                                               prior_expert=True)
-  z = distributions.normal_sample(key, loc, scale)  # (B, Dz)
-  z_all = jnp.broadcast_to(z[None], (m,) + z.shape)  # (M, B, Dz): one row per decoder.
-  recon = vae.weighted_log_likelihood(params, z_all, x).sum(0)  # Weighted log p(x_m | z): (B,)
+  z = jnp.broadcast_to(distributions.normal_sample(key, loc, scale), (m, *loc.shape))  # (M, B, Dz)
+  recon = vae.weighted_log_likelihood(params, z, x).sum(0)  # Weighted log p(x_m | z): (B,)
   kl = distributions.kl_normal(loc, scale)
   loss = -(recon - beta * kl).mean()
   metrics = {'vae_loss': loss, 'bound': -loss, 'recon': recon.mean(), 'kl': kl.mean()}
