@@ -243,16 +243,6 @@ def directed_rows(names: list[str]) -> tuple:
           (f'cross {names[1]} -> {names[0]}', cell(1, 0)))
 
 
-def _literal(text: str) -> Any:
-  """An override's value as --set parses it ('(1, 50)' == '(1,50)', '1e-3' == '0.001')."""
-  import ast  # pylint: disable=g-import-not-at-top
-  try:
-    value = ast.literal_eval(str(text))
-  except (ValueError, SyntaxError):
-    return str(text)
-  return tuple(value) if isinstance(value, list) else value
-
-
 def check_table_folder(results: dict, config_file: str, variant: str, overrides: dict) -> None:
   """Raises ValueError if any run in results.json was made with another config file or variant
   or other --set overrides than this call's (every run of a table folder shares them): tabling
@@ -262,7 +252,8 @@ def check_table_folder(results: dict, config_file: str, variant: str, overrides:
 
   results: {run name: {'model', 'config' ('file:model[,variant]'), 'overrides' {key: text}}}.
   """
-  strip = lambda o: {k: _literal(v) for k, v in o.items() if k != 'num_train_steps'}
+  strip = lambda o: {k: config_lib.parse_override_value(str(v)) for k, v in o.items()
+                     if k != 'num_train_steps'}
   for name, entry in sorted(results.items()):
     expected = f'{config_file}:{entry["model"]}' + (f',{variant}' if variant else '')
     problems = []

@@ -8,6 +8,7 @@ a wrong key or value fails in seconds, not after a dataset build or a compile.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
@@ -236,7 +237,6 @@ def from_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
 def apply_override(config: ml_collections.ConfigDict, item: str) -> tuple[str, str]:
   """Applies 'a.b=value' (a Python literal, else a string; lists become tuples) to `config`, as
   scripts' --set flags take them; -> (key, value text). Unknown keys raise KeyError."""
-  import ast  # pylint: disable=g-import-not-at-top
   key, sep, text = item.partition('=')
   if not sep:
     raise ValueError(f'override {item!r}: expected key=value.')
@@ -248,12 +248,19 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> tuple[str, s
     node = node[part]
   if name not in node:
     raise KeyError(f'override {item!r}: config has no key {key!r}.')
+  node[name] = parse_override_value(text)
+  return key, text
+
+
+def parse_override_value(text: str) -> Any:
+  """An override's value text as --set applies it: a Python literal (lists become tuples), else
+  the string itself ('(1, 50)' and '(1,50)' parse equal, as do '1e-3' and '0.001')."""
+  import ast  # pylint: disable=g-import-not-at-top
   try:
     value = ast.literal_eval(text)
   except (ValueError, SyntaxError):  # A bare word: a string.
-    value = text
-  node[name] = tuple(value) if isinstance(value, list) else value
-  return key, text
+    return text
+  return tuple(value) if isinstance(value, list) else value
 
 
 def summary(config: ml_collections.ConfigDict) -> str:
