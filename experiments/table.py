@@ -10,7 +10,8 @@ linear probe of the shared latent (latent_probe.py) on its final state. <out>/re
 rewritten after every run (a finished run is not redone; a folder holding a run made with another
 config file, variant or --set values than this call's is refused, num_train_steps aside);
 <out>/table.md holds mean, sample sd
-and a 95% t-interval over seeds per model and metric; <out>/curves.png the test loss of every
+and a 95% t-interval over seeds per model and metric, then each model minus the first
+(--models' baseline) at the same seed (paired: mean, sd, interval, seeds higher); <out>/curves.png the test loss of every
 run against the step (the convergence evidence) and, with --coherence_curve=K, the cross
 coherence of each kept checkpoint on K test tuples (moe_ebm_jax/curves.py) beside it.
 """
@@ -41,7 +42,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CONFIG = flags.DEFINE_string('config', None, 'Config file (its get_config takes the model).',
                               required=True)
 _VARIANT = flags.DEFINE_string('variant', '', 'Appended to the config argument: <model>,<variant>.')
-_MODELS = flags.DEFINE_list('models', ['mmvaeplus', 'ebm_mmvaeplus', 'moe_ebm'], 'Models.')
+_MODELS = flags.DEFINE_list('models', ['mmvaeplus', 'ebm_mmvaeplus', 'moe_ebm'],
+                             'Models; the first is the baseline of the paired differences.')
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Training seeds (config.seed).')
 _SET = flags.DEFINE_multi_string('set', [], 'key=value config overrides for every run.')
 _OUT = flags.DEFINE_string('out', None, 'Output folder.', required=True)
@@ -176,6 +178,10 @@ def main(argv):
       logging.info('%s done in %.0f s: %s', name, time.time() - start,
                    json.dumps(results[name]['coherence'].get('joint_coherence')))
   text = comparison.results_table(results, _MODELS.value)
+  # The paired differences against the first model (the baseline by convention: MMVAE+).
+  paired = comparison.paired_table(results, _MODELS.value, _MODELS.value[0])
+  if paired.count('\n') > 1:
+    text += '\n\n' + paired
   with open(os.path.join(_OUT.value, 'table.md'), 'w') as f:
     f.write(f'{_CONFIG.value} {_VARIANT.value} {_SET.value}\n\n{text}\n')
   plot_curves(results, os.path.join(_OUT.value, 'curves.png'))

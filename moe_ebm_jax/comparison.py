@@ -298,6 +298,45 @@ def results_table(results: dict, models: list[str]) -> str:
   return '\n'.join(lines)
 
 
+def paired_table(results: dict, models: list[str], baseline: str) -> str:
+  """Each model (and pre-/post-LD tag) minus `baseline` at the same training seed: per row the
+  mean, sample sd and 95% t-interval of the per-seed differences, and on how many seeds the
+  model is higher. Pairing removes what a seed does to both (data order, initialisation), so
+  the interval is narrower than the difference of two unpaired ones when seeds agree.
+  results: as for results_table, each run with its 'seed'. Empty when `baseline` has no runs.
+  """
+  base = {r['seed']: r for r in results.values() if r['model'] == baseline}
+  if not base:
+    return ''
+  names = next((r['modalities'] for r in results.values() if 'modalities' in r), [])
+  rows = RESULT_ROWS + directed_rows(names)
+  base_tag = next(t for t in ('q', 'pre_ld') if t in next(iter(base.values()))['coherence'])
+  lines = [f'| minus {baseline}, same seed | seeds | ' + ' | '.join(
+      f'{name}: mean, sd [95% interval], higher' for name, _ in rows) + ' |',
+           '|---' * (len(rows) + 2) + '|']
+  for model in models:
+    runs = sorted((r for r in results.values()
+                   if r['model'] == model and model != baseline and r['seed'] in base),
+                  key=lambda r: r['seed'])
+    if not runs:
+      continue
+    for tag in [t for t in ('q', 'pre_ld', 'post_ld') if t in runs[0]['coherence']]:
+      cells = []
+      for _, get in rows:
+        pairs = [(get(r, tag), get(base[r['seed']], base_tag)) for r in runs]
+        if any(a is None or b is None for a, b in pairs):
+          cells.append('-')
+          continue
+        diffs = [a - b for a, b in pairs]
+        mean, sd, lo, hi = interval(diffs)
+        higher = f'{sum(d > 0 for d in diffs)}/{len(diffs)}'
+        cells.append(f'{mean:+.3f}, {sd:.3f} [{lo:+.3f}, {hi:+.3f}], {higher}'
+                     if len(diffs) > 1 else f'{mean:+.3f}, {higher}')
+      label = model + {'pre_ld': ' pre-LD', 'post_ld': ' post-LD'}.get(tag, '')
+      lines.append(f'| {label} | {len(runs)} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
 def _what_differs(row: Row, others: Sequence[Row], limit: int = 3) -> str:
   """' (key=value, ...)': the config keys in which `row` differs from another group of the
   same system and step, so that two such groups read apart; '' when no other group has them."""

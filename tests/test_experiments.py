@@ -291,3 +291,32 @@ def test_coherence_curve_of_checkpoints_equals_the_probe_of_the_same_training(
   again = subprocess.run(curve_cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
   assert again.returncode == 0, again.stderr[-3000:]
   assert (workdir / 'coherence_curve.json').stat().st_mtime_ns == before
+
+
+def test_paired_table_differences_runs_at_the_same_seed():
+  """Per seed model minus baseline: mean, sample sd, Student's t interval, seeds higher; a seed
+  the baseline lacks is left out, and the baseline's own tag ('q') pairs with pre- and post-LD."""
+  from moe_ebm_jax import comparison  # pylint: disable=g-import-not-at-top
+  def run(model, seed, cross, post=None):
+    tags = {'q': {'cross_coherence': cross}} if post is None else {
+        'pre_ld': {'cross_coherence': cross}, 'post_ld': {'cross_coherence': post}}
+    return {'model': model, 'seed': seed, 'num_classes': 0,
+            'latent_probe': {'pre_ld': {'mean': 0.9}, 'post_ld': {'mean': 0.8}},
+            'coherence': {'joint_coherence': 0.5 + seed / 10, 'joint_class_share': None, **tags}}
+  results = {'b0': run('base', 0, 0.70), 'b1': run('base', 1, 0.80), 'b2': run('base', 2, 0.75),
+             'm0': run('ebm', 0, 0.72, 0.71), 'm1': run('ebm', 1, 0.81, 0.83),
+             'm2': run('ebm', 2, 0.74, 0.80), 'm3': run('ebm', 3, 0.99, 0.99)}
+  lines = comparison.paired_table(results, ['base', 'ebm'], 'base').splitlines()
+  assert len(lines) == 4 and lines[0].startswith('| minus base, same seed | seeds |')
+  pre = [c.strip() for c in lines[2].split('|')[1:-1]]
+  post = [c.strip() for c in lines[3].split('|')[1:-1]]
+  assert pre[:2] == ['ebm pre-LD', '3'] and post[:2] == ['ebm post-LD', '3']
+  diffs = np.array([0.02, 0.01, -0.01])  # Seed 3 has no baseline run.
+  half = 4.303 * diffs.std(ddof=1) / np.sqrt(3)
+  assert pre[4] == (f'{diffs.mean():+.3f}, {diffs.std(ddof=1):.3f} '
+                    f'[{diffs.mean() - half:+.3f}, {diffs.mean() + half:+.3f}], 2/3')
+  assert post[4].endswith('3/3') and post[4].startswith('+0.030')  # 0.01, 0.03, 0.05.
+  assert pre[2].startswith('+0.000, 0.000') and pre[2].endswith('0/3')  # Joint: equal per seed.
+  # Latent accuracy by tag: the baseline's 'q' probe (0.9) against pre- (0.9) and post-LD (0.8).
+  assert pre[5].startswith('+0.000') and post[5].startswith('-0.100, 0.000')
+  assert comparison.paired_table(results, ['ebm'], 'none') == ''
