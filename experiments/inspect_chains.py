@@ -15,7 +15,8 @@ keys a resume checks, sampler settings may differ) and writes to --out:
   drift (s^2 / 2 |grad|) against its noise (s), and the gain in log pi and in f_a;
 - sweep: cross coherence pre-LD and post-LD (MMVAE+ protocol, single sources, the first
   --num_test test tuples) for every setting, and joint coherence with prior chains of 0, the
-  trained length and --long_prior_steps steps, with the entropy of the digits generated (a
+  trained length and --long_prior_steps steps (with persistent chains also from p0 alone, f_a
+  unused), with the entropy of the digits generated (a
   chain that collapses to one mode is coherent and useless);
 - figures: the posterior chain from m0 decoded as m1 step by step, the prior chain continued
   past its trained length decoded as m0, and the energies over training from TensorBoard;
@@ -282,7 +283,10 @@ def write_markdown(record: dict, out: str) -> None:
             '', _row(['prior steps', 'joint coherence', 'agreed-digit entropy',
                       'm0 digit entropy']), _row(['---'] * 4)]
   for steps, value in record['joint_by_prior_steps'].items():
-    lines.append(_row([steps, f"{value['joint_coherence']:.3f}",
+    label = {'p0': 'none: p0 alone, f_a unused'}.get(steps, steps)
+    if steps == '0' and 'p0' in record['joint_by_prior_steps']:
+      label = '0 (from the persistent chains)'
+    lines.append(_row([label, f"{value['joint_coherence']:.3f}",
                        f"{value['agreed_digit_entropy']:.2f}",
                        f"{value['m0_digit_entropy']:.2f}"]))
   lines.append('')
@@ -362,6 +366,13 @@ def main(argv):
     record['joint_by_prior_steps'][str(prior_steps)] = joint_diagnostics(
         config, dataclasses.replace(model, prior_steps=prior_steps), state, bank.classify,
         jax.random.fold_in(key, 2), _NUM_JOINT.value)
+    write()
+  if model.persistent_chains:
+    # With persistent chains 0 steps start from the chains' states (f_a's density already);
+    # the base alone, f_a unused, is the row that shows what f_a adds to joint coherence.
+    record['joint_by_prior_steps']['p0'] = joint_diagnostics(
+        config, dataclasses.replace(model, prior_steps=0, persistent_chains=0), state,
+        bank.classify, jax.random.fold_in(key, 2), _NUM_JOINT.value)
     write()
 
   rows = min(_ROWS.value, len(batches[0]['label']))

@@ -80,7 +80,8 @@ def test_digit_entropy_is_zero_for_one_digit_and_ln10_for_all_equally():
 def test_inspect_chains_at_smoke_scale(tmp_path, private_polymnist_dir, mnist_npz):
   """A 2-step smoke MOE-EBM looked inside. With a tiny step size the Langevin drift is negligible,
   so each coordinate moves by the noise alone: RMS move = s * sqrt(K) (times E sqrt(chi2_D / D))."""
-  common = [f'--config.data.data_dir={private_polymnist_dir}', f'--config.data.mnist={mnist_npz}']
+  common = [f'--config.data.data_dir={private_polymnist_dir}', f'--config.data.mnist={mnist_npz}',
+            '--config.ebm.persistent_chains=16']
   workdir = tmp_path / 'run'
   train = subprocess.run(
       [sys.executable, 'main.py', '--config=configs/smoke.py:moe_ebm', f'--workdir={workdir}',
@@ -108,7 +109,9 @@ def test_inspect_chains_at_smoke_scale(tmp_path, private_polymnist_dir, mnist_np
   assert large['moves']['rms_move'] > 10 * tiny['moves']['rms_move']
   for entry in record['sweep']:
     assert 0 <= entry['post_ld_cross_coherence'] <= 1
-  assert set(record['joint_by_prior_steps']) == {'0', '5', '12'}
+  # With persistent chains: also p0 alone (f_a unused).
+  assert set(record['joint_by_prior_steps']) == {'0', '5', '12', 'p0'}
+  assert 'p0 alone, f_a unused' in (out / 'inside.md').read_text()
   for joint in record['joint_by_prior_steps'].values():
     assert 0 <= joint['joint_coherence'] <= 1
     assert 0 <= joint['agreed_digit_entropy'] <= np.log(10) + 1e-9
