@@ -1,5 +1,5 @@
-"""benchmarks/ (speed only): the suite's checks and bookkeeping, one real run at smoke scale,
-and the conv alternatives of conv_layers.py against XLA's convolution."""
+"""benchmarks/: the suite's checks and bookkeeping, one real run at smoke scale, the conv
+alternatives of conv_layers.py against XLA's convolution, golden_margins.py's variants."""
 
 import importlib.util
 import json
@@ -124,3 +124,28 @@ def test_unknown_override_key_is_refused(tmp_path):
       capture_output=True, text=True, timeout=300, cwd=tmp_path)
   assert result.returncode != 0
   assert 'conv_speed' in result.stderr
+
+
+def test_golden_margins_variants_set_real_config_keys():
+  """Each deliberate change of golden_margins.py moves a key the smoke config has, by a small
+  relative amount (a renamed key would otherwise fail every run of the script)."""
+  golden_margins = _load('golden_margins')
+  from moe_ebm_jax import config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.from_file(os.path.join(ROOT, 'configs', 'smoke.py'), 'moe_ebm')
+  changes = [v for v in golden_margins.VARIANTS.values() if v[2]]
+  assert len(changes) >= 6
+  for _, _, overrides, _ in changes:
+    for key, value in overrides.items():
+      section, name = key.split('.')
+      assert name in config[section], key
+      assert 0 < abs(value / config[section][name] - 1) <= 1e-3, (key, value)
+
+
+@pytest.mark.slow
+def test_golden_margins_refuses_an_unknown_variant_before_any_work(tmp_path):
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'benchmarks', 'golden_margins.py'),
+       '--variants=one_core,bitflip', f'--data_dir={tmp_path / "none"}'],
+      capture_output=True, text=True, timeout=300, cwd=tmp_path)
+  assert result.returncode != 0 and 'bitflip' in result.stderr
+  assert not (tmp_path / 'none').exists()
