@@ -62,7 +62,19 @@ def main(argv):
   config = _CONFIG.value
   if config is None:
     raise app.UsageError(f'--config is required for --mode={_MODE.value}.')
-  config_lib.validate(config)
+  try:
+    _run(config, workdirs)
+  except datasets.DataError as e:  # The data, not a bug: the message, no traceback.
+    raise SystemExit(f'Data error in dataset {config.data.name!r}: {e}') from None
+
+
+def _run(config, workdirs: list[str]) -> None:
+  try:
+    config_lib.validate(config)
+  except datasets.DataError:
+    raise
+  except ValueError as e:  # A config key's value: the message says which, no traceback.
+    raise SystemExit(str(e)) from None
   if _DEBUG_LOGS.value:
     logging.info('Config:\n%s', config)
   else:

@@ -34,13 +34,9 @@ def two_views(data_config):
 
 
 def main(num_steps: int = 300) -> dict:
-  path = os.path.join(os.path.dirname(__file__), '..', 'configs', 'smoke.py')
-  config = config_lib.from_file(path, 'mmvaeplus,two_views')  # Model, then the dataset.
-  config.model.mlp_hidden, config.batch_size, config.eval_batch_size = (64, 64), 64, 250
-  config.data.train_subset, config.data.test_subset = None, None
+  path = os.path.join(os.path.dirname(__file__), '..', 'configs', 'cpu.py')
+  config = config_lib.from_file(path, 'mmvaeplus,two_views')  # CPU scale: model, dataset.
   config.num_train_steps, config.eval_every_steps = num_steps, num_steps
-  config.eval.at_end_of_training, config.eval.num_joint_samples = True, 500
-  config.eval.num_test_examples = 500
   workdir = tempfile.mkdtemp()
   config.data.data_dir = workdir  # Where the coherence classifiers are cached.
   train.train_and_evaluate(config, workdir)

@@ -8,8 +8,13 @@ A modality's spec says how (modalities.ModalitySpec.coherence):
                 (data, label) pairs and cached by a digest of the data it was trained on;
   'none'        not scored (its predictions are -1).
 
+  a name registered with modalities.register_coherence: the user's own reader (a better
+                classifier of a modality, say), built by its factory(config, spec, dataset).
+
 A scorer maps decodes {name: (N, *shape)} (as generation.py returns them: probabilities
 (N, K) for a categorical modality) to predicted classes int32 (N, M), -1 where not scored.
+Each scoring classifier's test accuracy is in its info; `weak_readers` lists those under a
+threshold, for the log and the report (coherence read through a weak classifier is unreliable).
 """
 
 from __future__ import annotations
@@ -151,6 +156,19 @@ def load_or_train_mlp(config, spec, train_source, test_source, num_classes: int)
   return trained, accuracy
 
 
+def accuracies(info: dict[str, Any], names) -> dict[str, float]:
+  """{modality: test accuracy} of every scoring classifier in a scorer's info."""
+  if info.get('accuracies'):  # PolyMNIST's bank: one accuracy per modality.
+    return dict(zip(names, info['accuracies']))
+  return {name: r['test_accuracy'] for name, r in (info.get('readings') or {}).items()
+          if isinstance(r, dict) and r.get('test_accuracy') is not None}
+
+
+def weak_readers(info: dict[str, Any], names, threshold: float) -> dict[str, float]:
+  """The modalities whose classifier's test accuracy is under `threshold`."""
+  return {n: a for n, a in accuracies(info, names).items() if a < threshold}
+
+
 def make_scorer(config: ml_collections.ConfigDict) -> Scorer:
   """The coherence scorer of config's dataset (classifiers load or train here)."""
   dataset = datasets.get(config.data)
@@ -168,7 +186,11 @@ def make_scorer(config: ml_collections.ConfigDict) -> Scorer:
                      'config.eval.at_end_of_training=False, or give labels).')
   readers, info = [], {}
   for spec in specs:
-    if spec.coherence == 'label':
+    if spec.coherence in modalities_lib.COHERENCE_READERS:  # One of the user's own.
+      read, info[spec.name] = modalities_lib.COHERENCE_READERS[spec.coherence](config, spec,
+                                                                               dataset)
+      readers.append(read)
+    elif spec.coherence == 'label':
       readers.append(lambda v: np.asarray(jnp.argmax(v, -1), np.int32))
       info[spec.name] = 'its decoded class (argmax)'
     elif spec.coherence == 'classifier':

@@ -21,8 +21,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import importlib
+import importlib.util
 import io
+import json
 import os
+import sys
 import time
 from typing import Any, Callable, Mapping
 
@@ -35,6 +39,7 @@ from moe_ebm_jax import models
 from moe_ebm_jax import registry
 
 SPLITS = ('train', 'test')
+DataError = modalities_lib.DataError  # Specs or data that do not fit: main.py's one-line error.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +66,7 @@ class ArraySource:
     if labels is not None:
       lengths['label'] = len(labels)
     if len(set(lengths.values())) != 1:
-      raise ValueError(f'every array needs the same number of examples; got {lengths}.')
+      raise DataError(f'every array needs the same number of examples; got {lengths}.')
     self._arrays = dict(arrays)
     self._labels = labels
     self._len = next(iter(lengths.values()))
@@ -84,15 +89,80 @@ def register(name: str):
   return DATASETS.register(name)
 
 
+_USER_MODULES: dict[str, Any] = {}  # Modules that register a user's datasets, by path or name.
+
+
+def import_module(module: str) -> None:
+  """Imports the module that registers a dataset of one's own (config.data.module), once per
+  process: a file ('my_data.py', relative to the working directory) or a module name importable
+  from it ('lab.my_data')."""
+  is_file = module.endswith('.py') or os.sep in module
+  key = os.path.abspath(os.path.expanduser(module)) if is_file else module
+  if key in _USER_MODULES:
+    return
+  if is_file:
+    path = key
+    if not os.path.isfile(path):
+      raise DataError(f'config.data.module={module!r}: no such file ({path}).')
+    name = 'moe_ebm_jax_data_' + ''.join(c if c.isalnum() else '_' for c in path)
+    spec = importlib.util.spec_from_file_location(name, path)
+    loaded = importlib.util.module_from_spec(spec)
+    sys.modules[name] = loaded
+    try:
+      spec.loader.exec_module(loaded)
+    except BaseException:
+      del sys.modules[name]
+      raise
+  else:
+    if os.getcwd() not in sys.path:  # As `python -m` would: modules beside the working directory.
+      sys.path.append(os.getcwd())
+    try:
+      loaded = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+      if e.name != module.split('.')[0] and e.name != module:
+        raise  # The module was found; something it imports was not.
+      raise DataError(f'config.data.module={module!r}: no such module (from {os.getcwd()}); '
+                      'give a file path (my_data.py) or a module on sys.path.') from None
+  _USER_MODULES[key] = loaded
+
+
+_BUILT: dict[tuple, Dataset] = {}  # Datasets built in this process, by builder and config.data.
+
+
 def get(data_config: ml_collections.ConfigDict) -> Dataset:
-  """The Dataset that config.data describes (nothing is loaded yet)."""
+  """The Dataset that config.data describes (nothing is loaded yet). Its builder runs once per
+  process for a given config.data (a dataset of arrays is made and checked once); the module
+  that registers it (config.data.module) is imported first."""
+  if data_config.get('module') and data_config.name not in DATASETS:
+    import_module(data_config.module)
   if data_config.name not in DATASETS:
     raise ValueError(f'config.data.name={data_config.name!r} is not one of '
-                     f'{sorted(DATASETS)}.')
-  build = DATASETS[data_config.name]
-  dataset = build(data_config)
-  modalities_lib.check_specs(dataset.modalities)
-  return dataset
+                     f'{sorted(DATASETS)}' + ('' if data_config.get('module') else
+                                             ' (a dataset of your own: config.data.module, '
+                                             'docs/usage.md)') + '.')
+  key = _key(data_config)
+  if key not in _BUILT:
+    dataset = DATASETS[data_config.name](data_config)
+    modalities_lib.check_specs(dataset.modalities)
+    _BUILT[key] = dataset
+  return _BUILT[key]
+
+
+# config.data fields that the input pipeline reads and no builder does: a config that changes
+# only these (configs/*.py after base_config) keeps the dataset built.
+PIPELINE_KEYS = ('train_subset', 'test_subset', 'num_threads', 'prefetch_batches', 'num_workers')
+
+
+def _key(data_config: ml_collections.ConfigDict) -> tuple:
+  fields = {k: v for k, v in data_config.to_dict().items() if k not in PIPELINE_KEYS}
+  return (data_config.name, id(DATASETS[data_config.name]),
+          json.dumps(fields, sort_keys=True, default=repr))
+
+
+def remember(data_config: ml_collections.ConfigDict, dataset: Dataset) -> None:
+  """Keeps `dataset` as what `get(data_config)` returns: config_lib sets num_modalities from a
+  dataset it has built, and the config then differs from the one it was built for."""
+  _BUILT[_key(data_config)] = dataset
 
 
 def prepare(data_config: ml_collections.ConfigDict) -> Dataset:
@@ -115,7 +185,7 @@ def from_arrays(name: str, train: Mapping[str, np.ndarray], test: Mapping[str, n
   for split, arrays, labels in (('train', train, train_labels), ('test', test, test_labels)):
     names = [s.name for s in modalities]
     if set(arrays) != set(names):
-      raise ValueError(f'the {split} arrays have modalities {sorted(arrays)}, the specs '
+      raise DataError(f'the {split} arrays have modalities {sorted(arrays)}, the specs '
                        f'{sorted(names)}.')
     for spec in modalities:
       modalities_lib.check_data(spec, arrays[spec.name], f'{split} data')
@@ -123,7 +193,7 @@ def from_arrays(name: str, train: Mapping[str, np.ndarray], test: Mapping[str, n
       labels = np.asarray(labels)
       if not np.issubdtype(labels.dtype, np.integer) or (
           num_classes and labels.size and (labels.min() < 0 or labels.max() >= num_classes)):
-        raise ValueError(f'{split} labels: integers in [0, {num_classes}) expected, got '
+        raise DataError(f'{split} labels: integers in [0, {num_classes}) expected, got '
                          f'{labels.dtype} in [{labels.min()}, {labels.max()}].')
   sources = {'train': ArraySource(train, train_labels), 'test': ArraySource(test, test_labels)}
   return Dataset(name, modalities, sources.__getitem__,

@@ -217,16 +217,18 @@ class Evaluator:
         generation.joint_generate, model=self.model, num_samples=n, keep_trajectory=True))(
             state, key)
     joint = jax.device_get(joint)
+    size = figures_lib.tile_size(specs)  # One tile size for every modality, side by side.
     files['joint'] = self._save(
-        out_dir, 'joint_samples.png', figures_lib.tiles(specs, joint),
+        out_dir, 'joint_samples.png', figures_lib.tiles(specs, joint, size),
         title=f'Joint samples of {name}: {self._prior_z_wording()}, each w_m ~ p(w)',
         col_labels=list(names), row_labels=[f'sample {i + 1}' for i in range(n)])
     x = jax.tree.map(jnp.asarray, x)
     for src in range(m):
       mask = jnp.zeros((m,), bool).at[src].set(True)
       decodes, _, _ = self._conditional[False](state, x, mask, jax.random.fold_in(key, src))
-      tiles = np.concatenate([figures_lib.tiles(specs[src:src + 1], {names[src]: x[names[src]]}),
-                              figures_lib.tiles(specs, jax.device_get(decodes))], axis=1)
+      tiles = np.concatenate([
+          figures_lib.tiles(specs[src:src + 1], {names[src]: x[names[src]]}, size),
+          figures_lib.tiles(specs, jax.device_get(decodes), size)], axis=1)
       z_from = f'z ~ q(z | {names[src]})' + (', pre-LD' if self.model.has_ebm else '')
       files[f'cross_from_{names[src]}'] = self._save(
           out_dir, f'cross_from_{names[src]}.png', tiles,
@@ -237,9 +239,9 @@ class Evaluator:
       k = jax.random.fold_in(key, 99)
       pre, _, _ = self._conditional[False](state, x, mask, k)
       post, _, _ = self._conditional[True](state, x, mask, k)
-      rows = np.concatenate([figures_lib.tiles(specs[:1], {names[0]: x[names[0]]}),
-                             figures_lib.tiles(specs, jax.device_get(pre)),
-                             figures_lib.tiles(specs, jax.device_get(post))], axis=1)
+      rows = np.concatenate([figures_lib.tiles(specs[:1], {names[0]: x[names[0]]}, size),
+                             figures_lib.tiles(specs, jax.device_get(pre), size),
+                             figures_lib.tiles(specs, jax.device_get(post), size)], axis=1)
       # 'pre m0' rather than 'pre-LD m0': a label must fit one 56-px column.
       files['pre_post_ld'] = self._save(
           out_dir, f'pre_vs_post_ld_from_{names[0]}.png', rows,
@@ -461,16 +463,28 @@ def _tag(model, ld: bool) -> str:
 
 def write_report(out_dir: str, metrics: dict[str, Any], figures: dict[str, str]) -> None:
   """metrics.json and a Markdown report with the table in the layout of the paper's Table 1."""
-  with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
-    json.dump(metrics, f, indent=2, sort_keys=True)
+  write_metrics(out_dir, metrics)
   c = metrics['coherence']
+  m = len(c[next(t for t in ('q', 'pre_ld', 'post_ld') if t in c)]['cross_coherence_matrix'])
+  names = metrics.get('modalities') or [f'm{i}' for i in range(m)]  # Older metrics: none kept.
   fid_metrics = metrics.get('fid')
   fmt = lambda v, spec: 'n/a' if v is None else format(v, spec)
   tags = [t for t in ('q', 'pre_ld', 'post_ld') if t in c]
-  lines = [f"# Evaluation of {metrics['model']} at step {metrics['step']}", '',
-           f"Coherence: {c['num_test_examples']} test examples (cross); "
-           f"{c['num_joint_samples']} joint samples.  ", _classifier_line(metrics['classifiers']),
-           '', *_fid_note(metrics, tags)]
+  lines = [f"# Evaluation of {metrics['model']} at step {metrics['step']}", '']
+  if metrics.get('failed'):
+    lines += [f"**This evaluation stopped part way** ({metrics['failed']}): the numbers below "
+              'are all it computed; the figures are missing.', '']
+  lines += [f"Coherence: {c['num_test_examples']} test examples (cross); "
+            f"{c.get('num_joint_samples', 0)} joint samples.  ",
+            _classifier_line(metrics['classifiers'], names)]
+  weak = metrics.get('weak_scorers') or {}
+  if weak.get('accuracies'):
+    lines += ['', '**Coherence read through weak classifiers**: ' + ', '.join(
+        f'{n} (test accuracy {a:.3f})' for n, a in weak['accuracies'].items()) +
+              f", under {weak['threshold']} (eval.min_scorer_accuracy): the coherence numbers "
+              'that involve them say as much about the classifier as about the model. A better '
+              'reader: modalities.register_coherence (docs/usage.md).']
+  lines += ['', *_fid_note(metrics, tags)]
   n_fid = fid_metrics['num_samples'] if fid_metrics else 0
   # Labelled where the numbers are, so that a copied table keeps its warning.
   biased = (f' (N = {n_fid:,} < {MIN_RANKING_FID_SAMPLES:,}: biased, does not rank models)'
@@ -501,15 +515,17 @@ def write_report(out_dir: str, metrics: dict[str, Any], figures: dict[str, str])
                                               for t in tags) + ' |')
   lines += ['', 'Cross coherence per source (rows) and target (columns):', '']
   for tag in tags:
-    lines += [f'{tag}:', '', _matrix_table(c[tag]['cross_coherence_matrix'], '.3f', True), '']
+    lines += [f'{tag}:', '', _matrix_table(c[tag]['cross_coherence_matrix'], '.3f', True, names),
+              '']
   if fid_metrics:
     lines += [f'Joint FID per modality{biased}: ' + ', '.join(
-        f'm{i} {v:.2f}' for i, v in enumerate(fid_metrics['joint_fid_per_modality'])) + '.', '',
+        f'{names[i]} {v:.2f}' for i, v in enumerate(fid_metrics['joint_fid_per_modality'])) + '.',
+              '',
               'Cross FID per source (rows) and target (columns), self-reconstruction on the '
               f'diagonal{biased}:', '']
     for tag in tags:
-      lines += [f'{tag}:', '', _matrix_table(fid_metrics[tag]['cross_fid_matrix'], '.2f', False),
-                '']
+      lines += [f'{tag}:', '', _matrix_table(fid_metrics[tag]['cross_fid_matrix'], '.2f', False,
+                                             names), '']
   captions = {'joint': 'Joint samples (rows: samples; columns: modalities).',
               'pre_post_ld': 'From the first modality: source, pre-LD decodes, post-LD decodes.',
               'prior_trajectory': 'Prior Langevin chains (rows), modality 0 along the chain.'}
@@ -525,7 +541,7 @@ def write_report(out_dir: str, metrics: dict[str, Any], figures: dict[str, str])
     f.write('\n'.join(lines) + '\n')
 
 
-def _classifier_line(classifiers: dict[str, Any]) -> str:
+def _classifier_line(classifiers: dict[str, Any], names) -> str:
   """The coherence classifiers' test accuracy per modality: coherence is only as good as they."""
   readings = classifiers.get('readings')
   if readings:  # coherence_scorers: how each modality is read.
@@ -540,7 +556,7 @@ def _classifier_line(classifiers: dict[str, Any]) -> str:
   architecture = classifiers.get('architecture')
   return ('Coherence classifiers' + (f' ({architecture})' if architecture else '') +
           ', test accuracy per modality: ' +
-          ', '.join(f'm{i} {a:.4f}' for i, a in enumerate(accuracies)) + '.')
+          ', '.join(f'{names[i]} {a:.4f}' for i, a in enumerate(accuracies)) + '.')
 
 
 def _fid_note(metrics: dict[str, Any], tags: list[str]) -> list[str]:
@@ -579,12 +595,12 @@ def _fid_note(metrics: dict[str, Any], tags: list[str]) -> list[str]:
   return [f'{head}, as the paper.']
 
 
-def _matrix_table(matrix, spec: str, blank_diagonal: bool) -> str:
+def _matrix_table(matrix, spec: str, blank_diagonal: bool, names) -> str:
   m = len(matrix)
-  rows = ['| source | ' + ' | '.join(f'm{d}' for d in range(m)) + ' |', '|---' * (m + 1) + '|']
+  rows = ['| source | ' + ' | '.join(names) + ' |', '|---' * (m + 1) + '|']
   for s in range(m):
     cells = ['-' if blank_diagonal and s == d else format(matrix[s][d], spec) for d in range(m)]
-    rows.append(f'| m{s} | ' + ' | '.join(cells) + ' |')
+    rows.append(f'| {names[s]} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(rows)
 
 
@@ -629,18 +645,33 @@ def evaluate_run(config, workdir: str, classify=None, features=None) -> dict[str
   Args:
     classify, features: as `evaluate_state`.
   """
+  from moe_ebm_jax import log_setup  # pylint: disable=g-import-not-at-top
+  log_setup.ensure_visible()  # A script's first call shows progress as main.py does.
   model, state = restore_latest(config, workdir)
   return evaluate_state(config, workdir, state, model=model, classify=classify,
                         features=features)
 
 
 def evaluated_step(workdir: str) -> int | None:
-  """The step <workdir>/eval/metrics.json was written for; None if there is none (or unreadable)."""
+  """The step whose whole evaluation <workdir>/eval/metrics.json holds; None if there is none
+  (or it is unreadable, or an evaluation that stopped part way)."""
   try:
     with open(os.path.join(workdir, 'eval', 'metrics.json')) as f:
-      return int(json.load(f)['step'])
-  except (OSError, ValueError, KeyError, TypeError):
+      metrics = json.load(f)
+    return int(metrics['step']) if metrics.get('complete', True) else None
+  except (OSError, ValueError, KeyError, TypeError, AttributeError):
     return None
+
+
+def write_metrics(out_dir: str, metrics: dict[str, Any]) -> None:
+  """<out_dir>/metrics.json, replaced whole (process 0 only): a reader never sees half a file."""
+  if jax.process_index():
+    return
+  os.makedirs(out_dir, exist_ok=True)
+  tmp = os.path.join(out_dir, f'.metrics.json.tmp{os.getpid()}')
+  with open(tmp, 'w') as f:
+    json.dump(metrics, f, indent=2, sort_keys=True)
+  os.replace(tmp, os.path.join(out_dir, 'metrics.json'))
 
 
 def evaluate_state(config, workdir: str, state, *, model: model_state.Model | None = None,
@@ -671,10 +702,18 @@ def evaluate_state(config, workdir: str, state, *, model: model_state.Model | No
   # Classifiers and the FID network load (or train / convert) only once a checkpoint is known.
   classifier_info: dict[str, Any] = {'description': 'injected by the caller'}
   scored = None
+  names = list(model.vae.names)
+  weak = {}
   if classify is None:
     from moe_ebm_jax import coherence_scorers  # pylint: disable=g-import-not-at-top
     scorer = coherence_scorers.make_scorer(config)
     classify, scored, classifier_info = scorer.classify, scorer.scored, scorer.info
+    weak = coherence_scorers.weak_readers(classifier_info, names, config.eval.min_scorer_accuracy)
+    for name, accuracy in weak.items():
+      logging.warning('Coherence reads %r through a classifier of test accuracy %.3f, under %.2f '
+                      '(eval.min_scorer_accuracy): coherence through it is unreliable. A better '
+                      'one: modalities.register_coherence (docs/usage.md).', name, accuracy,
+                      config.eval.min_scorer_accuracy)
   specs = model.vae.modalities
   if num_fid and (not all(s.is_rgb_image for s in specs) or len({s.shape for s in specs}) > 1):
     logging.info('FID: skipped; it compares RGB images, and %s has modalities %s.',
@@ -695,8 +734,11 @@ def evaluate_state(config, workdir: str, state, *, model: model_state.Model | No
   coherence = evaluator.coherence(state, batches, key, num_joint=config.eval.num_joint_samples)
   logging.info('Evaluation 1/%d: coherence done in %s.', phases,
                metric_logging.format_duration(time.time() - start))
-  metrics = {'model': config.model.name, 'step': step, 'coherence': coherence,
-             'classifiers': classifier_info}
+  metrics = {'model': config.model.name, 'step': step, 'modalities': names,
+             'coherence': coherence, 'classifiers': classifier_info,
+             'weak_scorers': {'threshold': config.eval.min_scorer_accuracy, 'accuracies': weak},
+             'complete': False}  # Until the figures are done: a relaunch then evaluates again.
+  write_metrics(out_dir, metrics)  # Each phase's numbers are kept as soon as they exist.
   if num_fid:
     phase_start = time.time()
     logging.info('Evaluation 2/3: FID, N = %d per set.', num_fid)
@@ -717,17 +759,28 @@ def evaluate_state(config, workdir: str, state, *, model: model_state.Model | No
                                 FidScorer(features, reference, chunk),
                                 batch_size=config.eval_batch_size)
     metrics['fid_network'] = fid_network
+    write_metrics(out_dir, metrics)
     logging.info('Evaluation 2/3: FID done in %s.',
                  metric_logging.format_duration(time.time() - phase_start))
   phase_start = time.time()
   logging.info('Evaluation %d/%d: figures.', phases, phases)
-  figures = evaluator.figures(state, jax.tree.map(lambda a: a[:config.num_image_samples],
-                                                 batches[0]['x']),
-                              jax.random.fold_in(key, 1), out_dir,
-                              data=(batches[0]['x'], batches[0]['label']))
+  try:
+    figures = evaluator.figures(state, jax.tree.map(lambda a: a[:config.num_image_samples],
+                                                   batches[0]['x']),
+                                jax.random.fold_in(key, 1), out_dir,
+                                data=(batches[0]['x'], batches[0]['label']))
+  except Exception as e:
+    metrics['eval_seconds'] = time.time() - start
+    metrics['failed'] = f'figures: {type(e).__name__}: {e}'
+    if jax.process_index() == 0:
+      write_report(out_dir, metrics, {})
+    logging.error('Evaluation: the figures failed; the numbers are in %s (metrics.json, '
+                  'report.md).', out_dir)
+    raise
   logging.info('Evaluation %d/%d: figures done in %s.', phases, phases,
                metric_logging.format_duration(time.time() - phase_start))
   metrics['eval_seconds'] = time.time() - start
+  metrics['complete'] = True
   if jax.process_index() == 0:  # One writer of metrics.json and report.md (see Evaluator._save).
     write_report(out_dir, metrics, figures)
   names = {'q': '', 'pre_ld': ' pre-LD', 'post_ld': ' post-LD'}

@@ -81,9 +81,12 @@ def _vector_tile(value: np.ndarray, size: int) -> np.ndarray:
   return np.asarray(pil, np.float32) / 255
 
 
-def tiles(specs: Sequence[modalities_lib.ModalitySpec], values) -> np.ndarray:
-  """{name: (N, ...)} for the modalities in `specs` -> (N, len(specs), S, S, 3) in [0, 1]."""
-  size = tile_size(specs)
+def tiles(specs: Sequence[modalities_lib.ModalitySpec], values, size: int | None = None
+          ) -> np.ndarray:
+  """{name: (N, ...)} for the modalities in `specs` -> (N, len(specs), S, S, 3) in [0, 1]; S is
+  `size`, or the largest image side among `specs` (pass the whole dataset's tile_size when
+  tiles of some modalities are set beside tiles of others)."""
+  size = size or tile_size(specs)
   columns = []
   for spec in specs:
     v = np.asarray(values[spec.name])

@@ -125,12 +125,12 @@ def check_source(source, specs: Sequence[modalities_lib.ModalitySpec], what: str
   """Fails early, naming the modality and the field, when the source's first example does not
   fit the specs (a missing modality, another shape, dtype or label range)."""
   if not len(source):
-    raise ValueError(f'the {what} is empty.')
+    raise modalities_lib.DataError(f'the {what} is empty.')
   example = source[0]
   for spec in specs:
     if spec.name not in example:
-      raise ValueError(f'modality {spec.name!r}: the {what} has no such field (it has '
-                       f'{sorted(example)}).')
+      raise modalities_lib.DataError(f'modality {spec.name!r}: the {what} has no such field '
+                                     f'(it has {sorted(example)}).')
     modalities_lib.check_data(spec, np.asarray(example[spec.name])[None], what)
 
 

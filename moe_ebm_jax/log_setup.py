@@ -81,3 +81,26 @@ def setup(debug: bool = False) -> None:
   # TFDS draws tqdm bars while it builds a dataset; input_pipeline logs the build instead.
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tfds.display_progress_bar(False)
+
+
+_ENSURED = []
+
+
+def ensure_visible() -> None:
+  """In a script (no absl app, so absl logs only warnings), the first call of the library's
+  entry points (train.train_and_evaluate, evaluation.evaluate_run) shows its progress lines as
+  main.py does: INFO on stderr, dependencies quiet. Once per process; under main.py, or after
+  the script set absl's verbosity itself, it changes nothing. Silence it again with
+  absl.logging.set_verbosity(absl.logging.WARNING)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if _ENSURED or flags.FLAGS.is_parsed():
+    return
+  _ENSURED.append(True)
+  if absl_logging.get_verbosity() != absl_logging.WARNING:  # Set by the script: its choice.
+    return
+  # Flags at their defaults, as an absl app would parse them: absl's handler then logs without
+  # its 'Logging before flag parsing' notice (grain's workers read the flags too).
+  flags.FLAGS.mark_as_parsed()
+  absl_logging.set_verbosity(absl_logging.INFO)
+  absl_logging.use_absl_handler()
+  setup()

@@ -7,12 +7,13 @@ spec's. Modalities whose specs are equal but for the name (PolyMNIST's five imag
 parameters stacked on a leading axis and run as one batched program (models.py).
 
 Families (each a name in a registry that refuses duplicates; `register_encoder`,
-`register_decoder`, `register_likelihood` add one):
+`register_decoder`, `register_likelihood`, `register_coherence` add one):
   encoders: 'resnet' (the MMVAE+ conv towers; images (H, W, C), H and W multiples of 4),
             'mlp' (any shape, flattened; categorical data one-hot), 'embedding' (categorical)
   decoders: 'resnet' (images), 'mlp' (any output shape)
   likelihoods: 'laplace' and 'gaussian' (fixed scale), 'bernoulli' (data in [0, 1]),
             'categorical' (integer labels)
+  coherence readers: 'classifier', 'label', 'none' (coherence_scorers.py), and one's own
 """
 
 from __future__ import annotations
@@ -31,7 +32,20 @@ from moe_ebm_jax import networks
 from moe_ebm_jax import registry
 
 DTYPES = ('float32', 'int32')
+# How coherence reads a modality's decodes as classes (coherence_scorers.py): the built-in ways,
+# and readers of one's own (`register_coherence`).
 COHERENCE = ('classifier', 'label', 'none')
+COHERENCE_READERS: registry.Registry = registry.Registry('coherence reader')
+
+
+def register_coherence(name: str):
+  """Decorator: registers a coherence reader factory under `name` (a spec's `coherence`):
+  factory(config, spec, dataset) -> (read, info), read mapping a batch of the modality's decodes
+  (N, *shape) to classes int32 (N,), info a dict {'classifier': what it is, 'test_accuracy':
+  its accuracy on the dataset's test split}, which the report and the log show."""
+  if name in COHERENCE:
+    raise ValueError(f'coherence reader {name!r} is built in; register another name.')
+  return COHERENCE_READERS.register(name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,22 +312,35 @@ def _lookup(components: dict, name: str, what: str, spec: ModalitySpec):
 
 # ----------------------------------------------------------------------------- checks
 
+# Field names an example carries besides its modalities (datasets.py): a modality of that name
+# would be overwritten by them.
+RESERVED_NAMES = ('label',)
+
+
+class DataError(ValueError):
+  """A dataset's specs or data that do not fit: one line naming the modality and the field.
+  main.py reports it as such, without a traceback."""
+
 
 def check_spec(spec: ModalitySpec) -> None:
-  """Raises ValueError (one line, naming the modality and the field) for a spec whose parts do
+  """Raises DataError (one line, naming the modality and the field) for a spec whose parts do
   not fit together."""
 
   def fail(field, message):
-    raise ValueError(f'modality {spec.name!r}: {field} {message}')
+    raise DataError(f'modality {spec.name!r}: {field} {message}')
 
   if not spec.name or not isinstance(spec.name, str):
     fail('name', f'{spec.name!r} must be a non-empty string')
+  if spec.name in RESERVED_NAMES:
+    fail('name', f'{spec.name!r} is reserved: every example carries its class label under it '
+         "(datasets.py); name the modality otherwise, e.g. 'digit' or 'class'")
   if not all(isinstance(d, int) and d > 0 for d in spec.shape):
     fail('shape', f'{spec.shape!r} must be a tuple of positive integers')
   if spec.dtype not in DTYPES:
     fail('dtype', f'{spec.dtype!r} is not one of {DTYPES}')
-  if spec.coherence not in COHERENCE:
-    fail('coherence', f'{spec.coherence!r} is not one of {COHERENCE}')
+  if spec.coherence not in COHERENCE and spec.coherence not in COHERENCE_READERS:
+    fail('coherence', f'{spec.coherence!r} is not one of {COHERENCE + tuple(COHERENCE_READERS)} '
+         '(modalities.register_coherence adds one)')
   for field, components in (('encoder', ENCODERS), ('decoder', DECODERS),
                             ('likelihood', LIKELIHOODS)):
     if getattr(spec, field) not in components:
@@ -345,34 +372,46 @@ def check_spec(spec: ModalitySpec) -> None:
 
 def check_specs(specs) -> None:
   if not specs:
-    raise ValueError('a dataset needs at least one modality spec.')
+    raise DataError('a dataset needs at least one modality spec.')
   names = [s.name for s in specs]
   if len(set(names)) != len(names):
-    raise ValueError(f'modality names must be unique, got {names}.')
+    raise DataError(f'modality names must be unique, got {names}.')
   for spec in specs:
     check_spec(spec)
 
 
 def check_data(spec: ModalitySpec, array: Any, what: str = 'data') -> None:
-  """Raises ValueError when `array` (N, *shape) does not fit `spec`: shape, dtype, values."""
+  """Raises DataError when `array` (N, *shape) does not fit `spec`: shape, dtype, values
+  (finite; labels in range; in [0, 1] for a Bernoulli likelihood). Masked arrays are refused:
+  a mask would be dropped, and missing values are not modelled."""
+  if isinstance(array, np.ma.MaskedArray):
+    raise DataError(f'modality {spec.name!r}: the {what} is a masked array; its mask would be '
+                    'dropped (missing values are not modelled yet): fill the masked entries, or '
+                    'leave out the examples that hold them.')
   array = np.asarray(array)
   if array.shape[1:] != tuple(spec.shape):
-    raise ValueError(f'modality {spec.name!r}: shape {array.shape[1:]} of the {what} differs '
-                     f'from the spec\'s {tuple(spec.shape)} (arrays are (N, *shape)).')
+    raise DataError(f'modality {spec.name!r}: shape {array.shape[1:]} of the {what} differs '
+                    f'from the spec\'s {tuple(spec.shape)} (arrays are (N, *shape)).')
   if spec.dtype == 'int32':
     if not np.issubdtype(array.dtype, np.integer):
-      raise ValueError(f'modality {spec.name!r}: dtype {array.dtype} of the {what}: the spec '
-                       "says integer labels ('int32').")
+      raise DataError(f'modality {spec.name!r}: dtype {array.dtype} of the {what}: the spec '
+                      "says integer labels ('int32').")
     if array.size and (array.min() < 0 or array.max() >= spec.num_classes):
-      raise ValueError(f'modality {spec.name!r}: labels of the {what} span [{array.min()}, '
-                       f'{array.max()}], outside [0, {spec.num_classes}) (num_classes).')
-  elif not (np.issubdtype(array.dtype, np.floating) or array.dtype == np.uint8):
-    raise ValueError(f'modality {spec.name!r}: dtype {array.dtype} of the {what}: the spec '
-                     'says float32 (or uint8 images, scaled to [0, 1]).')
-  elif spec.likelihood == 'bernoulli' and array.dtype != np.uint8 and array.size and (
-      array.min() < 0 or array.max() > 1):
-    raise ValueError(f'modality {spec.name!r}: a bernoulli likelihood needs data in [0, 1]; '
-                     f'the {what} spans [{array.min()}, {array.max()}].')
+      raise DataError(f'modality {spec.name!r}: labels of the {what} span [{array.min()}, '
+                      f'{array.max()}], outside [0, {spec.num_classes}) (num_classes).')
+    return
+  if not (np.issubdtype(array.dtype, np.floating) or array.dtype == np.uint8):
+    raise DataError(f'modality {spec.name!r}: dtype {array.dtype} of the {what}: the spec '
+                    'says float32 (or uint8 images, scaled to [0, 1]).')
+  if array.dtype != np.uint8 and array.size:
+    bad = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+    if bad.any():
+      raise DataError(f'modality {spec.name!r}: {int(bad.sum())} of {len(array)} examples of the '
+                      f'{what} hold NaN or infinite values (the first at index '
+                      f'{int(np.argmax(bad))}): fill them, or leave those examples out.')
+    if spec.likelihood == 'bernoulli' and (array.min() < 0 or array.max() > 1):
+      raise DataError(f'modality {spec.name!r}: a bernoulli likelihood needs data in [0, 1]; '
+                      f'the {what} spans [{array.min()}, {array.max()}].')
 
 
 def to_model_input(spec: ModalitySpec, array: np.ndarray) -> np.ndarray:

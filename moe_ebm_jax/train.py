@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import time
 from typing import Any
 
 import jax
@@ -36,6 +37,7 @@ from moe_ebm_jax import config_lib
 from moe_ebm_jax import evaluation
 from moe_ebm_jax import generation
 from moe_ebm_jax import input_pipeline
+from moe_ebm_jax import log_setup
 from moe_ebm_jax import metric_logging
 from moe_ebm_jax import model_state
 from moe_ebm_jax import objectives
@@ -219,6 +221,12 @@ def describe_divergence(state: model_state.TrainState) -> str:
   return '; '.join(parts) or 'unknown'
 
 
+# Where to look when most steps fail from the start: the data, before the settings.
+DATA_HINT = ('Check the data for non-finite values first (datasets.from_arrays refuses them; a '
+             "source of one's own is checked on its first example only), then the settings "
+             '(learning rates, Langevin step sizes).')
+
+
 class DivergenceError(RuntimeError):
   """Training diverged and could not (or was told not to) recover."""
 
@@ -237,6 +245,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, class
     classify, features: passed to evaluation.evaluate_state (None: the coherence classifiers
       and the standard FID network).
   """
+  log_setup.ensure_visible()  # A script's first call shows progress as main.py does.
+  start = time.time()
+  logging.info('Checking the config and the dataset %r ...', config.data.name)
   config_lib.validate(config)
   maybe_initialize_distributed(config)
   parallel.check_batch_divides(config, jax.device_count())
@@ -250,6 +261,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, class
   mesh = parallel.make_mesh()
   steps = compile_steps(config, model, mesh)
   data_iter = input_pipeline.train_iterator(config, jax.process_index(), jax.process_count())
+  logging.info('Dataset %s ready (%s), in %s.', config.data.name, ', '.join(
+      f'{s.name} {s.kind} {tuple(s.shape)}' for s in model.vae.modalities),
+               metric_logging.format_duration(time.time() - start))
 
   ckpt = checkpointing.Checkpointer(workdir, keep_latest=config.keep_checkpoints,
                                     keep_best=config.keep_best_checkpoints)
@@ -262,8 +276,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, class
     restores = extra.get('restores', 0)
     logging.info('Resumed from step %d in %s.', int(state.step), workdir)
   else:
+    start = time.time()
+    logging.info('Initialising the parameters (compiles the init function) ...')
     state = steps['init'](init_key)
-    logging.info('Initialised a new run in %s.', workdir)
+    jax.block_until_ready(state)
+    logging.info('Initialised a new run in %s, in %s.', workdir,
+                 metric_logging.format_duration(time.time() - start))
 
   def save(state, metrics=None, force=False):
     ckpt.save(int(state.step), state, {'data': data_iter.get_state(), 'restores': restores},
@@ -281,6 +299,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, class
   with ckpt, writer, contextlib.closing(data_iter), checkpointing.GracefulShutdown() as shutdown:
     step, compiled = start_step, False
     restores_in_a_row = (None, 0)  # (the step restored, how often in a row).
+    if step < config.num_train_steps:
+      logging.info('Compiling the training step (the first step runs it; timed below) ...')
     while step < config.num_train_steps:
       batch = next(data_iter)
       state, metrics = steps['train'](state, parallel.global_batch(batch['x'], steps['batch']))
@@ -330,6 +350,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, class
         save(state, force=True)
         break
   # After the `with`: the final checkpoint is on disk and the input pipeline has stopped.
+  skipped, ran = int(state.skipped_steps), int(state.step)
+  if skipped and 2 * skipped >= ran:
+    logging.warning('%d of the %d steps were skipped (%s). %s', skipped, ran,
+                    describe_divergence(state), DATA_HINT)
   if config.eval.at_end_of_training and int(state.step) >= config.num_train_steps:
     _evaluate_at_end(config, workdir, model, state, classify, features)
   return state
@@ -375,7 +399,8 @@ def _handle_divergence(config, state, ckpt, abstract, data_iter, restores_in_a_r
   good = ckpt.latest_step()
   if config.on_divergence == 'stop' or good is None:
     raise DivergenceError(message + (' Stopping (config.on_divergence=stop).'
-                                     if good is not None else ' No checkpoint to restore.'))
+                                     if good is not None else
+                                     ' No checkpoint to restore: no step was good. ' + DATA_HINT))
   restored_step, count = restores_in_a_row
   if restored_step == good and count >= config.max_restores:
     raise DivergenceError(

@@ -53,7 +53,8 @@ def test_joint_class_share_counts_agreeing_samples_by_class():
 @pytest.fixture(scope='module')
 def trained(polymnist_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('eval_run'))
-  config = smoke_config(polymnist_dir, 'moe_ebm', num_train_steps=4, eval_every_steps=4)
+  config = smoke_config(polymnist_dir, 'moe_ebm', num_train_steps=4, eval_every_steps=4,
+                        **{'eval.num_fid_samples': 8})  # Smoke scale has none: opted in.
   state = train.train_and_evaluate(config, workdir)
   return config, workdir, state
 

@@ -1,5 +1,6 @@
 """Each file in examples/ runs as a user runs it, and does what it says."""
 
+import json
 import os
 import re
 import subprocess
@@ -63,3 +64,24 @@ def test_new_prior_trains_inside_the_step():
   nll = [float(v) for v in re.search(r'every 50 steps: (.*)', out).group(1).split()]
   assert len(nll) == 4 and np.all(np.isfinite(nll))
   assert nll[-1] < nll[0]  # The mixture fits the posterior samples better as it learns.
+
+
+@pytest.mark.slow
+def test_dataset_module_trains_and_evaluates_through_main(mnist_npz, tmp_path):
+  """The module of examples/dataset_module.py, named in main.py's config argument: three
+  modalities of two image sizes and a label, trained a few steps, evaluated, figures drawn."""
+  workdir = tmp_path / 'run'
+  result = subprocess.run(
+      [sys.executable, 'main.py',
+       '--config=configs/cpu.py:mmvaeplus,examples/dataset_module.py:three_views',
+       f'--workdir={workdir}', '--config.num_train_steps=30', f'--config.data.mnist={mnist_npz}',
+       f'--config.data.data_dir={tmp_path / "data"}', '--config.eval.num_test_examples=100',
+       '--config.eval.num_joint_samples=100'],
+      capture_output=True, text=True, timeout=900, cwd=ROOT)
+  assert result.returncode == 0, result.stderr[-3000:]
+  metrics = json.loads((workdir / 'eval' / 'metrics.json').read_text())
+  assert metrics['modalities'] == ['grey', 'colour', 'digit'] and metrics['complete']
+  readings = metrics['classifiers']['readings']
+  assert readings['grey']['test_accuracy'] > 0.9 and readings['colour']['test_accuracy'] > 0.9
+  assert {'cross_from_grey.png', 'cross_from_colour.png', 'joint_samples.png'} <= set(
+      os.listdir(workdir / 'eval'))
