@@ -239,3 +239,32 @@ def test_heterogeneous_modalities_train_and_evaluate_through_main(tmp_path, mode
                                                metrics['modalities']} <= files
   report = (out / 'report.md').read_text()
   assert '| source | small | big | digit | code |' in report
+
+
+UNCHECKED = textwrap.dedent('''
+    import numpy as np
+    from moe_ebm_jax import datasets, modalities
+
+    class Source:  # A source of one's own: only its first example is checked before training.
+      def __len__(self):
+        return 64
+      def __getitem__(self, i):
+        v = np.full(4, np.nan if i else 0.5, np.float32)
+        return {'a': v, 'b': v, 'label': i % 2}
+
+    @datasets.register('unchecked')
+    def unchecked(data_config):
+      specs = (modalities.vector_spec('a', 4), modalities.vector_spec('b', 4))
+      return datasets.Dataset('unchecked', specs, lambda split: Source(), num_classes=2)
+''')
+
+
+@pytest.mark.slow
+def test_a_run_whose_steps_mostly_fail_points_at_the_data(tmp_path):
+  path = tmp_path / 'unchecked.py'
+  path.write_text(UNCHECKED)
+  proc = run_main(f'--config=configs/smoke.py:mmvaeplus,{path}:unchecked',
+                  f'--workdir={tmp_path / "run"}', '--config.num_train_steps=4')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert ('4 of the 4 steps were skipped (the VAE loss or its gradients were non-finite). '
+          'Check the data for non-finite values first') in proc.stderr, proc.stderr[-2000:]
