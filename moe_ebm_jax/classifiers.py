@@ -453,7 +453,9 @@ def _flatten(params: PyTree) -> dict[str, np.ndarray]:
   return {k: np.asarray(v) for k, v in flat.items()}
 
 
-def _atomic_write(directory: str, name: str, write: Callable[[Any], None], mode: str) -> None:
+def atomic_write(directory: str, name: str, write: Callable[[Any], None], mode: str) -> None:
+  """<directory>/<name> written by write(file) into a temporary file, then renamed over it: a
+  reader never sees half a file, and a failed write leaves none."""
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{name}.')
   try:
     with os.fdopen(fd, mode) as f:
@@ -470,9 +472,9 @@ def save(cache_dir: str, params: PyTree, meta: dict[str, Any]) -> None:
   """Writes params.npz then meta.json (with the npz's sha256), each atomically."""
   os.makedirs(cache_dir, exist_ok=True)
   flat = _flatten(params)
-  _atomic_write(cache_dir, PARAMS_FILENAME, lambda f: np.savez(f, **flat), 'wb')
+  atomic_write(cache_dir, PARAMS_FILENAME, lambda f: np.savez(f, **flat), 'wb')
   meta = {**meta, 'params_sha256': mnist_lib.file_sha256(os.path.join(cache_dir, PARAMS_FILENAME))}
-  _atomic_write(cache_dir, META_FILENAME, lambda f: json.dump(meta, f, indent=2), 'w')
+  atomic_write(cache_dir, META_FILENAME, lambda f: json.dump(meta, f, indent=2), 'w')
 
 
 class CacheError(ValueError):

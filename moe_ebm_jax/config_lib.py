@@ -65,7 +65,7 @@ def base_config(model: str | None, dataset: str = 'polymnist') -> ml_collections
   model = model or DEFAULT_MODEL
   module, _, dataset = dataset.rpartition(':')
   if module:
-    module = os.path.abspath(module) if module.endswith('.py') or os.sep in module else module
+    module = datasets.module_key(module)
     if dataset not in datasets.DATASETS:
       try:
         datasets.import_module(module)

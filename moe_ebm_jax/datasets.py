@@ -92,15 +92,22 @@ def register(name: str):
 _USER_MODULES: dict[str, Any] = {}  # Modules that register a user's datasets, by path or name.
 
 
+def module_key(module: str) -> str:
+  """config.data.module as kept: a file ('my_data.py', a path) made absolute, so that it is
+  found from any working directory; a module name ('lab.my_data') as it is."""
+  if module.endswith('.py') or os.sep in module:
+    return os.path.abspath(os.path.expanduser(module))
+  return module
+
+
 def import_module(module: str) -> None:
   """Imports the module that registers a dataset of one's own (config.data.module), once per
   process: a file ('my_data.py', relative to the working directory) or a module name importable
   from it ('lab.my_data')."""
-  is_file = module.endswith('.py') or os.sep in module
-  key = os.path.abspath(os.path.expanduser(module)) if is_file else module
+  key = module_key(module)
   if key in _USER_MODULES:
     return
-  if is_file:
+  if os.path.isabs(key):  # A file (module_key made its path absolute).
     path = key
     if not os.path.isfile(path):
       raise DataError(f'config.data.module={module!r}: no such file ({path}).')

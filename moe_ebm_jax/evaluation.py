@@ -34,6 +34,7 @@ from moe_ebm_jax import aggregation
 from moe_ebm_jax import figures as figures_lib
 from moe_ebm_jax import generation
 from moe_ebm_jax import input_pipeline
+from moe_ebm_jax import log_setup
 from moe_ebm_jax import metric_logging
 from moe_ebm_jax import model_state
 from moe_ebm_jax import parallel
@@ -645,7 +646,6 @@ def evaluate_run(config, workdir: str, classify=None, features=None) -> dict[str
   Args:
     classify, features: as `evaluate_state`.
   """
-  from moe_ebm_jax import log_setup  # pylint: disable=g-import-not-at-top
   log_setup.ensure_visible()  # A script's first call shows progress as main.py does.
   model, state = restore_latest(config, workdir)
   return evaluate_state(config, workdir, state, model=model, classify=classify,
@@ -665,13 +665,12 @@ def evaluated_step(workdir: str) -> int | None:
 
 def write_metrics(out_dir: str, metrics: dict[str, Any]) -> None:
   """<out_dir>/metrics.json, replaced whole (process 0 only): a reader never sees half a file."""
+  from moe_ebm_jax import classifiers  # pylint: disable=g-import-not-at-top
   if jax.process_index():
     return
   os.makedirs(out_dir, exist_ok=True)
-  tmp = os.path.join(out_dir, f'.metrics.json.tmp{os.getpid()}')
-  with open(tmp, 'w') as f:
-    json.dump(metrics, f, indent=2, sort_keys=True)
-  os.replace(tmp, os.path.join(out_dir, 'metrics.json'))
+  classifiers.atomic_write(out_dir, 'metrics.json',
+                           lambda f: json.dump(metrics, f, indent=2, sort_keys=True), 'w')
 
 
 def evaluate_state(config, workdir: str, state, *, model: model_state.Model | None = None,
@@ -772,7 +771,7 @@ def evaluate_state(config, workdir: str, state, *, model: model_state.Model | No
   except Exception as e:
     metrics['eval_seconds'] = time.time() - start
     metrics['failed'] = f'figures: {type(e).__name__}: {e}'
-    if jax.process_index() == 0:
+    if jax.process_index() == 0:  # One writer of report.md, as below.
       write_report(out_dir, metrics, {})
     logging.error('Evaluation: the figures failed; the numbers are in %s (metrics.json, '
                   'report.md).', out_dir)
@@ -783,8 +782,8 @@ def evaluate_state(config, workdir: str, state, *, model: model_state.Model | No
   metrics['complete'] = True
   if jax.process_index() == 0:  # One writer of metrics.json and report.md (see Evaluator._save).
     write_report(out_dir, metrics, figures)
-  names = {'q': '', 'pre_ld': ' pre-LD', 'post_ld': ' post-LD'}
-  summary = ', '.join(f"{coherence[t]['cross_coherence']:.3f}{names[t]}"
+  ld_names = {'q': '', 'pre_ld': ' pre-LD', 'post_ld': ' post-LD'}
+  summary = ', '.join(f"{coherence[t]['cross_coherence']:.3f}{ld_names[t]}"
                       for t in ('q', 'pre_ld', 'post_ld') if t in coherence)
   logging.info('Evaluation of step %d written to %s (report.md) in %s: joint coherence %.3f, '
                'cross coherence %s%s', step, out_dir,
