@@ -8,7 +8,7 @@
 
 Every cache of the package writes through `atomic_write`; trained parameters (the coherence
 classifiers) go through `save_tree` / `load_tree`, so a corrupt, partial or stale cache is
-refused the same way everywhere.
+refused the same way everywhere. numpy only: the MNIST loader can use it without jax.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import os
 import tempfile
 from typing import IO, Any, Callable, Mapping
 
-import flax
-import jax
 import numpy as np
 
 DEFAULT_ROOT = '~/.cache/moe_ebm_jax'
@@ -67,16 +65,34 @@ def file_sha256(path: str) -> str:
   return h.hexdigest()
 
 
-def _flatten(tree: PyTree) -> dict[str, Any]:
-  """A tree of nested dicts -> {'a/b/c': leaf}."""
-  return flax.traverse_util.flatten_dict(tree, sep='/')
+def _flatten(tree: PyTree, prefix: str = '') -> dict[str, Any]:
+  """A tree of nested dicts -> {'a/b/c': leaf} (flax's flatten_dict(tree, sep='/'))."""
+  flat = {}
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      flat.update(_flatten(v, f'{prefix}{k}/'))
+    else:
+      flat[f'{prefix}{k}'] = v
+  return flat
+
+
+def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+  """{'a/b/c': leaf} -> nested dicts (the inverse of _flatten)."""
+  tree: dict[str, Any] = {}
+  for path, v in flat.items():
+    *parents, leaf = path.split('/')
+    node = tree
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = v
+  return tree
 
 
 def save_tree(directory: str, params: PyTree, meta: Mapping[str, Any]) -> None:
-  """Writes <directory>/params.npz (the nested-dict tree `params`, '/'-joined keys) and then
-  <directory>/meta.json (`meta`, JSON-able, plus 'params_sha256' of the npz), each atomically:
-  meta.json, written last, vouches for the npz."""
-  flat = {k: np.asarray(v) for k, v in _flatten(jax.device_get(params)).items()}
+  """Writes <directory>/params.npz (the nested-dict tree `params`, jax or numpy leaves, under
+  '/'-joined keys), then <directory>/meta.json (`meta`, JSON-able, plus 'params_sha256' of the
+  npz), each atomically: meta.json, written last, vouches for the npz."""
+  flat = {k: np.asarray(v) for k, v in _flatten(params).items()}
   tree_path = os.path.join(directory, TREE_FILENAME)
   atomic_write(tree_path, lambda f: np.savez(f, **flat), 'wb')
   meta = {**meta, 'params_sha256': file_sha256(tree_path)}
@@ -129,4 +145,4 @@ def load_tree(directory: str, template: PyTree, expected_meta: Mapping[str, Any]
                        f'{v.dtype}{tuple(v.shape)}')
     if not np.all(np.isfinite(got[k])):
       raise CacheError(f'{tree_path}: {k} is not finite')
-  return flax.traverse_util.unflatten_dict(got, sep='/'), meta
+  return _unflatten(got), meta
