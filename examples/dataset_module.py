@@ -7,11 +7,9 @@ digit of the same class on a 32x32 colour canvas (Laplace), and the class as a l
       --workdir=/tmp/three_views                    # ~5 min on 2 CPU cores; then evaluated
 """
 
-import os
-
 import numpy as np
 
-from moe_ebm_jax import datasets, mnist, modalities
+from moe_ebm_jax import cache, datasets, mnist, modalities
 
 NUM_TRAIN, NUM_TEST = 12_000, 2_000
 
@@ -36,9 +34,7 @@ def views(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> dict[str, n
 
 @datasets.register('three_views')
 def three_views(data_config):
-  cache = os.path.join(data_config.data_dir or os.path.expanduser('~/.cache/moe_ebm_jax'),
-                       'mnist')
-  data = mnist.load_mnist(data_config.mnist, cache_dir=cache)  # Verified; cached once fetched.
+  data = mnist.load_mnist(data_config.mnist, cache_dir=cache.root(data_config.data_dir, 'mnist'))  # Verified; cached once fetched.
   rng = np.random.default_rng(data_config.seed)
   train = views(data.x_train[:NUM_TRAIN], data.y_train[:NUM_TRAIN], rng)
   test = views(data.x_test[:NUM_TEST], data.y_test[:NUM_TEST], rng)

@@ -43,6 +43,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
+from moe_ebm_jax import cache
+
 PyTree = Any
 
 CHECKPOINT_SUBDIR = 'checkpoints'
@@ -317,11 +319,8 @@ def check_or_write_run_config(workdir: str | os.PathLike[str], config: ml_collec
           '\nUse another workdir, or set these keys back to the run\'s values.')
     return False
   if jax.process_index() == 0:  # One writer; other processes only compare.
-    os.makedirs(workdir, exist_ok=True)
-    tmp_path = f'{path}.tmp.{os.getpid()}'
-    with open(tmp_path, 'w') as f:
-      f.write(new_json + '\n')
-    os.replace(tmp_path, path)  # Atomic: a kill never leaves a half-written config.
+    # Atomic: a kill never leaves a half-written config.
+    cache.atomic_write(path, lambda f: f.write(new_json + '\n'))
   return True
 
 

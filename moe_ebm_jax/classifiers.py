@@ -29,13 +29,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
-import tempfile
 import time
 from typing import Any, Callable, Sequence
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -44,9 +41,9 @@ import numpy as np
 import optax
 from absl import logging
 
+from moe_ebm_jax import cache
 from moe_ebm_jax import datasets
 from moe_ebm_jax import input_pipeline
-from moe_ebm_jax import mnist as mnist_lib
 
 PyTree = Any
 
@@ -54,8 +51,8 @@ NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28, 3)
 MIN_ACCURACY = 0.98  # Below this a classifier is too weak for coherence numbers (warning).
 CACHE_SUBDIR = 'classifiers'
-PARAMS_FILENAME = 'params.npz'
-META_FILENAME = 'meta.json'
+PARAMS_FILENAME = cache.TREE_FILENAME
+META_FILENAME = cache.META_FILENAME
 CACHE_FORMAT = 2
 
 # Architectures by name: conv channels, dense width, dropout rate. 'reference' is the MMVAE+
@@ -448,81 +445,31 @@ def train(config_data: ml_collections.ConfigDict, *,
 # Cache.
 
 
-def _flatten(params: PyTree) -> dict[str, np.ndarray]:
-  flat = flax.traverse_util.flatten_dict(jax.device_get(params), sep='/')
-  return {k: np.asarray(v) for k, v in flat.items()}
-
-
 def atomic_write(directory: str, name: str, write: Callable[[Any], None], mode: str) -> None:
-  """<directory>/<name> written by write(file) into a temporary file, then renamed over it: a
-  reader never sees half a file, and a failed write leaves none."""
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{name}.')
-  try:
-    with os.fdopen(fd, mode) as f:
-      write(f)
-    os.chmod(tmp, 0o644)  # mkstemp makes it 0600.
-    os.replace(tmp, os.path.join(directory, name))
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  """Deprecated alias of cache.atomic_write(os.path.join(directory, name), write, mode)."""
+  cache.atomic_write(os.path.join(directory, name), write, mode)
+
+
+CacheError = cache.CacheError
 
 
 def save(cache_dir: str, params: PyTree, meta: dict[str, Any]) -> None:
-  """Writes params.npz then meta.json (with the npz's sha256), each atomically."""
-  os.makedirs(cache_dir, exist_ok=True)
-  flat = _flatten(params)
-  atomic_write(cache_dir, PARAMS_FILENAME, lambda f: np.savez(f, **flat), 'wb')
-  meta = {**meta, 'params_sha256': mnist_lib.file_sha256(os.path.join(cache_dir, PARAMS_FILENAME))}
-  atomic_write(cache_dir, META_FILENAME, lambda f: json.dump(meta, f, indent=2), 'w')
-
-
-class CacheError(ValueError):
-  """A cached bank that is missing, corrupt or does not match what was asked for."""
+  """The bank's params.npz and meta.json (cache.save_tree)."""
+  cache.save_tree(cache_dir, params, meta)
 
 
 def load(cache_dir: str, template: PyTree, expected: dict[str, Any]) -> tuple[PyTree, dict]:
-  """Reads a cached bank; raises CacheError unless it is intact and matches.
+  """A cached bank (cache.load_tree) with an accuracy per modality; CacheError otherwise.
 
   Args:
     cache_dir: the bank's directory.
     template: stacked parameters of the right structure and shapes (e.g. from init_params).
     expected: metadata entries that must be equal (architecture, modalities, training settings).
   """
-  meta_path = os.path.join(cache_dir, META_FILENAME)
-  params_path = os.path.join(cache_dir, PARAMS_FILENAME)
-  if not os.path.exists(meta_path) or not os.path.exists(params_path):
-    raise CacheError(f'no cached classifiers in {cache_dir}')
-  try:
-    with open(meta_path) as f:
-      meta = json.load(f)
-  except (OSError, ValueError) as e:
-    raise CacheError(f'{meta_path} is unreadable: {e}') from e
-  if not isinstance(meta, dict):
-    raise CacheError(f'{meta_path} is not a JSON object')
-  for k, v in expected.items():
-    if meta.get(k) != v:
-      raise CacheError(f'cached {k}={meta.get(k)!r}, wanted {v!r}')
-  if meta.get('params_sha256') != mnist_lib.file_sha256(params_path):
-    raise CacheError(f'{params_path} does not match the sha256 in {META_FILENAME}')
+  params, meta = cache.load_tree(cache_dir, template, expected)
   accuracies = meta.get('accuracies')
   if not (isinstance(accuracies, list) and len(accuracies) == expected['num_modalities']):
-    raise CacheError(f'{meta_path} has no accuracies for {expected["num_modalities"]} modalities')
-  want = _flatten(template)
-  try:
-    with np.load(params_path, allow_pickle=False) as f:
-      got = {k: f[k] for k in f.files}
-  except Exception as e:  # pylint: disable=broad-except  # zip, npy or pickle errors.
-    raise CacheError(f'{params_path} is unreadable: {e}') from e
-  if set(got) != set(want):
-    raise CacheError(f'{params_path} has parameters {sorted(got)}, wanted {sorted(want)}')
-  for k, v in want.items():
-    if got[k].shape != v.shape or got[k].dtype != v.dtype:
-      raise CacheError(f'{params_path}: {k} is {got[k].dtype}{got[k].shape}, wanted '
-                       f'{v.dtype}{v.shape}')
-    if not np.all(np.isfinite(got[k])):
-      raise CacheError(f'{params_path}: {k} is not finite')
-  params = flax.traverse_util.unflatten_dict(got, sep='/')
+    raise CacheError(f'{cache_dir} has no accuracies for {expected["num_modalities"]} modalities')
   return jax.tree.map(jnp.asarray, params), meta
 
 
@@ -575,7 +522,6 @@ def load_or_train(config_data: ml_collections.ConfigDict, *,
   }
   if use_cache:
     template = jax.eval_shape(lambda: init_params(module, jax.random.PRNGKey(0), num_modalities))
-    template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
     try:
       params, meta = load(cache_dir, template, expected)
     except CacheError as e:

@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from moe_ebm_jax import cache
 from moe_ebm_jax import modalities as modalities_lib
 from moe_ebm_jax import models
 from moe_ebm_jax import registry
@@ -265,11 +266,6 @@ def polymnist_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
 # ----------------------------------------------------------------------------- MNIST + label
 
 
-def _mnist_cache_dir(data_config) -> str:
-  base = data_config.get('data_dir') or os.path.expanduser('~/.cache/moe_ebm_jax')
-  return os.path.join(base, 'mnist')
-
-
 @functools.lru_cache(maxsize=4)
 def _mnist_split(path: str | None, cache_dir: str, split: str):
   from moe_ebm_jax import mnist  # pylint: disable=g-import-not-at-top
@@ -288,7 +284,7 @@ def mnist_label_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
            modalities_lib.label_spec('digit', 10))
   return Dataset('mnist_label', specs,
                  lambda split: _mnist_split(data_config.get('mnist'),
-                                            _mnist_cache_dir(data_config), split),
+                                            cache.root(data_config.get('data_dir'), 'mnist'), split),
                  num_classes=10, description='MNIST image + digit label')
 
 

