@@ -1,10 +1,12 @@
 """Per-modality digit classifiers for the coherence metrics (docs/method.md, section 5).
 
 One classifier per modality, trained on that modality of the PolyMNIST train split and scored on
-the test split. All M classifiers train together in one compiled program: their parameters are
-stacked on a leading M axis, the splits are decoded once into uint8 arrays in memory, and a
-jitted `lax.scan` runs many steps per call, gathering each batch from the arrays. Adam is
-elementwise, so one optimiser over the stacked parameters is M independent optimisers.
+the test split: PolyMNIST's coherence scorer (`make_scorer`, its Dataset.make_scorer). All M
+classifiers train together in one compiled program: their parameters are stacked on a leading M
+axis, the splits are decoded once into uint8 arrays in memory, and
+coherence_scorers.train_classifier runs many steps per call in a jitted `lax.scan`, gathering
+each batch from the arrays. Adam is elementwise, so one optimiser over the stacked parameters is
+M independent optimisers.
 
 The default architecture ('fast') computes its strided 4x4 convolutions as matmuls over patches
 (space-to-depth, `patch_conv`), which keeps XLA:CPU's slow convolution kernel gradients out of
@@ -13,9 +15,9 @@ architectures ('reference', the MMVAE+ classifier, and wider ones) are applied m
 modality in an unrolled loop instead: on XLA:CPU a vmapped convolution over stacked kernels
 becomes a grouped convolution and runs ~16x slower.
 
-Trained classifiers are cached next to the dataset, keyed by its fingerprint:
+Trained classifiers are cached (cache.save_tree) keyed by the dataset's fingerprint:
 
-  <prepared builder's data_dir>/classifiers/<dataset fingerprint>/
+  <cache.root(config.data.data_dir)>/classifiers/<datasets.fingerprint(config.data)>/
       params.npz    the stacked parameters, flattened ('/'-joined paths -> (M, ...) arrays)
       meta.json     architecture, training settings, per-modality test accuracies, sha256 of
                     params.npz (a corrupt or incompatible cache is retrained, with a log line)
@@ -23,12 +25,12 @@ Trained classifiers are cached next to the dataset, keyed by its fingerprint:
 Usage:
   bank = classifiers.load_or_train(config.data)
   digits = bank.predict(images)  # float (N, M, 28, 28, 3) in [0, 1] -> int32 (N, M)
+  digits = bank.classify({name: (N, 28, 28, 3), ...})  # the same, by modality name
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import time
 from typing import Any, Callable, Sequence
@@ -42,6 +44,7 @@ import optax
 from absl import logging
 
 from moe_ebm_jax import cache
+from moe_ebm_jax import coherence_scorers
 from moe_ebm_jax import datasets
 from moe_ebm_jax import input_pipeline
 
@@ -219,6 +222,7 @@ class ClassifierBank:
     accuracies: test accuracy of classifier m on modality m, length M.
     architecture: key of ARCHITECTURES.
     num_modalities: M.
+    names: the modalities' names (the keys of `classify`'s decodes), M of them.
     meta: the cache's metadata (training settings, timings, fingerprint).
     trained: True when this call trained them, False when they came from the cache.
     cache_dir: where they are cached (None when not cached).
@@ -227,11 +231,15 @@ class ClassifierBank:
   accuracies: tuple[float, ...]
   architecture: str
   num_modalities: int
+  names: tuple[str, ...]
   meta: dict[str, Any]
   trained: bool
   cache_dir: str | None = None
 
   def __post_init__(self):
+    if len(self.names) != self.num_modalities:
+      raise ValueError(f'{len(self.names)} names {self.names} for {self.num_modalities} '
+                       'classifiers.')
     module = make_module(self.architecture)
     self._predict = jax.jit(lambda p, x: jnp.argmax(apply_all(module, p, x), -1).astype(jnp.int32))
     self._predict_one = jax.jit(
@@ -245,9 +253,9 @@ class ClassifierBank:
     return self._predict(self.params, images)
 
   def classify(self, decodes) -> np.ndarray:
-    """PolyMNIST decodes {'m0': (N, 28, 28, 3), ...} (as generation.py returns them) -> int32
+    """Decodes {name: (N, 28, 28, 3)} of `names` (as generation.py returns them) -> int32
     (N, M): the coherence scorer's contract (coherence_scorers.py)."""
-    images = jnp.stack([jnp.asarray(decodes[f'm{m}']) for m in range(self.num_modalities)], 1)
+    images = jnp.stack([jnp.asarray(decodes[name]) for name in self.names], 1)
     return np.asarray(self.predict(images))
 
   def predict_modality(self, images: jax.Array, m: int) -> jax.Array:
@@ -262,20 +270,23 @@ class ClassifierBank:
 
 def load_split(config_data: ml_collections.ConfigDict, split: str,
                subset: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """A PolyMNIST split decoded into memory: (images uint8 (N, M, 28, 28, 3), labels int32 (N,)).
+  """A split of images decoded into memory: (images uint8 (N, M, 28, 28, 3), labels int32 (N,)).
 
-  The first `subset` tuples when given. The train split is ~0.7 GB; decoding it takes ~10 s here.
+  The dataset's M modalities must all be 28x28 RGB images (PolyMNIST's). The first `subset`
+  tuples when given. PolyMNIST's train split is ~0.7 GB; decoding it takes ~10 s here.
   """
   dataset = datasets.get(config_data)
-  if dataset.name != 'polymnist':
-    raise ValueError(f'the PolyMNIST classifiers read PolyMNIST, not {dataset.name!r}.')
+  not_images = [s.name for s in dataset.modalities if tuple(s.shape) != IMAGE_SHAPE]
+  if not_images or not dataset.num_classes:
+    raise ValueError(f'the digit classifiers read labelled {IMAGE_SHAPE} images; dataset '
+                     f'{dataset.name!r} has ' + (f'modalities {not_images} of other shapes.'
+                                                 if not_images else 'no labels.'))
   source = dataset.source(split)
-  num_modalities = config_data.num_modalities
-  input_pipeline.check_source(source, dataset.modalities, f'PolyMNIST {split} split')
+  input_pipeline.check_source(source, dataset.modalities, f'{dataset.name} {split} split')
   n = len(source) if subset is None else min(subset, len(source))
-  images = np.empty((n, num_modalities) + IMAGE_SHAPE, np.uint8)
+  keys = dataset.names
+  images = np.empty((n, len(keys)) + IMAGE_SHAPE, np.uint8)
   labels = np.empty((n,), np.int32)
-  keys = [f'm{m}' for m in range(num_modalities)]
   block = 5000
   for start in range(0, n, block):
     examples = source.__getitems__(list(range(start, min(n, start + block))))
@@ -300,37 +311,6 @@ def make_loss_fn(module: DigitClassifier, label_smoothing: float = 0.0) -> Calla
   return loss_fn
 
 
-def make_train_chunk(module: DigitClassifier, tx: optax.GradientTransformation, *,
-                     label_smoothing: float = 0.0) -> Callable:
-  """Jitted (params, opt_state, images uint8 (N, M, 28, 28, 3), labels (N,), batch_indices
-  int32 (S, B), step0, key) -> (params, opt_state, mean loss per classifier over the S steps).
-
-  One call runs S Adam steps of all M classifiers in a `lax.scan`, step s on the rows
-  batch_indices[s] of the in-memory arrays (gathered inside the program: no host round trip per
-  step). The arrays are arguments, not closed-over constants, which would be baked into the
-  compiled program. Dropout keys are fold_in(key, step0 + s).
-  """
-  loss_fn = make_loss_fn(module, label_smoothing)
-
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
-  def train_chunk(params, opt_state, images, labels, batch_indices, step0, key):
-
-    def step(carry, inputs):
-      params, opt_state = carry
-      s, rows = inputs
-      loss, grads = jax.value_and_grad(loss_fn)(
-          params, jnp.take(images, rows, axis=0), jnp.take(labels, rows, axis=0),
-          jax.random.fold_in(key, step0 + s))
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), opt_state), loss
-
-    steps = jnp.arange(batch_indices.shape[0])
-    (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), (steps, batch_indices))
-    return params, opt_state, losses.mean() / images.shape[1]
-
-  return train_chunk
-
-
 def accuracies_on(module: DigitClassifier, params: PyTree, images: np.ndarray,
                   labels: np.ndarray, *, batch_size: int = 1000) -> tuple[float, ...]:
   """Accuracy of classifier m on modality m: images uint8 (N, M, 28, 28, 3), labels (N,)."""
@@ -345,15 +325,6 @@ def accuracies_on(module: DigitClassifier, params: PyTree, images: np.ndarray,
     correct += np.asarray(count_correct(params, images[start:start + batch_size],
                                         labels[start:start + batch_size]))
   return tuple(float(c) / len(labels) for c in correct)
-
-
-def _chunk_size(total_steps: int, cap: int = 64) -> int:
-  """Steps per compiled call: a divisor of total_steps near `cap` when there is one (one
-  program), else `cap` (a second program for the remainder)."""
-  for d in range(min(cap, total_steps), max(cap // 4, 1) - 1, -1):
-    if total_steps % d == 0:
-      return d
-  return min(cap, total_steps)
 
 
 def make_schedule(learning_rate: float, lr_schedule: str, total_steps: int) -> optax.Schedule:
@@ -395,40 +366,28 @@ def train(config_data: ml_collections.ConfigDict, *,
     test_subset: score on the first N test tuples only (tests).
   """
   module = make_module(architecture)
-  num_modalities = config_data.num_modalities
   start = time.time()
   train_images, train_labels = load_split(config_data, 'train', train_subset)
   test_images, test_labels = load_split(config_data, 'test', test_subset)
   load_seconds = time.time() - start
+  num_modalities = train_images.shape[1]
   logging.info('Classifiers: decoded %d train and %d test tuples into memory in %.1f s.',
                len(train_labels), len(test_labels), load_seconds)
-  steps_per_epoch = len(train_labels) // batch_size
-  if steps_per_epoch == 0:
+  if len(train_labels) < batch_size:
     raise ValueError(f'batch_size={batch_size} exceeds the {len(train_labels)} train tuples.')
-  rng = np.random.default_rng(seed)
-  order = np.concatenate([rng.permutation(len(train_labels))[:steps_per_epoch * batch_size]
-                          for _ in range(num_epochs)]).reshape(-1, batch_size).astype(np.int32)
+  order = coherence_scorers.epoch_batches(len(train_labels), batch_size, num_epochs, seed)
   if max_steps is not None:
     order = order[:max_steps]
-  total_steps = len(order)
-  tx = optax.adam(make_schedule(learning_rate, lr_schedule, total_steps))
+  step = len(order)
+  tx = optax.adam(make_schedule(learning_rate, lr_schedule, step))
   key_init, key_dropout = jax.random.split(jax.random.PRNGKey(seed))
   params = init_params(module, key_init, num_modalities)
-  opt_state = tx.init(params)
-  train_chunk = make_train_chunk(module, tx, label_smoothing=label_smoothing)
-  images, labels = jnp.asarray(train_images), jnp.asarray(train_labels)
-  chunk = _chunk_size(total_steps)
   train_start = time.time()
-  step, loss = 0, float('nan')
-  while step < total_steps:
-    rows = order[step:step + chunk]
-    params, opt_state, loss = train_chunk(params, opt_state, images, labels, rows,
-                                          np.int32(step), key_dropout)
-    step += len(rows)
-    loss = float(loss)  # Waits for the chunk: the rate below is real.
-    elapsed = time.time() - train_start
-    logging.info('Classifiers: step %d/%d, loss %.4f, %.1f steps/s, ETA %.0f s.', step,
-                 total_steps, loss, step / elapsed, (total_steps - step) * elapsed / step)
+  # The loss is the sum of the M classifiers' (each its own gradient); reported per classifier.
+  params, loss = coherence_scorers.train_classifier(
+      make_loss_fn(module, label_smoothing), params, tx, train_images, train_labels, order,
+      key_dropout, what=f'{num_modalities} classifiers')
+  loss /= num_modalities
   train_seconds = time.time() - train_start
   accuracies = accuracies_on(module, params, test_images, test_labels)
   info = {'steps': step, 'final_loss': loss, 'load_seconds': round(load_seconds, 1),
@@ -474,12 +433,10 @@ def load(cache_dir: str, template: PyTree, expected: dict[str, Any]) -> tuple[Py
 
 
 def cache_dir_for(config_data: ml_collections.ConfigDict) -> tuple[str, str]:
-  """(<data_dir>/classifiers/<fingerprint>, fingerprint) of the dataset (built if needed)."""
-  b = datasets.prepare_polymnist(config_data)
-  fingerprint = b.info.metadata.get('fingerprint')
-  if not fingerprint:
-    raise ValueError(f'the PolyMNIST in {b.data_dir} has no fingerprint: rebuild it.')
-  return os.path.join(os.fspath(b.data_dir), CACHE_SUBDIR, fingerprint), fingerprint
+  """(<cache.root(data_dir)>/classifiers/<fingerprint>, fingerprint) of config.data's dataset
+  (datasets.fingerprint: PolyMNIST's is its build's, built if needed)."""
+  fingerprint = datasets.fingerprint(config_data)
+  return cache.root(config_data.get('data_dir'), CACHE_SUBDIR, fingerprint), fingerprint
 
 
 def load_or_train(config_data: ml_collections.ConfigDict, *,
@@ -495,7 +452,7 @@ def load_or_train(config_data: ml_collections.ConfigDict, *,
                   use_cache: bool = True) -> ClassifierBank:
   """The coherence classifiers of the dataset `config_data` describes: cached, or trained now.
 
-  The cache (<builder data_dir>/classifiers/<dataset fingerprint>/) is used when it is intact
+  The cache (cache_dir_for: <data_dir>/classifiers/<dataset fingerprint>/) is used when it is intact
   and was trained with the same architecture and settings; otherwise (missing, corrupt,
   incompatible) the classifiers are trained and the cache is (re)written. A test accuracy below
   `min_accuracy` is logged as a warning.
@@ -509,7 +466,8 @@ def load_or_train(config_data: ml_collections.ConfigDict, *,
     use_cache: False trains and neither reads nor writes the cache.
   """
   module = make_module(architecture)
-  num_modalities = config_data.num_modalities
+  names = datasets.get(config_data).names
+  num_modalities = len(names)
   cache_dir, fingerprint = cache_dir_for(config_data)
   expected = {
       'format': CACHE_FORMAT, 'fingerprint': fingerprint, 'architecture': architecture,
@@ -533,9 +491,9 @@ def load_or_train(config_data: ml_collections.ConfigDict, *,
       accuracies = tuple(float(a) for a in meta['accuracies'])
       logging.info('Loaded the coherence classifiers from %s; test accuracies %s.', cache_dir,
                    ', '.join(f'{a:.4f}' for a in accuracies))
-      _check_accuracies(accuracies, min_accuracy)
-      return ClassifierBank(params, accuracies, architecture, num_modalities, meta, trained=False,
-                            cache_dir=cache_dir)
+      _check_accuracies(accuracies, min_accuracy, names)
+      return ClassifierBank(params, accuracies, architecture, num_modalities, names, meta,
+                            trained=False, cache_dir=cache_dir)
   params, accuracies, info = train(
       config_data, architecture=architecture, num_epochs=num_epochs, batch_size=batch_size,
       learning_rate=learning_rate, lr_schedule=lr_schedule, label_smoothing=label_smoothing,
@@ -544,15 +502,29 @@ def load_or_train(config_data: ml_collections.ConfigDict, *,
   if use_cache:
     save(cache_dir, params, meta)
     logging.info('Cached the coherence classifiers in %s.', cache_dir)
-  _check_accuracies(accuracies, min_accuracy)
-  return ClassifierBank(params, accuracies, architecture, num_modalities, meta, trained=True,
-                        cache_dir=cache_dir if use_cache else None)
+  _check_accuracies(accuracies, min_accuracy, names)
+  return ClassifierBank(params, accuracies, architecture, num_modalities, names, meta,
+                        trained=True, cache_dir=cache_dir if use_cache else None)
 
 
-def _check_accuracies(accuracies: Sequence[float], min_accuracy: float) -> None:
-  low = {m: a for m, a in enumerate(accuracies) if a < min_accuracy}
+def _check_accuracies(accuracies: Sequence[float], min_accuracy: float,
+                      names: Sequence[str]) -> None:
+  low = {name: a for name, a in zip(names, accuracies) if a < min_accuracy}
   if low:
     logging.warning('Coherence classifiers below %.2f test accuracy: %s (all: %s). Coherence '
                     'numbers will understate the models.', min_accuracy,
-                    ', '.join(f'm{m}={a:.4f}' for m, a in low.items()),
+                    ', '.join(f'{name}={a:.4f}' for name, a in low.items()),
                     ', '.join(f'{a:.4f}' for a in accuracies))
+
+
+def make_scorer(config: ml_collections.ConfigDict,
+                dataset: datasets.Dataset) -> coherence_scorers.Scorer:
+  """The coherence scorer of a dataset of M 28x28 RGB digit images (PolyMNIST's
+  Dataset.make_scorer): its classifier bank, loaded or trained now."""
+  logging.info('Coherence classifiers of %s: loading them (trained on first use of a dataset).',
+               dataset.name)
+  bank = load_or_train(config.data)
+  return coherence_scorers.Scorer(bank.classify, (True,) * bank.num_modalities,
+                                  {'architecture': bank.architecture,
+                                   'accuracies': [round(a, 4) for a in bank.accuracies],
+                                   'cache_dir': bank.cache_dir})

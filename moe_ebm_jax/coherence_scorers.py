@@ -2,14 +2,18 @@
 
 A modality's spec says how (modalities.ModalitySpec.coherence):
   'label'       a categorical modality is the label itself: its decode's argmax;
-  'classifier'  a classifier of that modality: PolyMNIST's images use the digit classifiers of
-                classifiers.py (trained on first use, cached next to the dataset); any other
-                modality an MLP on the flattened data, trained here on the train split's
-                (data, label) pairs and cached by a digest of the data it was trained on;
+  'classifier'  an MLP on the flattened data, trained here on the train split's (data, label)
+                pairs and cached under the dataset's fingerprint (cache.save_tree);
   'none'        not scored (its predictions are -1).
 
   a name registered with modalities.register_coherence: the user's own reader (a better
                 classifier of a modality, say), built by its factory(config, spec, dataset).
+
+A dataset can bring its own scorer instead (datasets.Dataset.make_scorer): PolyMNIST's is the
+bank of CNN digit classifiers of classifiers.py.
+
+Every classifier here trains with `train_classifier`: Adam-like steps over in-memory arrays, many
+per compiled call (a `lax.scan` over batches gathered inside the program).
 
 A scorer maps decodes {name: (N, *shape)} (as generation.py returns them: probabilities
 (N, K) for a categorical modality) to predicted classes int32 (N, M), -1 where not scored.
@@ -20,9 +24,8 @@ threshold, for the log and the report (coherence read through a weak classifier 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import os
+import functools
+import time
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -33,14 +36,18 @@ import numpy as np
 import optax
 from absl import logging
 
+from moe_ebm_jax import cache
 from moe_ebm_jax import datasets
 from moe_ebm_jax import modalities as modalities_lib
+
+PyTree = Any
 
 MLP_HIDDEN = (256,)
 MLP_STEPS = 1500
 MLP_BATCH = 256
 MLP_LEARNING_RATE = 1e-3
-CACHE_FORMAT = 1
+CACHE_SUBDIR = 'modality_classifiers'
+CACHE_FORMAT = 2  # 2: cache.save_tree under the dataset's fingerprint, epochs of permutations.
 
 
 @dataclasses.dataclass
@@ -53,6 +60,93 @@ class Scorer:
 
   def __call__(self, decodes) -> np.ndarray:
     return self.classify(decodes)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def epoch_batches(num_examples: int, batch_size: int, num_epochs: int, seed: int) -> np.ndarray:
+  """Row indices int32 (num_epochs * (num_examples // batch_size), batch_size): per epoch a
+  fresh permutation (numpy's default_rng(seed), drawn in turn), its incomplete last batch
+  dropped."""
+  rng = np.random.default_rng(seed)
+  per_epoch = num_examples // batch_size
+  return np.concatenate([rng.permutation(num_examples)[:per_epoch * batch_size]
+                         for _ in range(num_epochs)]).reshape(-1, batch_size).astype(np.int32)
+
+
+def chunk_size(total_steps: int, cap: int = 64) -> int:
+  """Steps per compiled call: a divisor of total_steps near `cap` when there is one (one
+  program), else `cap` (a second program for the remainder)."""
+  for d in range(min(cap, total_steps), max(cap // 4, 1) - 1, -1):
+    if total_steps % d == 0:
+      return d
+  return min(cap, total_steps)
+
+
+def make_train_chunk(loss_fn: Callable, tx: optax.GradientTransformation) -> Callable:
+  """Jitted (params, opt_state, x (N, ...), labels (N,), batch_indices int32 (S, B), step0,
+  key) -> (params, opt_state, mean loss over the S steps).
+
+  One call runs S steps of `tx` on loss_fn(params, x[rows], labels[rows], fold_in(key, step0 +
+  s)) in a `lax.scan`, step s on the rows batch_indices[s], gathered inside the program (no host
+  round trip per step). The arrays are arguments, not closed-over constants, which would be
+  baked into the compiled program.
+  """
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def train_chunk(params, opt_state, x, labels, batch_indices, step0, key):
+
+    def step(carry, inputs):
+      params, opt_state = carry
+      s, rows = inputs
+      loss, grads = jax.value_and_grad(loss_fn)(
+          params, jnp.take(x, rows, axis=0), jnp.take(labels, rows, axis=0),
+          jax.random.fold_in(key, step0 + s))
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), loss
+
+    steps = jnp.arange(batch_indices.shape[0])
+    (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), (steps, batch_indices))
+    return params, opt_state, losses.mean()
+
+  return train_chunk
+
+
+def train_classifier(loss_fn: Callable, params: PyTree, tx: optax.GradientTransformation,
+                     x: np.ndarray, labels: np.ndarray, order: np.ndarray, key: jax.Array, *,
+                     what: str = 'Classifier') -> tuple[PyTree, float]:
+  """Trains `params` on in-memory (x, labels), one step per row of `order`.
+
+  Args:
+    loss_fn: (params, x batch (B, ...), labels (B,), key) -> scalar loss.
+    params: the initial parameters.
+    tx: the optimiser.
+    x: inputs (N, ...); labels: int (N,).
+    order: int32 (S, B), the rows of each step (e.g. epoch_batches).
+    key: PRNG key; step s gets fold_in(key, s) (dropout).
+    what: the log lines' subject.
+
+  Returns:
+    (trained params, the last chunk's mean loss).
+  """
+  train_chunk = make_train_chunk(loss_fn, tx)
+  opt_state = tx.init(params)
+  x, labels = jnp.asarray(x), jnp.asarray(labels)
+  total, chunk = len(order), chunk_size(len(order))
+  start, step, loss = time.time(), 0, float('nan')
+  while step < total:
+    rows = order[step:step + chunk]
+    params, opt_state, loss = train_chunk(params, opt_state, x, labels, rows, np.int32(step), key)
+    step += len(rows)
+    loss = float(loss)  # Waits for the chunk: the rate below is real.
+    elapsed = time.time() - start
+    logging.info('%s: step %d/%d, loss %.4f, %.1f steps/s, ETA %.0f s.', what, step, total, loss,
+                 step / elapsed, (total - step) * elapsed / step)
+  return params, loss
+
+
+# ----------------------------------------------------------------------------- MLP readers
 
 
 class MlpClassifier(nn.Module):
@@ -68,97 +162,82 @@ class MlpClassifier(nn.Module):
     return nn.Dense(self.num_classes, name='out')(h)
 
 
-def _all(source, name: str, spec) -> np.ndarray:
-  """One modality of a whole split as the model reads it (N, *shape), and the labels."""
+def _all(source, name: str, spec) -> tuple[np.ndarray, np.ndarray]:
+  """One modality of a whole split as the model reads it (N, *shape), and the labels (N,)."""
   rows = [source[i] for i in range(len(source))]
   data = np.stack([np.asarray(r[name]) for r in rows])
   labels = np.asarray([r['label'] for r in rows], np.int32)
   return modalities_lib.to_model_input(spec, data), labels
 
 
-def train_mlp(x: np.ndarray, labels: np.ndarray, num_classes: int, *, seed: int = 0,
-              steps: int = MLP_STEPS, batch: int = MLP_BATCH):
-  """An MLP classifier trained with Adam on (x, labels): its params."""
+def _init_mlp(num_classes: int, example_shape, seed: int) -> PyTree:
+  """{'params': the MLP's variables, 'mean', 'std': float32 () of the input normalisation}."""
   model = MlpClassifier(MLP_HIDDEN, num_classes)
-  params = model.init(jax.random.PRNGKey(seed), jnp.asarray(x[:1]))
-  mean, std = float(x.mean()), float(x.std()) + 1e-6
-  tx = optax.adam(MLP_LEARNING_RATE)
-  opt = tx.init(params)
-
-  @jax.jit
-  def run(params, opt, key):
-    def step(carry, k):
-      params, opt = carry
-      idx = jax.random.randint(k, (batch,), 0, len(x))
-      def loss_fn(p):
-        logits = model.apply(p, (jnp.asarray(x)[idx] - mean) / std)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(labels)[idx]
-                                                               ).mean()
-      grads = jax.grad(loss_fn)(params)
-      updates, opt = tx.update(grads, opt, params)
-      return (optax.apply_updates(params, updates), opt), None
-    (params, opt), _ = jax.lax.scan(step, (params, opt), jax.random.split(key, steps))
-    return params
-
-  params = run(params, opt, jax.random.PRNGKey(seed + 1))
-  return {'params': params, 'mean': mean, 'std': std}
+  variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1,) + tuple(example_shape)))
+  return {'params': variables, 'mean': np.float32(0), 'std': np.float32(1)}
 
 
-def mlp_predict(trained, x) -> np.ndarray:
+def train_mlp(x: np.ndarray, labels: np.ndarray, num_classes: int, *, seed: int = 0,
+              steps: int = MLP_STEPS, batch: int = MLP_BATCH) -> PyTree:
+  """An MLP classifier of x (N, ...) -> labels (N,), trained with Adam by train_classifier
+  for `steps` batches of epochs of permutations: {'params', 'mean', 'std'} (mlp_predict's)."""
+  batch = min(batch, len(x))
+  model = MlpClassifier(MLP_HIDDEN, num_classes)
+  trained = _init_mlp(num_classes, x.shape[1:], seed)
+  mean, std = np.float32(x.mean()), np.float32(x.std() + 1e-6)
+
+  def loss_fn(variables, xb, yb, key):
+    del key  # No dropout.
+    logits = model.apply(variables, (xb - mean) / std)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+  order = epoch_batches(len(x), batch, -(-steps // (len(x) // batch)), seed)[:steps]
+  variables, _ = train_classifier(loss_fn, trained['params'], optax.adam(MLP_LEARNING_RATE),
+                                  x, labels, order, jax.random.PRNGKey(seed), what='MLP reader')
+  return {'params': variables, 'mean': mean, 'std': std}
+
+
+def mlp_predict(trained: PyTree, x) -> np.ndarray:
+  """train_mlp's classifier on x (N, ...) -> classes int32 (N,)."""
   num_classes = trained['params']['params']['out']['bias'].shape[-1]
   model = MlpClassifier(MLP_HIDDEN, num_classes)
   logits = model.apply(trained['params'], (jnp.asarray(x) - trained['mean']) / trained['std'])
   return np.asarray(jnp.argmax(logits, -1), np.int32)
 
 
-def _digest(*arrays, extra: str) -> str:
-  h = hashlib.sha256(extra.encode())
-  for a in arrays:
-    h.update(np.ascontiguousarray(a).tobytes())
-  return h.hexdigest()[:16]
-
-
-def _cache_root(config: ml_collections.ConfigDict) -> str:
-  base = config.data.get('data_dir') or os.path.expanduser('~/.cache/moe_ebm_jax')
-  return os.path.join(base, 'modality_classifiers')
-
-
-def load_or_train_mlp(config, spec, train_source, test_source, num_classes: int):
-  """The modality's MLP classifier and its test accuracy: cached (keyed by a digest of the
-  train data, labels and settings), or trained now."""
-  x, labels = _all(train_source, spec.name, spec)
-  settings = json.dumps({'format': CACHE_FORMAT, 'hidden': MLP_HIDDEN, 'steps': MLP_STEPS,
-                         'batch': MLP_BATCH, 'lr': MLP_LEARNING_RATE, 'classes': num_classes})
-  path = os.path.join(_cache_root(config), f'{spec.name}-{_digest(x, labels, extra=settings)}.npz')
-  trained = None
-  if os.path.exists(path):
-    try:
-      with np.load(path) as f:
-        leaves = [f[f'leaf_{i}'] for i in range(len(f.files) - 2)]
-        mean, std = float(f['mean']), float(f['std'])
-      template = jax.eval_shape(lambda: train_mlp(x[:2], labels[:2], num_classes, steps=1)
-                                )['params']
-      trained = {'params': jax.tree.unflatten(jax.tree.structure(template), leaves),
-                 'mean': mean, 'std': std}
-    except Exception as e:  # A damaged cache is retrained.
-      logging.warning('Classifier cache %s unreadable (%s): training again.', path, e)
-      trained = None
-  if trained is None:
-    logging.info('Coherence classifier of %r: training an MLP on %d examples.', spec.name, len(x))
-    trained = train_mlp(x, labels, num_classes)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    leaves = {f'leaf_{i}': np.asarray(v) for i, v in enumerate(jax.tree.leaves(trained['params']))}
-    tmp = path + '.tmp.npz'
-    np.savez(tmp, mean=trained['mean'], std=trained['std'], **leaves)
-    os.replace(tmp, path)
-  x_test, y_test = _all(test_source, spec.name, spec)
+def load_or_train_mlp(config: ml_collections.ConfigDict, spec: modalities_lib.ModalitySpec,
+                      dataset: datasets.Dataset) -> tuple[PyTree, float]:
+  """The modality's MLP classifier and its test accuracy: cached under
+  <cache.root(config.data.data_dir)>/modality_classifiers/<dataset fingerprint>-<modality>, or
+  trained now on the train split (a missing, corrupt or stale cache is retrained)."""
+  fingerprint = datasets.fingerprint(config.data)
+  directory = cache.root(config.data.get('data_dir'), CACHE_SUBDIR,
+                         f'{fingerprint[:16]}-{spec.name}')
+  expected = {'format': CACHE_FORMAT, 'fingerprint': fingerprint, 'modality': spec.name,
+              'hidden': MLP_HIDDEN, 'steps': MLP_STEPS, 'batch': MLP_BATCH,
+              'learning_rate': MLP_LEARNING_RATE, 'num_classes': dataset.num_classes, 'seed': 0}
+  template = jax.eval_shape(lambda: _init_mlp(dataset.num_classes, spec.shape, 0))
+  try:
+    trained, meta = cache.load_tree(directory, template, expected)
+    if not isinstance(meta.get('test_accuracy'), float):
+      raise cache.CacheError(f'{directory} holds no test accuracy')
+    return trained, meta['test_accuracy']
+  except cache.CacheError as e:
+    logging.info('Coherence classifier of %r: training an MLP (%s).', spec.name, e)
+  x, labels = _all(dataset.source('train'), spec.name, spec)
+  trained = train_mlp(x, labels, dataset.num_classes)
+  x_test, y_test = _all(dataset.source('test'), spec.name, spec)
   accuracy = float(np.mean(mlp_predict(trained, x_test) == y_test))
+  cache.save_tree(directory, trained, {**expected, 'test_accuracy': accuracy})
   return trained, accuracy
+
+
+# ----------------------------------------------------------------------------- scorers
 
 
 def accuracies(info: dict[str, Any], names) -> dict[str, float]:
   """{modality: test accuracy} of every scoring classifier in a scorer's info."""
-  if info.get('accuracies'):  # PolyMNIST's bank: one accuracy per modality.
+  if info.get('accuracies'):  # A bank of classifiers (PolyMNIST's): one accuracy per modality.
     return dict(zip(names, info['accuracies']))
   return {name: r['test_accuracy'] for name, r in (info.get('readings') or {}).items()
           if isinstance(r, dict) and r.get('test_accuracy') is not None}
@@ -170,17 +249,16 @@ def weak_readers(info: dict[str, Any], names, threshold: float) -> dict[str, flo
 
 
 def make_scorer(config: ml_collections.ConfigDict) -> Scorer:
-  """The coherence scorer of config's dataset (classifiers load or train here)."""
+  """The coherence scorer of config's dataset: its own (Dataset.make_scorer), else
+  default_scorer. Classifiers load or train here."""
   dataset = datasets.get(config.data)
+  return (dataset.make_scorer or default_scorer)(config, dataset)
+
+
+def default_scorer(config: ml_collections.ConfigDict, dataset: datasets.Dataset) -> Scorer:
+  """Each modality read as its spec's `coherence` says: a reader of one's own
+  (modalities.register_coherence), 'label', 'classifier' (an MLP) or 'none'."""
   specs = dataset.modalities
-  if dataset.name == 'polymnist':
-    from moe_ebm_jax import classifiers  # pylint: disable=g-import-not-at-top
-    logging.info('Coherence classifiers: loading them (trained on first use of a dataset).')
-    bank = classifiers.load_or_train(config.data)
-    return Scorer(bank.classify, (True,) * len(specs),
-                  {'architecture': bank.architecture,
-                   'accuracies': [round(a, 4) for a in bank.accuracies],
-                   'cache_dir': bank.cache_dir})
   if not dataset.num_classes:
     raise ValueError(f'coherence needs labels: dataset {dataset.name!r} carries none (set '
                      'config.eval.at_end_of_training=False, or give labels).')
@@ -194,8 +272,7 @@ def make_scorer(config: ml_collections.ConfigDict) -> Scorer:
       readers.append(lambda v: np.asarray(jnp.argmax(v, -1), np.int32))
       info[spec.name] = 'its decoded class (argmax)'
     elif spec.coherence == 'classifier':
-      trained, acc = load_or_train_mlp(config, spec, dataset.source('train'),
-                                       dataset.source('test'), dataset.num_classes)
+      trained, acc = load_or_train_mlp(config, spec, dataset)
       readers.append(lambda v, t=trained: mlp_predict(t, v))
       info[spec.name] = {'classifier': f'MLP {MLP_HIDDEN}', 'test_accuracy': round(acc, 4)}
     else:

@@ -4,9 +4,13 @@ A dataset is `Dataset(name, modalities, source, num_classes)`: `source(split)` r
 random-access source (len, __getitem__) of examples {modality name: array, 'label': int} for the
 splits 'train' and 'test'. config.data.name picks a registered dataset; its builder reads
 config.data and returns the Dataset without loading anything (sources load on first use).
+A dataset also says what generic code asks of it: `fingerprint` (a key for caches of what is
+computed from its data; default: a digest of both splits) and `make_scorer` (how coherence
+reads its modalities; default: coherence_scorers' label and MLP readers).
 
 Registered:
-  'polymnist'         M 28x28 RGB images of one digit on M backgrounds (polymnist.py, TFDS).
+  'polymnist'         M 28x28 RGB images of one digit on M backgrounds (polymnist.py registers
+                      it, with its TFDS fingerprint and the CNN classifiers of classifiers.py).
   'mnist_label'       MNIST image (28, 28, 1) + its digit as a categorical modality (MVAE's
                       bimodal MNIST).
   'synthetic_mixture' M vectors of different dimensions from a shared cluster (one of K) and a
@@ -18,16 +22,14 @@ config.data -> Dataset.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
+import hashlib
 import importlib
 import importlib.util
-import io
 import json
 import os
 import sys
-import time
 from typing import Any, Callable, Mapping
 
 import ml_collections
@@ -36,7 +38,6 @@ from absl import logging
 
 from moe_ebm_jax import cache
 from moe_ebm_jax import modalities as modalities_lib
-from moe_ebm_jax import models
 from moe_ebm_jax import registry
 
 SPLITS = ('train', 'test')
@@ -45,13 +46,27 @@ DataError = modalities_lib.DataError  # Specs or data that do not fit: main.py's
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-  """name; modalities (specs, in model order); source(split) -> random-access examples
-  {name: array, 'label': int}; num_classes of the label (0: the examples carry none)."""
+  """A dataset and what generic code asks of it.
+
+  Attributes:
+    name: config.data.name.
+    modalities: the specs, in model order.
+    source: source(split) -> random-access examples {modality name: array, 'label': int}.
+    num_classes: classes of the label (0: the examples carry none).
+    description: one line for logs.
+    fingerprint: () -> str, a key that changes when the data does (caches of classifiers and
+      FID statistics); None: `fingerprint()` below digests both splits.
+    make_scorer: (config, dataset) -> coherence_scorers.Scorer, how coherence reads decodes of
+      this dataset as classes; None: coherence_scorers.default_scorer (each spec's
+      `coherence`: label, MLP classifier, a reader of one's own, or none).
+  """
   name: str
   modalities: tuple[modalities_lib.ModalitySpec, ...]
   source: Callable[[str], Any]
   num_classes: int = 0
   description: str = ''
+  fingerprint: Callable[[], str] | None = None
+  make_scorer: Callable[[ml_collections.ConfigDict, 'Dataset'], Any] | None = None
 
   @property
   def names(self) -> tuple[str, ...]:
@@ -80,6 +95,13 @@ class ArraySource:
     if self._labels is not None:
       example['label'] = self._labels[i]
     return example
+
+  def columns(self) -> dict[str, np.ndarray]:
+    """Every example at once: {name: (N, *shape)}, and 'label' (N,) when there are labels."""
+    columns = dict(self._arrays)
+    if self._labels is not None:
+      columns['label'] = np.asarray(self._labels)
+    return columns
 
 
 DATASETS: registry.Registry = registry.Registry('dataset')
@@ -167,6 +189,38 @@ def _key(data_config: ml_collections.ConfigDict) -> tuple:
           json.dumps(fields, sort_keys=True, default=repr))
 
 
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def fingerprint(data_config: ml_collections.ConfigDict) -> str:
+  """A key (hex digits) that changes when config.data's dataset does: its own `fingerprint`
+  (PolyMNIST: its TFDS build's), else a sha256 of the specs and of every array of both splits
+  (read through the sources once per process). Cache keys of what is computed from the data."""
+  key = _key(data_config)
+  if key not in _FINGERPRINTS:
+    dataset = get(data_config)
+    _FINGERPRINTS[key] = (dataset.fingerprint() if dataset.fingerprint else
+                          _digest(dataset))
+  return _FINGERPRINTS[key]
+
+
+def _digest(dataset: Dataset) -> str:
+  h = hashlib.sha256(repr(dataset.modalities).encode())
+  for split in SPLITS:
+    source = dataset.source(split)
+    if isinstance(source, ArraySource):  # The arrays at once, not example by example.
+      columns = source.columns()
+    else:
+      rows = [source[i] for i in range(len(source))]
+      columns = {k: np.stack([np.asarray(r[k]) for r in rows]) for k in (rows[0] if rows else {})}
+    h.update(f'{split}:{len(source)}'.encode())
+    for k in sorted(columns):
+      a = np.ascontiguousarray(columns[k])
+      h.update(f'{k}:{a.dtype}:{a.shape}'.encode())
+      h.update(a.tobytes())
+  return h.hexdigest()
+
+
 def remember(data_config: ml_collections.ConfigDict, dataset: Dataset) -> None:
   """Keeps `dataset` as what `get(data_config)` returns: config_lib sets num_modalities from a
   dataset it has built, and the config then differs from the one it was built for."""
@@ -206,61 +260,6 @@ def from_arrays(name: str, train: Mapping[str, np.ndarray], test: Mapping[str, n
   sources = {'train': ArraySource(train, train_labels), 'test': ArraySource(test, test_labels)}
   return Dataset(name, modalities, sources.__getitem__,
                  num_classes if train_labels is not None else 0)
-
-
-# ----------------------------------------------------------------------------- PolyMNIST
-
-
-def polymnist_builder(data_config: ml_collections.ConfigDict):
-  """The PolyMNIST TFDS builder that `data_config` describes (config.data)."""
-  from moe_ebm_jax import polymnist  # pylint: disable=g-import-not-at-top
-  if data_config.name != 'polymnist':
-    raise ValueError(f"config.data.name={data_config.name!r}: not 'polymnist'.")
-  return polymnist.builder(num_modalities=data_config.num_modalities, seed=data_config.seed,
-                           backgrounds=data_config.backgrounds, data_dir=data_config.data_dir,
-                           mnist_path=data_config.mnist)
-
-
-@functools.lru_cache(maxsize=None)
-def _announce_ready(name: str, data_dir: str, fingerprint: str | None) -> None:
-  """Logs that a dataset is ready, once per process (every evaluation reopens it)."""
-  logging.info('PolyMNIST %s is ready in %s (fingerprint %s).', name, data_dir, fingerprint)
-
-
-def prepare_polymnist(data_config: ml_collections.ConfigDict):
-  """Builds PolyMNIST unless it is already there; returns the prepared builder.
-
-  An existing directory that is incomplete or does not match is rebuilt by TFDS (it writes into
-  a temporary directory and renames it when done, so an interrupted build leaves no half data).
-  """
-  b = polymnist_builder(data_config)
-  if b.is_prepared():
-    _announce_ready(b.builder_config.name, b.data_dir, b.info.metadata.get('fingerprint'))
-    return b
-  logging.info('Building PolyMNIST %s into %s (about a minute on 2 CPU cores) ...',
-               b.builder_config.name, b.data_dir)
-  start = time.time()
-  # TFDS prints its own 'Downloading and preparing' / 'prepared' lines to stdout: these log lines
-  # say the same.
-  with contextlib.redirect_stdout(io.StringIO()):
-    b.download_and_prepare()
-  logging.info('Built PolyMNIST in %.1f s: %s (fingerprint %s).', time.time() - start,
-               {k: v.num_examples for k, v in b.info.splits.items()}, b.info.metadata['fingerprint'])
-  return b
-
-
-def polymnist_source(data_config: ml_collections.ConfigDict, split: str):
-  """Random-access source of one PolyMNIST split (builds the dataset on first use)."""
-  return prepare_polymnist(data_config).as_data_source(split=split)
-
-
-@register('polymnist')
-def polymnist_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
-  specs = models.polymnist_specs(data_config.num_modalities,
-                                 data_config.get('image_network', 'resnet'))
-  return Dataset('polymnist', specs, functools.partial(polymnist_source, data_config),
-                 num_classes=10, description=f'PolyMNIST, {data_config.num_modalities} '
-                 'modalities')
 
 
 # ----------------------------------------------------------------------------- MNIST + label

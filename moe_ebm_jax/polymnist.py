@@ -13,22 +13,34 @@ the reference generator fixed: the seed is applied, and backgrounds are taken in
 
 After `import moe_ebm_jax`, `tfds.data_source('polymnist', data_dir=...)` reads (and on first
 use builds) the default configuration: 5 modalities, seed 0, scikit-image backgrounds.
+
+The end of this module registers the dataset 'polymnist' (datasets.py) for config.data: its
+modality specs, its source (built on first use), its fingerprint (the build's, above) and its
+coherence scorer (the CNN classifiers of classifiers.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import hashlib
+import io
 import os
+import time
 from typing import Iterator, Sequence
 from unittest import mock
 
+import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 from tensorflow_datasets.core import example_serializer
 
+from moe_ebm_jax import classifiers
+from moe_ebm_jax import datasets
 from moe_ebm_jax import mnist as mnist_lib
+from moe_ebm_jax import modalities as modalities_lib
 
 IMAGE_SIZE = 28
 NUM_CLASSES = 10
@@ -108,6 +120,11 @@ def load_backgrounds(num_modalities: int, folder: str | None = None) -> list[Bac
       raise PolymnistError(f'cannot read background {os.path.join(folder, name)}: {e}') from e
     backgrounds.append(Background(name, _as_rgb(image, name)))
   return backgrounds
+
+
+def modality_names(num_modalities: int) -> tuple[str, ...]:
+  """The examples' image keys: ('m0', ..., 'm{M-1}')."""
+  return tuple(f'm{m}' for m in range(num_modalities))
 
 
 def split_rng(seed: int, split: str) -> np.random.Generator:
@@ -266,9 +283,9 @@ class Polymnist(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     m = self.builder_config.num_modalities
-    features = {f'm{i}': tfds.features.Tensor(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8,
-                                              encoding=tfds.features.Encoding.ZLIB)
-                for i in range(m)}
+    features = {name: tfds.features.Tensor(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8,
+                                           encoding=tfds.features.Encoding.ZLIB)
+                for name in modality_names(m)}
     features['label'] = tfds.features.ClassLabel(num_classes=NUM_CLASSES)
     features['mnist_index'] = tfds.features.Tensor(shape=(m,), dtype=np.int64)
     return tfds.core.DatasetInfo(
@@ -312,7 +329,7 @@ class Polymnist(tfds.core.GeneratorBasedBuilder):
       fingerprint.update(images)
       for j, tuple_images in enumerate(images):
         i = start + j
-        example = {f'm{m}': tuple_images[m] for m in range(len(backgrounds))}
+        example = dict(zip(modality_names(len(backgrounds)), tuple_images))
         example['label'] = int(plan.labels[i])
         example['mnist_index'] = plan.indices[i]
         yield int(plan.indices[i, 0]), example
@@ -329,3 +346,73 @@ def builder(num_modalities: int = 5, seed: int = 0, backgrounds: str | None = No
   if config.name in Polymnist.builder_configs:  # TFDS wants registered configs by name.
     config = config.name
   return Polymnist(config=config, data_dir=data_dir, mnist_path=mnist_path)
+
+
+# ----------------------------------------------------------------------------- the dataset
+
+
+def specs(num_modalities: int, network: str = 'resnet'
+          ) -> tuple[modalities_lib.ModalitySpec, ...]:
+  """PolyMNIST's modalities: m0..m{M-1}, 28x28 RGB images, Laplace likelihoods, encoders and
+  decoders of the `network` family (MMVAE+'s: 'resnet')."""
+  return tuple(modalities_lib.image_spec(name, encoder=network, decoder=network)
+               for name in modality_names(num_modalities))
+
+
+def builder_for(data_config: ml_collections.ConfigDict) -> Polymnist:
+  """The builder that config.data describes (not yet prepared)."""
+  return builder(num_modalities=data_config.num_modalities, seed=data_config.seed,
+                 backgrounds=data_config.backgrounds, data_dir=data_config.data_dir,
+                 mnist_path=data_config.mnist)
+
+
+@functools.lru_cache(maxsize=None)
+def _announce_ready(name: str, data_dir: str, fingerprint: str | None) -> None:
+  """Logs that a dataset is ready, once per process (every evaluation reopens it)."""
+  logging.info('PolyMNIST %s is ready in %s (fingerprint %s).', name, data_dir, fingerprint)
+
+
+def prepare(data_config: ml_collections.ConfigDict) -> Polymnist:
+  """Builds PolyMNIST unless it is already there; returns the prepared builder.
+
+  An existing directory that is incomplete or does not match is rebuilt by TFDS (it writes into
+  a temporary directory and renames it when done, so an interrupted build leaves no half data).
+  """
+  b = builder_for(data_config)
+  if b.is_prepared():
+    _announce_ready(b.builder_config.name, b.data_dir, b.info.metadata.get('fingerprint'))
+    return b
+  logging.info('Building PolyMNIST %s into %s (about a minute on 2 CPU cores) ...',
+               b.builder_config.name, b.data_dir)
+  start = time.time()
+  # TFDS prints its own 'Downloading and preparing' / 'prepared' lines to stdout: these log lines
+  # say the same.
+  with contextlib.redirect_stdout(io.StringIO()):
+    b.download_and_prepare()
+  logging.info('Built PolyMNIST in %.1f s: %s (fingerprint %s).', time.time() - start,
+               {k: v.num_examples for k, v in b.info.splits.items()}, b.info.metadata['fingerprint'])
+  return b
+
+
+def source(data_config: ml_collections.ConfigDict, split: str):
+  """Random-access source of one split (builds the dataset on first use)."""
+  return prepare(data_config).as_data_source(split=split)
+
+
+def fingerprint(data_config: ml_collections.ConfigDict) -> str:
+  """The build's fingerprint (dataset_fingerprint of its splits; builds it if needed)."""
+  b = prepare(data_config)
+  fp = b.info.metadata.get('fingerprint')
+  if not fp:
+    raise PolymnistError(f'the PolyMNIST in {b.data_dir} has no fingerprint: rebuild it.')
+  return fp
+
+
+@datasets.register('polymnist')
+def polymnist_dataset(data_config: ml_collections.ConfigDict) -> datasets.Dataset:
+  return datasets.Dataset(
+      'polymnist', specs(data_config.num_modalities, data_config.get('image_network', 'resnet')),
+      functools.partial(source, data_config), num_classes=NUM_CLASSES,
+      description=f'PolyMNIST, {data_config.num_modalities} modalities',
+      fingerprint=functools.partial(fingerprint, data_config),
+      make_scorer=classifiers.make_scorer)

@@ -13,6 +13,7 @@ from moe_ebm_jax import config_lib
 from moe_ebm_jax import datasets
 from moe_ebm_jax import evaluation
 from moe_ebm_jax import input_pipeline
+from moe_ebm_jax import polymnist
 
 # Small enough for CPU CI (120 steps of the default net), large enough to learn digits.
 SMALL = dict(num_epochs=3, batch_size=100, train_subset=4000, test_subset=500)
@@ -94,6 +95,27 @@ def test_fast_architecture_is_the_wide_layout_as_matmuls():
                              rtol=1e-4, atol=1e-4)
 
 
+def test_classify_reads_the_decodes_by_modality_name():
+  module = classifiers.make_module('fast')
+  params = classifiers.init_params(module, jax.random.PRNGKey(0), 2)
+  bank = classifiers.ClassifierBank(params, (1.0, 1.0), 'fast', 2, ('left', 'right'), {},
+                                    trained=True)
+  images = jax.random.uniform(jax.random.PRNGKey(1), (4, 2, 28, 28, 3))
+  got = bank.classify({'right': images[:, 1], 'left': images[:, 0]})
+  np.testing.assert_array_equal(got, bank.predict(images))
+  swapped = bank.classify({'right': images[:, 0], 'left': images[:, 1]})
+  np.testing.assert_array_equal(swapped, bank.predict(images[:, ::-1]))
+  with pytest.raises(ValueError, match='1 names'):
+    classifiers.ClassifierBank(params, (1.0, 1.0), 'fast', 2, ('left',), {}, trained=True)
+
+
+def test_load_split_refuses_what_the_digit_classifiers_cannot_read():
+  config = config_lib.base_config('mmvaeplus', 'synthetic_mixture')
+  with pytest.raises(ValueError, match=r"dataset 'synthetic_mixture' has modalities \['v0', 'v1', "
+                                       r"'v2'\] of other shapes"):
+    classifiers.load_split(config.data, 'test')
+
+
 @pytest.mark.slow
 def test_small_training_is_well_above_chance(bank, config):
   assert bank.trained
@@ -118,7 +140,8 @@ def test_predict_matches_each_classifier(bank, test_batch):
 
 @pytest.mark.slow
 def test_cache_is_keyed_by_fingerprint_and_reused(bank, config, test_batch, monkeypatch):
-  fingerprint = datasets.prepare_polymnist(config.data).info.metadata['fingerprint']
+  fingerprint = polymnist.prepare(config.data).info.metadata['fingerprint']
+  assert datasets.fingerprint(config.data) == fingerprint  # The record's key is the build's.
   assert os.path.basename(bank.cache_dir) == fingerprint
   assert os.path.basename(os.path.dirname(bank.cache_dir)) == classifiers.CACHE_SUBDIR
   with open(os.path.join(bank.cache_dir, classifiers.META_FILENAME)) as f:
