@@ -39,14 +39,6 @@ def modality_params(stacked: Params, m: int) -> Params:
   return jax.tree.map(lambda x: x[m], stacked)
 
 
-def polymnist_specs(num_modalities: int, network: str = 'resnet'
-                    ) -> tuple[modalities_lib.ModalitySpec, ...]:
-  """PolyMNIST's modalities: m0..m{M-1}, 28x28 RGB images, Laplace likelihoods, encoders and
-  decoders of the `network` family (MMVAE+'s: 'resnet')."""
-  return tuple(modalities_lib.image_spec(f'm{i}', encoder=network, decoder=network)
-               for i in range(num_modalities))
-
-
 class Posteriors(NamedTuple):
   """Unimodal posteriors q(w_m | x_m), q(z | x_m): each (M, B, latent)."""
   w_loc: jax.Array
@@ -60,10 +52,10 @@ class MultimodalVAE:
   """MMVAE+ backbone: private w_m and shared z, posteriors of one family, and each modality's
   own likelihood.
 
-  Hashable and static under jit; all state is in the params pytree. `modalities` empty: M
-  PolyMNIST images (polymnist_specs(num_modalities)).
+  Hashable and static under jit; all state is in the params pytree. `modalities`: the specs
+  of the M modalities, in order (a dataset's: datasets.get(config.data).modalities).
   """
-  num_modalities: int = 0
+  modalities: tuple[modalities_lib.ModalitySpec, ...]
   widths: tuple[int, int, int] = (64, 128, 256)
   latent_w: int = 32
   latent_z: int = 32
@@ -83,7 +75,6 @@ class MultimodalVAE:
   # How the conv kernels' gradients are computed (conv.py): 'auto' is fast on every backend.
   conv_backward: str = 'auto'
   param_init: str = 'pytorch'  # Parameter initialisation (networks.INITS).
-  modalities: tuple[modalities_lib.ModalitySpec, ...] = ()
   mlp_hidden: tuple[int, ...] = (256, 256)  # Hidden widths of the MLP and embedding families.
   # Stack the params of modalities whose specs are equal (one batched program); False applies
   # every modality one by one with params of its own, as for different specs.
@@ -93,17 +84,22 @@ class MultimodalVAE:
   likelihood_weights: tuple[float, ...] = ()
 
   def __post_init__(self):
-    specs = self.modalities or polymnist_specs(self.num_modalities)
-    if self.num_modalities and len(specs) != self.num_modalities:
-      raise ValueError(f'num_modalities={self.num_modalities} but {len(specs)} modality specs.')
+    specs = tuple(self.modalities)
+    if not specs:
+      raise ValueError('MultimodalVAE needs the specs of its modalities (a dataset\'s: '
+                       'datasets.get(config.data).modalities).')
     modalities_lib.check_specs(specs)
-    object.__setattr__(self, 'modalities', tuple(specs))
-    object.__setattr__(self, 'num_modalities', len(specs))
+    object.__setattr__(self, 'modalities', specs)
     weights = tuple(float(w) for w in self.likelihood_weights)
     if weights and (len(weights) != len(specs) or not all(0 <= w < float('inf') for w in weights)):
       raise ValueError(f'likelihood_weights={self.likelihood_weights}: expected {len(specs)} '
                        f'finite weights >= 0, one per modality {self.names}, or () for all 1.')
     object.__setattr__(self, 'likelihood_weights', weights)
+
+  @property
+  def num_modalities(self) -> int:
+    """M."""
+    return len(self.modalities)
 
   @property
   def names(self) -> tuple[str, ...]:
@@ -257,10 +253,9 @@ class MultimodalVAE:
 
 
 def make_vae(config: ml_collections.ConfigDict,
-             specs: tuple[modalities_lib.ModalitySpec, ...] = ()) -> MultimodalVAE:
-  """The VAE of `config` over the modality specs of its dataset (`specs`; () : PolyMNIST's)."""
-  return MultimodalVAE(num_modalities=0 if specs else config.data.num_modalities,
-                       modalities=tuple(specs),
+             specs: tuple[modalities_lib.ModalitySpec, ...]) -> MultimodalVAE:
+  """The VAE of `config` over the modality specs of its dataset (`specs`)."""
+  return MultimodalVAE(modalities=tuple(specs),
                        mlp_hidden=tuple(config.model.get('mlp_hidden', (256, 256))),
                        widths=tuple(config.model.widths),
                        latent_w=config.model.latent_w, latent_z=config.model.latent_z,

@@ -12,6 +12,7 @@ import pytest
 from moe_ebm_jax import ebm
 from moe_ebm_jax import models
 from moe_ebm_jax import networks
+from moe_ebm_jax import polymnist
 
 M, B, DW, DZ = 3, 2, 2, 3
 ENERGY = networks.EnergyMLP(hidden=(8, 8))
@@ -37,7 +38,7 @@ def energy_params():
 
 @pytest.fixture(scope='module')
 def tiny():
-  vae = models.MultimodalVAE(num_modalities=M, widths=(2, 2, 2), latent_w=DW, latent_z=DZ)
+  vae = models.MultimodalVAE(polymnist.specs(M), widths=(2, 2, 2), latent_w=DW, latent_z=DZ)
   rng = np.random.default_rng(1)
   images = jnp.asarray(rng.uniform(size=(B, M, 28, 28, 3)), jnp.float32)
   return vae, _random_vae_params(vae, 0), images

@@ -10,10 +10,10 @@ import tensorflow_datasets as tfds
 from moe_ebm_jax import config_lib
 from moe_ebm_jax import datasets
 from moe_ebm_jax import input_pipeline
-from moe_ebm_jax import models
+from moe_ebm_jax import polymnist
 
 M = 5
-SPECS = models.polymnist_specs(M)
+SPECS = polymnist.specs(M)
 
 
 def images(batch):
@@ -159,7 +159,7 @@ def test_errors(train_source, config):
   with pytest.raises(ValueError, match='needs one process'):
     input_pipeline.make_dataset(train_source, modalities=SPECS, batch_size=32, process_count=2,
                                 drop_remainder=False, num_epochs=1)
-  six = models.polymnist_specs(6)
+  six = polymnist.specs(6)
   with pytest.raises(ValueError, match="modality 'm5': the PolyMNIST split has no such field"):
     input_pipeline.check_source(train_source, six, 'PolyMNIST split')
   small = (dataclasses.replace(SPECS[0], shape=(32, 32, 3)),)

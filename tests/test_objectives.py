@@ -15,6 +15,7 @@ import scipy.special
 from moe_ebm_jax import config_lib
 from moe_ebm_jax import models
 from moe_ebm_jax import objectives
+from moe_ebm_jax import polymnist
 
 M, B, DW, DZ = 3, 4, 2, 3
 BETA = 2.5
@@ -38,7 +39,7 @@ def _random_params(vae, seed):
 @pytest.fixture(scope='module')
 def tiny():
   """A tiny MMVAE+ (3 modalities, widths 2), random images in [0, 1], nonzero aux logits."""
-  vae = models.MultimodalVAE(num_modalities=M, widths=(2, 2, 2), latent_w=DW, latent_z=DZ)
+  vae = models.MultimodalVAE(polymnist.specs(M), widths=(2, 2, 2), latent_w=DW, latent_z=DZ)
   params = _random_params(vae, 0)
   images = jnp.asarray(np.random.default_rng(1).uniform(size=(B, M, 28, 28, 3)), jnp.float32)
   return vae, params, images
@@ -339,8 +340,8 @@ def test_mmvaeplus_dreg_changes_only_encoder_gradients(multi_sample):
 
 
 def test_posterior_scale_multiplier_scales_only_the_scales():
-  base = models.MultimodalVAE(num_modalities=2, widths=(2, 2, 2), latent_w=3, latent_z=4)
-  scaled = models.MultimodalVAE(num_modalities=2, widths=(2, 2, 2), latent_w=3, latent_z=4,
+  base = models.MultimodalVAE(polymnist.specs(2), widths=(2, 2, 2), latent_w=3, latent_z=4)
+  scaled = models.MultimodalVAE(polymnist.specs(2), widths=(2, 2, 2), latent_w=3, latent_z=4,
                                 posterior_scale_multiplier=0.1)
   params = jax.jit(base.init)(jax.random.PRNGKey(0))  # Compiled: op by op takes 10x longer.
   images = jax.random.uniform(jax.random.PRNGKey(1), (3, 2, 28, 28, 3))
@@ -387,7 +388,7 @@ def test_likelihood_weights_scale_each_modalitys_reconstruction_term(tiny, name)
   gets exactly no gradient."""
   spec = objectives.get(name)
   _, _, images = tiny
-  vae = models.MultimodalVAE(num_modalities=M, widths=(2, 2, 2),
+  vae = models.MultimodalVAE(polymnist.specs(M), widths=(2, 2, 2),
                              latent_w=DW if spec.private_latents else 0, latent_z=DZ,
                              distribution=spec.distribution)
   params = _random_params(vae, 3)
@@ -414,11 +415,17 @@ def test_likelihood_weights_scale_each_modalitys_reconstruction_term(tiny, name)
   assert any(np.any(np.asarray(g)[0] != 0) for g in jax.tree.leaves(grads))
 
 
+def test_the_vae_needs_its_modalities():
+  with pytest.raises(ValueError, match='needs the specs of its modalities'):
+    models.MultimodalVAE((), widths=(2, 2, 2))
+  assert models.MultimodalVAE(polymnist.specs(4), widths=(2, 2, 2)).num_modalities == 4
+
+
 def test_likelihood_weights_are_checked():
   with pytest.raises(ValueError, match=r'expected 3 finite weights >= 0, one per modality'):
-    models.MultimodalVAE(num_modalities=3, widths=(2, 2, 2), likelihood_weights=(1.0, 2.0))
+    models.MultimodalVAE(polymnist.specs(3), widths=(2, 2, 2), likelihood_weights=(1.0, 2.0))
   with pytest.raises(ValueError, match='expected 3 finite weights'):
-    models.MultimodalVAE(num_modalities=3, widths=(2, 2, 2), likelihood_weights=(1, -1, 1))
+    models.MultimodalVAE(polymnist.specs(3), widths=(2, 2, 2), likelihood_weights=(1, -1, 1))
   config = config_lib.base_config('mvae')
   # (A bare float is refused earlier, by ml_collections' type lock.)
   for bad in ((1.0, -1.0), (1.0, float('nan')), (1.0, 'heavy')):
