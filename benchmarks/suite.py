@@ -230,6 +230,12 @@ def _train_setup(scale: str, model_name: str, mesh):
   return config, model, steps, state, jax.device_put(x, steps['batch'])
 
 
+def _posterior_steps(model) -> int:
+  """The EBM's posterior chain length (0 for a prior without one)."""
+  chain = getattr(model.prior, 'posterior_chain', None)
+  return chain.num_steps if chain else 0
+
+
 def bench_train(scale: str, model_name: str, mesh, counter: CompileCounter,
                 compiled_runs: dict | None = None) -> dict:
   """The train section's row of one model; its compiled step, state and batch go into
@@ -271,7 +277,8 @@ def bench_train(scale: str, model_name: str, mesh, counter: CompileCounter,
       times.append(time.perf_counter() - start)
   recompiles = counter.count
   if compiled_runs is not None:
-    compiled_runs[(scale, model_name)] = (steps['train'], state, batch, model.posterior_steps)
+    compiled_runs[(scale, model_name)] = (steps['train'], state, batch,
+                                          _posterior_steps(model))
   if recompiles:
     raise RuntimeError(f'{scale}/{model_name}: the train step compiled {recompiles} more times '
                        'after the first step.')
@@ -284,8 +291,8 @@ def bench_train(scale: str, model_name: str, mesh, counter: CompileCounter,
                                                                 if flops else None),
          'memory_plan_bytes': memory_plan_bytes(compiled), 'recompiles': recompiles,
          'host_transfers': host_transfers(hlo),
-         'posterior_steps': config.ebm.posterior_steps if model.has_ebm else 0,
-         'prior_steps': config.ebm.prior_steps if model.has_ebm else 0,
+         'posterior_steps': config.ebm.posterior_steps if model.prior.refines_posterior else 0,
+         'prior_steps': config.ebm.prior_steps if model.prior.refines_posterior else 0,
          'conv_backward': config.model.get('conv_backward', 'xla (before conv.py)')}
   if out['host_transfers']:
     raise RuntimeError(f'{scale}/{model_name}: the compiled step has {out["host_transfers"]} '
@@ -297,9 +304,10 @@ def _model_parts(scale: str, model_name: str):
   """(config, model_state.Model, initialised TrainState) of `model_name` at `scale`."""
   import jax  # pylint: disable=g-import-not-at-top
   from moe_ebm_jax import model_state  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax import optimizers  # pylint: disable=g-import-not-at-top
   config = get_config(scale, model_name)
   model = model_state.make_model(config)
-  vae_tx, ebm_tx = model_state.make_optimizers(config)
+  vae_tx, ebm_tx = optimizers.make_optimizers(config)
   state = jax.jit(functools.partial(model_state.init_state, model, vae_tx, ebm_tx))(
       jax.random.PRNGKey(0))
   return config, model, state
@@ -317,11 +325,11 @@ def bench_langevin(scale: str, repeats: int) -> dict:
   config, model, state = _model_parts(scale, 'moe_ebm')
   b, vae = config.batch_size, model.vae
   prior = jax.jit(lambda p, k: ebm_lib.sample_prior(
-      model.energy, p, k, b, vae.latent_z, num_steps=model.prior_steps,
-      step_size=model.prior_step_size, noise_scale=model.noise_scale,
-      unroll=model.langevin_unroll, base=model.p0)[0])
+      model.prior.energy, p, k, b, vae.latent_z, num_steps=model.prior.prior_chain.num_steps,
+      step_size=model.prior.prior_chain.step_size, noise_scale=model.prior.prior_chain.noise_scale,
+      unroll=model.prior.prior_chain.unroll, base=model.prior.p0)[0])
   key = jax.random.PRNGKey(1)
-  prior_times = timed_calls(prior, state.ebm_params, key, repeats=repeats)
+  prior_times = timed_calls(prior, state.prior_params, key, repeats=repeats)
   images = jax.random.uniform(key, (b, vae.num_modalities, 28, 28, 3))
   z0 = jax.random.normal(key, (b, vae.latent_z))
   w = jax.random.normal(key, (vae.num_modalities, b, vae.latent_w))
@@ -329,13 +337,13 @@ def bench_langevin(scale: str, repeats: int) -> dict:
   chain = _POSTERIOR_CHAIN.value
 
   def posterior_chain(vae_params, ebm_params, images, z0, w, k):
-    return ebm_lib.sample_posterior(vae, vae_params, model.energy, ebm_params, images, z0, w, k,
-                                    num_steps=chain, step_size=model.posterior_step_size,
-                                    noise_scale=model.noise_scale,
-                                    latents=model.posterior_latents,
-                                    unroll=model.langevin_unroll, base=model.p0)[0]['z']
+    return ebm_lib.sample_posterior(vae, vae_params, model.prior.energy, ebm_params, images, z0, w, k,
+                                    num_steps=chain, step_size=model.prior.posterior_chain.step_size,
+                                    noise_scale=model.prior.prior_chain.noise_scale,
+                                    latents=model.prior.posterior_latents,
+                                    unroll=model.prior.prior_chain.unroll, base=model.prior.p0)[0]['z']
 
-  args = (state.vae_params, state.ebm_params, images, z0, w, key)
+  args = (state.vae_params, state.prior_params, images, z0, w, key)
   # Per step: a chain of `chain` steps (compiled as in training) divided by `chain`. (A lone
   # one-step chain measured ~2x slower per step than chains of 2 or more on XLA:CPU.)
   post_times = [t / chain for t in timed_calls(jax.jit(posterior_chain), *args,
@@ -343,15 +351,15 @@ def bench_langevin(scale: str, repeats: int) -> dict:
   post_stats = _compiled_stats(posterior_chain, *args)
   if post_stats['flops'] is not None:
     post_stats['flops'] /= chain
-  prior_stats = _compiled_stats(prior, state.ebm_params, key)
+  prior_stats = _compiled_stats(prior, state.prior_params, key)
   return {'scale': scale, 'batch_size': b, 'widths': list(vae.widths),
-          'prior_chain': {'steps': model.prior_steps, **summary(prior_times), **prior_stats},
+          'prior_chain': {'steps': model.prior.prior_chain.num_steps, **summary(prior_times), **prior_stats},
           'posterior_step': {'decoders': vae.num_modalities, 'chain_steps': chain,
                              **summary(post_times),
                              **post_stats,
                              'gflops_per_s': (post_stats['flops'] / statistics.median(post_times)
                                               / 1e9 if post_stats['flops'] else None)},
-          'posterior_steps_in_training': model.posterior_steps}
+          'posterior_steps_in_training': model.prior.posterior_chain.num_steps}
 
 
 def bench_generation(scale: str, repeats: int) -> dict:
@@ -366,14 +374,14 @@ def bench_generation(scale: str, repeats: int) -> dict:
     joint = jax.jit(lambda s, k: generation.joint_generate(s, k, model=model, num_samples=n)[0])
     images = jax.random.uniform(key, (n, m, 28, 28, 3))
     source = jnp.arange(m) == 0
-    post_ld = model.has_ebm
+    post_ld = model.prior.refines_posterior
     cross = jax.jit(lambda s, x, k: generation.conditional_generate(
         s, x, source, k, model=model, post_ld=post_ld)[0])
     out[name] = {'joint': summary(timed_calls(joint, state, key, repeats=repeats)),
                  'cross_from_m0': summary(timed_calls(cross, state, images, key,
                                                       repeats=repeats)),
                  'cross_post_ld': post_ld,
-                 'posterior_steps': model.posterior_steps if post_ld else 0}
+                 'posterior_steps': model.prior.posterior_chain.num_steps if post_ld else 0}
   return out
 
 
@@ -499,7 +507,7 @@ def paired_ebm_extra(scale: str, mesh, pairs: int, compiled_runs: dict | None = 
       step, state, batch, posterior_steps = compiled_runs[(scale, name)]
     else:
       _, model, steps, state, batch = _train_setup(scale, name, mesh)
-      step, posterior_steps = steps['train'], model.posterior_steps
+      step, posterior_steps = steps['train'], _posterior_steps(model)
     for _ in range(2):  # Compiles if new; then an untimed step.
       state, metrics = step(state, batch)
     _block(metrics)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moe_ebm_jax import aggregation, distributions, model_state, objectives, train
+from moe_ebm_jax import aggregation, distributions, model_state, objectives, optimizers, train
 
 
 @objectives.register('mvae_joint_only', aggregation='poe', distribution='gaussian',
@@ -43,9 +43,9 @@ def smoke_config(model: str):
 def main(num_steps: int = 5) -> list[float]:
   config = smoke_config('mvae_joint_only')  # The objective's name is a model name now.
   model = model_state.make_model(config)
-  vae_tx, ebm_tx = model_state.make_optimizers(config)
-  state = model_state.init_state(model, vae_tx, ebm_tx, jax.random.PRNGKey(0))
-  step = jax.jit(lambda s, x: train.train_step(s, x, model=model, vae_tx=vae_tx, ebm_tx=ebm_tx))
+  txs = optimizers.make_optimizers(config)  # The VAE's and the prior's.
+  state = model_state.init_state(model, *txs, jax.random.PRNGKey(0))
+  step = jax.jit(lambda s, x: train.train_step(s, x, model=model, vae_tx=txs[0], prior_tx=txs[1]))
   rng = np.random.default_rng(0)
   images = {f'm{i}': rng.random((config.batch_size, 28, 28, 3), np.float32) for i in range(5)}
   losses = []

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moe_ebm_jax import model_state, samplers, train
+from moe_ebm_jax import model_state, optimizers, samplers, train
 from new_objective import smoke_config
 
 
@@ -46,11 +46,11 @@ def main():
   config = smoke_config('moe_ebm')
   config.ebm.sampler = 'langevin_decaying'
   model = model_state.make_model(config)
-  vae_tx, ebm_tx = model_state.make_optimizers(config)
-  state = model_state.init_state(model, vae_tx, ebm_tx, jax.random.PRNGKey(0))
+  vae_tx, prior_tx = optimizers.make_optimizers(config)
+  state = model_state.init_state(model, vae_tx, prior_tx, jax.random.PRNGKey(0))
   images = np.random.default_rng(0).random((config.batch_size, 5, 28, 28, 3), np.float32)
   state, metrics = jax.jit(lambda s, x: train.train_step(s, x, model=model, vae_tx=vae_tx,
-                                                         ebm_tx=ebm_tx))(state, images)
+                                                         prior_tx=prior_tx))(state, images)
   print(f"MOE-EBM step with it: loss {float(metrics['vae_loss']):.1f}, "
         f"EBM loss {float(metrics['ebm_loss']):.3f}")
   return z, metrics

@@ -30,13 +30,15 @@ from ml_collections import config_flags
 from moe_ebm_jax import log_setup
 from moe_ebm_jax import classifiers
 from moe_ebm_jax import config_lib
-from moe_ebm_jax import evaluation
 from moe_ebm_jax import input_pipeline
 from moe_ebm_jax import metric_logging
 from moe_ebm_jax import objectives
 from moe_ebm_jax import model_state
+from moe_ebm_jax import optimizers
 from moe_ebm_jax import parallel
 from moe_ebm_jax import train
+from moe_ebm_jax.evaluators import coherence as coherence_lib
+from moe_ebm_jax.evaluators import common
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file with model argument.')
 _AT = flags.DEFINE_list('at', ['500', '1000', '1500'], 'Training steps at which to probe.')
@@ -69,7 +71,7 @@ def group_norms(tree) -> dict[str, float]:
 
 def make_norms_fn(config, model):
   """(state, images) -> {'grad': {group: norm}, 'update': ..., 'param': ...} for the VAE."""
-  vae_tx, _ = model_state.make_optimizers(config)
+  vae_tx, _ = optimizers.make_optimizers(config)
 
   @jax.jit
   def norms(state, images):
@@ -79,7 +81,7 @@ def make_norms_fn(config, model):
       return objectives.get(model.objective).fn(
           model.vae, params, images, jax.random.fold_in(state.key, 12345), beta=beta,
           num_samples=model.num_samples, estimator=model.estimator,
-          log_prior_z=model.log_prior_z(state.ebm_params, beta))[0]
+          log_prior_z=model.log_prior_z(state.prior_params, beta))[0]
     grads = jax.grad(loss_fn)(state.vae_params)
     updates, _ = vae_tx.update(grads, state.vae_opt_state, state.vae_params)
     return grads, updates
@@ -105,8 +107,10 @@ def main(argv):
   mesh = parallel.make_mesh()
   parallel.check_batch_divides(config, jax.device_count())
   steps = train.compile_steps(config, model, mesh)
-  evaluator = evaluation.Evaluator(config, model, bank.classify)
-  test_batches = evaluation._test_batches(config, _NUM_TEST.value)  # pylint: disable=protected-access
+  evaluator = coherence_lib.CoherenceEvaluator(
+      common.Generators(model, config.eval_batch_size, config.eval.clip_for_coherence),
+      bank.classify, input_pipeline.first_test_batches(config, _NUM_TEST.value),
+      num_joint=_NUM_JOINT.value, cross_only=True)
   norms_fn = make_norms_fn(config, model) if _NORMS.value else None
   data = input_pipeline.train_iterator(config)
   state = steps['init'](parallel.replicate(jax.random.PRNGKey(config.seed), steps['replicated']))
@@ -146,8 +150,7 @@ def main(argv):
       if step not in at:
         continue
       t0 = time.time()
-      coherence = evaluator.coherence(state, test_batches, jax.random.PRNGKey(config.seed + 2),
-                                      num_joint=_NUM_JOINT.value, cross_only=True)
+      coherence = evaluator.run(state, jax.random.PRNGKey(config.seed + 2))
       probe = {'step': step, 'train_seconds': round(train_seconds, 1),
                'skipped_steps': int(state.skipped_steps)}
       for tag in ('q', 'pre_ld', 'post_ld'):

@@ -44,10 +44,14 @@ from moe_ebm_jax import classifiers
 from moe_ebm_jax import config_lib
 from moe_ebm_jax import distributions as dists
 from moe_ebm_jax import ebm as ebm_lib
-from moe_ebm_jax import evaluation
+from moe_ebm_jax import figures
 from moe_ebm_jax import generation
+from moe_ebm_jax import input_pipeline
 from moe_ebm_jax import metric_logging
 from moe_ebm_jax import models
+from moe_ebm_jax import workdir as workdir_lib
+from moe_ebm_jax.evaluators import coherence as coherence_lib
+from moe_ebm_jax.evaluators import common
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'The run\'s config file and model.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A trained run (checkpoints, tensorboard/).')
@@ -90,12 +94,12 @@ def posterior_probe(model, state, images: jax.Array, key: jax.Array, *, num_step
   # 1 by construction: the median coordinate's says how sure the encoder is.
   scale = post.z_scale[expert, jnp.arange(b)]
   final, diag = ebm_lib.sample_posterior(
-      vae, state.vae_params, model.energy, state.ebm_params, images, z0, w_q, k_ld,
-      num_steps=num_steps, step_size=step_size, noise_scale=model.noise_scale,
-      latents=model.posterior_latents, unroll=model.langevin_unroll, base=model.p0)
-  f = lambda z: model.energy.apply(state.ebm_params, z)
-  log_prob = ebm_lib.posterior_log_prob(vae, state.vae_params, model.energy, state.ebm_params,
-                                        images, jnp.ones((m,), bool), w_q, model.p0)
+      vae, state.vae_params, model.prior.energy, state.prior_params, images, z0, w_q, k_ld,
+      num_steps=num_steps, step_size=step_size, noise_scale=model.prior.prior_chain.noise_scale,
+      latents=model.prior.posterior_latents, unroll=model.prior.prior_chain.unroll, base=model.prior.p0)
+  f = lambda z: model.prior.energy.apply(state.prior_params, z)
+  log_prob = ebm_lib.posterior_log_prob(vae, state.vae_params, model.prior.energy, state.prior_params,
+                                        images, jnp.ones((m,), bool), w_q, model.prior.p0)
   out = {
       'rms_move': jnp.sqrt(jnp.mean(jnp.square(final['z'] - z0), axis=-1)),
       'posterior_scale': jnp.median(scale, axis=-1),
@@ -106,7 +110,7 @@ def posterior_probe(model, state, images: jax.Array, key: jax.Array, *, num_step
       'f_start': f(z0), 'f_end': f(final['z']),
       'grad_norm': diag['grad_norm'] if num_steps else jnp.zeros((0,)),
   }
-  if model.posterior_latents == 'z':  # log pi at the end (the chain reports it before a step).
+  if model.prior.posterior_latents == 'z':  # log pi at the end (the chain reports it before a step).
     out['log_prob_gain'] = log_prob({'z': final['z']}) - log_prob({'z': z0})
   return out
 
@@ -117,16 +121,16 @@ def energies(model, state, images: jax.Array, key: jax.Array) -> dict[str, jax.A
   vae = model.vae
   k_p0, k_prior, k_post, k_q = jax.random.split(key, 4)
   b = images.shape[0]
-  f = lambda z: model.energy.apply(state.ebm_params, z)
+  f = lambda z: model.prior.energy.apply(state.prior_params, z)
   z_prior, _ = ebm_lib.sample_prior(
-      model.energy, state.ebm_params, k_prior, b, vae.latent_z, num_steps=model.prior_steps,
-      step_size=model.prior_step_size, noise_scale=model.noise_scale,
-      unroll=model.langevin_unroll, base=model.p0)
+      model.prior.energy, state.prior_params, k_prior, b, vae.latent_z, num_steps=model.prior.prior_chain.num_steps,
+      step_size=model.prior.prior_chain.step_size, noise_scale=model.prior.prior_chain.noise_scale,
+      unroll=model.prior.prior_chain.unroll, base=model.prior.p0)
   post = vae.encode(state.vae_params, images)
   z_q = dists.sample(vae.distribution, k_q, post.z_loc, post.z_scale)
-  probe = posterior_probe(model, state, images, k_post, num_steps=model.posterior_steps,
-                          step_size=model.posterior_step_size)
-  return {'p0 draws (chain start)': f(model.p0.sample(k_p0, z_prior.shape)),
+  probe = posterior_probe(model, state, images, k_post, num_steps=model.prior.posterior_chain.num_steps,
+                          step_size=model.prior.posterior_chain.step_size)
+  return {'p0 draws (chain start)': f(model.prior.p0.sample(k_p0, z_prior.shape)),
           'prior chain end': f(z_prior), 'q(z | x_m), every expert': f(z_q).reshape(-1),
           'posterior chain end': probe['f_end']}
 
@@ -138,6 +142,16 @@ def _entropy(labels: np.ndarray) -> float:
   p = np.bincount(labels, minlength=10) / len(labels)
   p = p[p > 0]
   return max(0.0, float(-(p * np.log(p)).sum()))  # max: no '-0.00' for a single digit.
+
+
+def with_prior(model, **changes):
+  """`model` with its EBM prior's settings changed (priors.EnergyPrior's fields)."""
+  return dataclasses.replace(model, prior=dataclasses.replace(model.prior, **changes))
+
+
+def with_chain(model, which: str, **changes):
+  """`model` with the EBM's 'prior_chain' or 'posterior_chain' (a samplers.Chain) changed."""
+  return with_prior(model, **{which: dataclasses.replace(getattr(model.prior, which), **changes)})
 
 
 def joint_diagnostics(config, model, state, classify, key: jax.Array, num: int) -> dict:
@@ -166,7 +180,7 @@ def _chain_figures(model, state, images: np.ndarray, key: jax.Array, out: str, *
   files = {}
   rows = images.shape[0]
   mask = jnp.zeros((m,), bool).at[0].set(True)
-  ld_model = dataclasses.replace(model, posterior_steps=num_steps, posterior_step_size=step_size)
+  ld_model = with_chain(model, 'posterior_chain', num_steps=num_steps, step_size=step_size)
   k_gen, k_w, k_prior = jax.random.split(key, 3)
   _, z_pre, _ = jax.jit(functools.partial(generation.conditional_generate, model=ld_model,
                                           post_ld=False))(state, images, mask, k_gen)
@@ -181,20 +195,20 @@ def _chain_figures(model, state, images: np.ndarray, key: jax.Array, out: str, *
   tiles = np.concatenate([images[:, None, 0], np.clip(np.asarray(decodes), 0, 1).swapaxes(0, 1)],
                          axis=1)
   name = 'posterior_chain_m0_to_m1.png'
-  metric_logging.save_png(os.path.join(out, name), metric_logging.labelled_grid(
+  figures.save_png(os.path.join(out, name), figures.labelled_grid(
       tiles, title=f'Posterior Langevin from m0 (step size {step_size}), z decoded as m1 with '
                    'w_1 ~ p(w) fixed along each chain',
       col_labels=['source m0', 'z ~ q'] + [f'step {i + 1}' for i in picks],
       row_labels=[f'test {i + 1}' for i in range(rows)]))
   files['posterior_chain'] = name
 
-  prior_model = dataclasses.replace(model, prior_steps=long_prior)
+  prior_model = with_chain(model, 'prior_chain', num_steps=long_prior)
   _, diag = jax.jit(functools.partial(
-      ebm_lib.sample_prior, model.energy, batch_size=rows, latent_dim=vae.latent_z,
-      num_steps=long_prior, step_size=prior_model.prior_step_size,
-      noise_scale=model.noise_scale, keep_trajectory=True))(state.ebm_params, k_prior)
+      ebm_lib.sample_prior, model.prior.energy, batch_size=rows, latent_dim=vae.latent_z,
+      num_steps=long_prior, step_size=prior_model.prior.prior_chain.step_size,
+      noise_scale=model.prior.prior_chain.noise_scale, keep_trajectory=True))(state.prior_params, k_prior)
   trajectory = diag['trajectory']
-  marks = sorted({0, 4, 9, 29, model.prior_steps - 1, (model.prior_steps + long_prior) // 2 - 1,
+  marks = sorted({0, 4, 9, 29, model.prior.prior_chain.num_steps - 1, (model.prior.prior_chain.num_steps + long_prior) // 2 - 1,
                   long_prior - 1} - {-1})
   marks = [i for i in marks if 0 <= i < long_prior]
   w0 = jnp.zeros((rows, vae.latent_w))  # The median of p(w).
@@ -202,10 +216,10 @@ def _chain_figures(model, state, images: np.ndarray, key: jax.Array, out: str, *
   decodes = jax.vmap(lambda z: vae.decoder.apply(decoder_0, jnp.concatenate([w0, z], -1)))(
       trajectory[np.array(marks)])
   name = 'prior_chain_continued_m0.png'
-  metric_logging.save_png(os.path.join(out, name), metric_logging.labelled_grid(
+  figures.save_png(os.path.join(out, name), figures.labelled_grid(
       np.clip(np.asarray(decodes), 0, 1).swapaxes(0, 1),
       title=f'Prior Langevin continued to {long_prior} steps (trained with '
-            f'{model.prior_steps}), z decoded as m0 with w at the median of p(w)',
+            f'{model.prior.prior_chain.num_steps}), z decoded as m0 with w at the median of p(w)',
       col_labels=[f'step {i + 1}' for i in marks],
       row_labels=[f'chain {i + 1}' for i in range(rows)]))
   files['prior_chain'] = name
@@ -306,23 +320,23 @@ def main(argv):
   out = _OUT.value
   os.makedirs(out, exist_ok=True)
   start = time.time()
-  model, state = evaluation.restore_latest(config, _WORKDIR.value)
+  model, state = workdir_lib.restore_latest(config, _WORKDIR.value)
   bank = classifiers.load_or_train(config.data, max_steps=_CLF_MAX_STEPS.value,
                                    test_subset=_CLF_TEST_SUBSET.value)
-  batches = evaluation._test_batches(config, _NUM_TEST.value)  # pylint: disable=protected-access
+  batches = input_pipeline.first_test_batches(config, _NUM_TEST.value)
   key = jax.random.PRNGKey(config.seed + 7)
   record = {'model': config.model.name, 'workdir': _WORKDIR.value, 'step': int(state.step),
             'num_test': sum(len(b['label']) for b in batches), 'num_joint': _NUM_JOINT.value,
-            'prior_steps': model.prior_steps, 'prior_step_size': model.prior_step_size,
-            'posterior_steps': model.posterior_steps,
-            'posterior_step_size': model.posterior_step_size, 'sweep': [], 'figures': {}}
+            'prior_steps': model.prior.prior_chain.num_steps, 'prior_step_size': model.prior.prior_chain.step_size,
+            'posterior_steps': model.prior.posterior_chain.num_steps,
+            'posterior_step_size': model.prior.posterior_chain.step_size, 'sweep': [], 'figures': {}}
 
   def write():
     with open(os.path.join(out, 'inside.json'), 'w') as f:
       json.dump(record, f, indent=1)
 
   energy_fn = jax.jit(functools.partial(energies, model))
-  parts = [energy_fn(state, jnp.asarray(evaluation.batch_images(b, model.vae.names)), jax.random.fold_in(key, i))
+  parts = [energy_fn(state, jnp.asarray(common.batch_images(b, model.vae.names)), jax.random.fold_in(key, i))
            for i, b in enumerate(batches)]
   record['energies'] = {k: _stats(np.concatenate([p[k] for p in parts])) for k in parts[0]}
   logging.info('energies: %s', record['energies'])
@@ -334,7 +348,7 @@ def main(argv):
     t0 = time.time()
     probe_fn = jax.jit(functools.partial(posterior_probe, model, num_steps=num_steps,
                                          step_size=step_size))
-    parts = [jax.device_get(probe_fn(state, jnp.asarray(evaluation.batch_images(b, model.vae.names)), jax.random.fold_in(key, i)))
+    parts = [jax.device_get(probe_fn(state, jnp.asarray(common.batch_images(b, model.vae.names)), jax.random.fold_in(key, i)))
              for i, b in enumerate(batches)]
     cat = lambda k: np.concatenate([p[k] for p in parts])
     moves = {k: float(cat(k).mean()) for k in ('rms_move', 'posterior_scale', 'expert_spread')}
@@ -345,11 +359,11 @@ def main(argv):
     dim = model.vae.latent_z
     moves['grad_norm_per_step'] = [round(float(g), 3) for g in grad_norms]
     moves['drift_first_step'] = float(0.5 * step_size**2 * grad_norms[0] / np.sqrt(dim))
-    ld_model = dataclasses.replace(model, posterior_steps=num_steps,
-                                   posterior_step_size=step_size)
-    evaluator = evaluation.Evaluator(config, ld_model, bank.classify)
-    coherence = evaluator.coherence(state, batches, jax.random.fold_in(key, 1), num_joint=0,
-                                    cross_only=True)
+    ld_model = with_chain(model, 'posterior_chain', num_steps=num_steps, step_size=step_size)
+    evaluator = coherence_lib.CoherenceEvaluator(
+        common.Generators(ld_model, config.eval_batch_size, config.eval.clip_for_coherence),
+        bank.classify, batches, cross_only=True)
+    coherence = evaluator.run(state, jax.random.fold_in(key, 1))
     pre_now = coherence['pre_ld']['cross_coherence']
     if pre is not None and abs(pre_now - pre) > 1e-9:
       raise AssertionError('pre-LD coherence changed across settings: keys are not fixed.')
@@ -362,23 +376,24 @@ def main(argv):
     write()
 
   record['joint_by_prior_steps'] = {}
-  for prior_steps in sorted({0, model.prior_steps, _LONG_PRIOR.value}):
+  for prior_steps in sorted({0, model.prior.prior_chain.num_steps, _LONG_PRIOR.value}):
     record['joint_by_prior_steps'][str(prior_steps)] = joint_diagnostics(
-        config, dataclasses.replace(model, prior_steps=prior_steps), state, bank.classify,
+        config, with_chain(model, 'prior_chain', num_steps=prior_steps), state, bank.classify,
         jax.random.fold_in(key, 2), _NUM_JOINT.value)
     write()
-  if model.persistent_chains:
+  if model.prior.persistent_chains:
     # With persistent chains 0 steps start from the chains' states (f_a's density already);
     # the base alone, f_a unused, is the row that shows what f_a adds to joint coherence.
     record['joint_by_prior_steps']['p0'] = joint_diagnostics(
-        config, dataclasses.replace(model, prior_steps=0, persistent_chains=0), state,
+        config, with_chain(with_prior(model, persistent_chains=0), 'prior_chain', num_steps=0),
+        state,
         bank.classify, jax.random.fold_in(key, 2), _NUM_JOINT.value)
     write()
 
   rows = min(_ROWS.value, len(batches[0]['label']))
   best = max(record['sweep'], key=lambda r: r['post_ld_cross_coherence'])
   record['figures'] = _chain_figures(
-      model, state, evaluation.batch_images(batches[0], model.vae.names)[:rows], jax.random.fold_in(key, 3), out,
+      model, state, common.batch_images(batches[0], model.vae.names)[:rows], jax.random.fold_in(key, 3), out,
       num_steps=max(int(k) for k in _SWEEP_STEPS.value), step_size=best['step_size'],
       long_prior=_LONG_PRIOR.value)
   energy_figure = _training_energy_figure(_WORKDIR.value, out)

@@ -27,11 +27,12 @@ from moe_ebm_jax import coherence_scorers
 from moe_ebm_jax import datasets
 from moe_ebm_jax import distributions as dists
 from moe_ebm_jax import ebm
-from moe_ebm_jax import evaluation
 from moe_ebm_jax import generation
 from moe_ebm_jax import input_pipeline
 from moe_ebm_jax import latent_probe
 from moe_ebm_jax import log_setup
+from moe_ebm_jax import priors
+from moe_ebm_jax import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'The run\'s config.', lock_config=False)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The trained run.', required=True)
@@ -50,7 +51,7 @@ def main(argv):
   del argv
   log_setup.setup(debug=False)
   config = _CONFIG.value
-  model, state = evaluation.restore_latest(config, _WORKDIR.value)
+  model, state = workdir_lib.restore_latest(config, _WORKDIR.value)
   if model.vae.latent_z != 2:
     raise SystemExit(f'the shared latent has {model.vae.latent_z} dimensions; this draws 2.')
   num_classes = datasets.get(config.data).num_classes
@@ -76,25 +77,25 @@ def main(argv):
   fixed = dists.standard_sample(vae.distribution, k_fixed, (_NUM.value, 2))
   panels.append((f'fixed prior {vae.distribution}(0, I)', np.asarray(fixed),
                  decode_classes(fixed, k_dec)))
-  if model.has_ebm:
+  if isinstance(model.prior, priors.EnergyPrior):
     base = model.prior.p0
     p0 = base.sample(k_p0, (_NUM.value, 2))
     scale = '' if base.scale == 1 else f'{base.scale:g}^2 '
     panels.append((f'p0 = {base.family}(0, {scale}I): the chains\' start', np.asarray(p0),
                    decode_classes(p0, k_dec)))
-    z, _ = model.prior.sample(state.ebm_params, k_ebm, _NUM.value, 2,
+    z, _ = model.prior.sample(state.prior_params, k_ebm, _NUM.value, 2,
                               state=state.prior_state)
-    start = ' from persistent chains' if model.persistent_chains else ''
-    panels.append((f'EBM prior after {model.prior_steps} chain steps{start}', np.asarray(z),
+    start = ' from persistent chains' if model.prior.persistent_chains else ''
+    panels.append((f'EBM prior after {model.prior.prior_chain.num_steps} chain steps{start}', np.asarray(z),
                    decode_classes(z, k_dec)))
     chain_vs_density = ebm.chain_against_density(
-        lambda z: model.prior.energy.apply(state.ebm_params, z), base, np.asarray(z),
+        lambda z: model.prior.energy.apply(state.prior_params, z), base, np.asarray(z),
         k_ebm)
 
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  extra = int(model.has_ebm)
+  extra = int(isinstance(model.prior, priors.EnergyPrior))
   fig, axes = plt.subplots(1, len(panels) + extra, figsize=(4 * (len(panels) + extra), 4.2))
   lim = float(np.percentile(np.abs(np.concatenate([p[1] for p in panels])), 99.5)) * 1.05
   cmap = plt.get_cmap('tab10')
@@ -109,10 +110,10 @@ def main(argv):
           cls[cls >= 0], minlength=num_classes).tolist()}
     ax.set(title=title, xlim=(-lim, lim), ylim=(-lim, lim), xlabel='z1', ylabel='z2')
     ax.title.set_fontsize(9)
-  if model.has_ebm:
+  if isinstance(model.prior, priors.EnergyPrior):
     grid = np.linspace(-lim, lim, 200)
     zz = jnp.asarray(np.stack(np.meshgrid(grid, grid), -1).reshape(-1, 2), jnp.float32)
-    log_density = model.prior.log_prob(state.ebm_params, 1.0)(zz)
+    log_density = model.prior.log_prob(state.prior_params, 1.0)(zz)
     ax = axes[-1]
     image = ax.imshow(np.asarray(log_density).reshape(200, 200), origin='lower',
                       extent=(-lim, lim, -lim, lim), cmap='viridis')
@@ -125,7 +126,7 @@ def main(argv):
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   fig.savefig(_OUT.value, dpi=110)
-  if model.has_ebm:
+  if isinstance(model.prior, priors.EnergyPrior):
     numbers['prior chain against exp(f_a) p0 / Z'] = chain_vs_density
   with open(os.path.splitext(_OUT.value)[0] + '.json', 'w') as f:
     json.dump(numbers, f, indent=1)

@@ -28,11 +28,12 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 from moe_ebm_jax import ebm
-from moe_ebm_jax import evaluation
 from moe_ebm_jax import input_pipeline
 from moe_ebm_jax import log_setup
 from moe_ebm_jax import marginal_likelihood
 from moe_ebm_jax import objectives
+from moe_ebm_jax import priors
+from moe_ebm_jax import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'The run\'s config.', lock_config=False)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The trained run.', required=True)
@@ -43,12 +44,12 @@ _K_IS = flags.DEFINE_integer('importance_samples', 1000,
                              'Proposal draws for log p(X) (marginal_likelihood.py).')
 
 
-def normalised_log_prior(model, ebm_params, latent_dim: int):
+def normalised_log_prior(model, prior_params, latent_dim: int):
   """(z (..., D) -> log p(z) normalised, log Z by grid or None, log Z by Monte Carlo or None)."""
-  if not model.has_ebm:
-    return model.log_prior_z(ebm_params, 1.0), None, None
+  if not isinstance(model.prior, priors.EnergyPrior):
+    return model.log_prior_z(prior_params, 1.0), None, None
   energy, base = model.prior.energy, model.prior.p0
-  f = lambda z: energy.apply(ebm_params, z)
+  f = lambda z: energy.apply(prior_params, z)
   log_z = float(ebm.log_partition_grid(f, base, latent_dim)) if latent_dim <= 2 else None
   log_z_mc = float(ebm.log_partition_monte_carlo(f, base, latent_dim, jax.random.PRNGKey(1)))
   shift = log_z if log_z is not None else log_z_mc
@@ -59,21 +60,21 @@ def main(argv):
   del argv
   log_setup.setup(debug=False)
   config = _CONFIG.value
-  model, state = evaluation.restore_latest(config, _WORKDIR.value)
-  log_prior, log_z, log_z_mc = normalised_log_prior(model, state.ebm_params, model.vae.latent_z)
+  model, state = workdir_lib.restore_latest(config, _WORKDIR.value)
+  log_prior, log_z, log_z_mc = normalised_log_prior(model, state.prior_params, model.vae.latent_z)
   fn = objectives.get(model.objective).fn
   # Bounds of log p(X) need the model's own likelihood: a run trained with likelihood_weights is
   # scored unweighted, as marginal_likelihood.py scores it.
   vae = dataclasses.replace(model.vae, likelihood_weights=())
 
-  priors = {'': log_prior}
-  if model.has_ebm:  # The same encoders and decoders with p0 alone: what f_a adds to the bound.
-    priors['_p0'] = model.prior.p0.log_prob
+  log_priors = {'': log_prior}
+  if isinstance(model.prior, priors.EnergyPrior):  # p0 alone: what f_a adds to the bound.
+    log_priors['_p0'] = model.prior.p0.log_prob
 
   @jax.jit
   def bounds(x, key):  # Per-example bound sums of one batch: ELBO and IWAE at beta = 1.
     out = {}
-    for suffix, prior in priors.items():
+    for suffix, prior in log_priors.items():
       for estimator in ('elbo', 'iwae'):
         loss, aux = fn(vae, state.vae_params, x, key, beta=1.0, num_samples=_K.value,
                        estimator=estimator, log_prior_z=prior)

@@ -204,16 +204,27 @@ class Checkpointer:
       if 'tree structures do not match' not in str(e) or not dataclasses.is_dataclass(target):
         raise
       # A checkpoint written before the state gained a field that holds no arrays here (e.g.
-      # TrainState.prior_state, {} for most priors): restore the other fields, keep that one.
+      # TrainState.prior_state, {} for most priors), or before a field was renamed (the
+      # target's class lists them as RENAMED_FIELDS {new: old}): restore the fields it has.
       empty = {f.name for f in dataclasses.fields(target)
                if not jax.tree.leaves(getattr(target, f.name))}
-      if not empty:
+      renamed = dict(getattr(type(target), 'RENAMED_FIELDS', {}))
+      if not empty and not renamed:
         raise
-      fields = {f.name: getattr(target, f.name) for f in dataclasses.fields(target)
-                if f.name not in empty}
-      restored = self._restore(step, fields)
-      return (target.replace(**restored[_STATE_ITEM]),
-              dict(restored[_EXTRA_ITEM] or {}))
+      names = [f.name for f in dataclasses.fields(target)]
+      for old_names, skip in ((True, set()), (True, empty), (False, empty)):
+        if not (old_names and renamed) and not skip:
+          continue
+        as_saved = {n: renamed.get(n, n) if old_names else n for n in names if n not in skip}
+        try:
+          restored = self._restore(step, {as_saved[n]: getattr(target, n) for n in as_saved})
+        except ValueError as again:
+          if 'tree structures do not match' not in str(again):
+            raise
+          continue
+        fields = {n: restored[_STATE_ITEM][as_saved[n]] for n in as_saved}
+        return target.replace(**fields), dict(restored[_EXTRA_ITEM] or {})
+      raise
     return restored[_STATE_ITEM], dict(restored[_EXTRA_ITEM] or {})
 
   def _restore(self, step: int, target: PyTree):

@@ -6,7 +6,10 @@ partial + jit. Used by the training loop's sample grids and by evaluation.py.
 - Joint: z from the prior (the EBM models: the prior Langevin chain), every w_m ~ p(w), decode.
 - Conditional on a subset S: z ~ q(z | X_S) as the model aggregates its experts (aggregation.py);
   modalities in S keep their own posterior w, the others draw w ~ p(w); with `post_ld` z is
-  refined first by posterior Langevin on log p(X_S | z, w_S) + f_a(z) + log p0(z).
+  refined first by the prior's posterior inference (priors.py: the EBM's posterior Langevin on
+  log p(X_S | z, w_S) + f_a(z) + log p0(z)).
+
+`LdMode` names the three ways a conditional number is reported.
 """
 
 from __future__ import annotations
@@ -16,14 +19,42 @@ import jax.numpy as jnp
 
 from moe_ebm_jax import aggregation
 from moe_ebm_jax import distributions as dists
-from moe_ebm_jax import ebm as ebm_lib
+
+import enum
+
+
+class LdMode(enum.Enum):
+  """How a conditional number's z was drawn: the encoders' q of a model whose prior does not
+  refine (Q), or, for one that does (the EBM), q's z before (PRE_LD) or after (POST_LD) the
+  prior's posterior refinement. `.value` is the tag in metrics.json; `.label` the report's."""
+  Q = 'q'
+  PRE_LD = 'pre_ld'
+  POST_LD = 'post_ld'
+
+  @property
+  def post_ld(self) -> bool:
+    return self is LdMode.POST_LD
+
+  @property
+  def label(self) -> str:
+    return {'q': '', 'pre_ld': ' pre-LD', 'post_ld': ' post-LD'}[self.value]
+
+  @classmethod
+  def of(cls, prior) -> tuple['LdMode', ...]:
+    """The modes a model with `prior` reports: (Q,) or (PRE_LD, POST_LD)."""
+    return (cls.PRE_LD, cls.POST_LD) if prior.refines_posterior else (cls.Q,)
+
+  @classmethod
+  def present(cls, metrics) -> list['LdMode']:
+    """The modes a metrics dict (keyed by tag) holds, in their order."""
+    return [mode for mode in cls if mode.value in metrics]
 
 
 def sample_prior_z(state, key: jax.Array, num_samples: int, *, model,
                    keep_trajectory: bool = False):
   """z (N, Dz) from the model's prior (priors.py; the EBM's: its prior chain, from p0 or from
   its persistent chains), and the prior chain's trajectory (or None)."""
-  z, diag = model.prior.sample(state.ebm_params, key, num_samples, model.vae.latent_z,
+  z, diag = model.prior.sample(state.prior_params, key, num_samples, model.vae.latent_z,
                                keep_trajectory=keep_trajectory, state=state.prior_state)
   return z, (diag.get('trajectory') if keep_trajectory else None)
 
@@ -65,7 +96,8 @@ def conditional_generate(state, x, subset: jax.Array, key: jax.Array, *, model,
     x: the batch's modalities {name: (B, *shape)} (or stacked, models.py); only those in
       `subset` are read.
     subset: bool (M,), the observed modalities (at least one).
-    post_ld: refine z by the posterior Langevin chain on the observed modalities (EBM models).
+    post_ld: refine z by the prior's posterior inference on the observed modalities
+      (prior.refine_posterior; the identity for a prior that does not refine).
 
     clip: clip the decodes to [0, 1] (False: the likelihood's raw means).
 
@@ -81,17 +113,9 @@ def conditional_generate(state, x, subset: jax.Array, key: jax.Array, *, model,
   w_q = dists.sample(vae.distribution, k_w, post.w_loc, post.w_scale)
   trajectory = None
   if post_ld:
-    final, diag = ebm_lib.sample_posterior(
-        vae, state.vae_params, model.energy, state.ebm_params, x, z, w_q, k_ld,
-        num_steps=model.posterior_steps, step_size=model.posterior_step_size,
-        noise_scale=model.noise_scale, latents=model.posterior_latents, observed=subset,
-        keep_trajectory=keep_trajectory, unroll=model.langevin_unroll, sampler=model.sampler,
-        base=model.p0)
-    z = final['z']
-    if 'w' in final:
-      w_q = jnp.moveaxis(final['w'], 1, 0)
-    if keep_trajectory:
-      trajectory = diag['trajectory']['z']
+    z, w_q, trajectory = model.prior.refine_posterior(
+        state.prior_params, vae, state.vae_params, x, z, w_q, subset, k_ld,
+        keep_trajectory=keep_trajectory)
   w = jnp.where(subset[:, None, None], w_q, vae.sample_prior(k_prior_w, w_q.shape))
   return decode_shared(model, state.vae_params, w, z, clip), z, trajectory
 

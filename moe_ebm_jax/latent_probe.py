@@ -36,7 +36,7 @@ def unimodal_means(model, vae_params, x) -> jax.Array:
 
 def source_latents(state, x, key: jax.Array, *, model, post_ld: bool) -> jax.Array:
   """z from each modality alone, (M, B, Dz): unimodal_means (pre-LD), or the posterior chain's
-  end on x_m alone (post-LD; EBM models)."""
+  end on x_m alone (post-LD: the prior's refine_posterior)."""
   if not post_ld:
     return unimodal_means(model, state.vae_params, x)
   m = model.vae.num_modalities
@@ -93,9 +93,9 @@ def probe(model, state, train_batches: Iterable[dict], test_batches: Iterable[di
     train_batches, test_batches: dicts with 'x' {name: (B, *shape)} and 'label' (B,).
   Returns:
     {'pre_ld': {'per_modality': {name: accuracy}, 'mean': float}, and 'post_ld' likewise for
-    models with an EBM and a posterior chain}; plus 'num_train', 'num_test'.
+    a prior that refines the posterior (the EBM)}; plus 'num_train', 'num_test'.
   """
-  modes = [False] + ([True] if model.has_ebm and model.posterior_steps else [])
+  modes = [False] + ([True] if model.prior.refines_posterior else [])
   latents = {ld: jax.jit(lambda s, x, k, ld=ld: source_latents(s, x, k, model=model, post_ld=ld))
              for ld in modes}
 

@@ -25,7 +25,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+from ml_collections import config_dict
 import optax
+
+from moe_ebm_jax import registry
 
 IMPLEMENTATIONS = ('torch', 'optax')
 
@@ -94,20 +97,52 @@ def adam(implementation: str, learning_rate: optax.ScalarOrSchedule, *, b1: floa
 
 def make_optimizers(config: ml_collections.ConfigDict
                     ) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
-  """(VAE optimiser, EBM optimiser): separate transformations with separate states.
+  """(VAE optimiser, prior optimiser): separate transformations with separate states.
 
   The VAE's: config.optim (the MMVAE+ reference: torch Adam with amsgrad, lr 1e-3). The
   reference minimises the bound SUMMED over the batch; our loss is its batch MEAN, so our
   gradients are 1 / batch_size of its. Adam's updates do not depend on the gradients' scale
   except through eps, so with implementation 'torch' eps is divided by the (global) batch size:
-  the updates are then the reference's exactly. The EBM's: Adam with config.ebm's lr and betas
-  (Pang et al. average their EBM loss over the batch, as we do: eps as given).
+  the updates are then the reference's exactly. The prior's (of any prior with parameters, the
+  EBM's by default): Adam with config.prior_optim's lr and betas (Pang et al. average their EBM
+  loss over the batch, as we do: eps as given).
   """
   optim = config.optim
   eps = optim.eps / config.batch_size if optim.implementation == 'torch' else optim.eps
   vae_tx = adam(optim.implementation, optim.learning_rate, eps=eps, amsgrad=optim.amsgrad)
   if optim.grad_clip_norm is not None:
     vae_tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), vae_tx)
-  ebm_tx = adam(optim.implementation, config.ebm.learning_rate, b1=config.ebm.b1,
-                b2=config.ebm.b2, eps=optim.eps)
-  return vae_tx, ebm_tx
+  prior = config.prior_optim
+  prior_tx = adam(optim.implementation, prior.learning_rate, b1=prior.b1, b2=prior.b2,
+                  eps=optim.eps)
+  return vae_tx, prior_tx
+
+
+def default_config() -> dict:
+  """config.optim (the VAE's optimiser) and config.prior_optim (the prior's parameters', any
+  prior that has some; Pang et al.'s for the EBM)."""
+  return {
+      'optim': {
+          'learning_rate': 1e-3,  # MMVAE+: torch.optim.Adam(amsgrad=True), lr 1e-3.
+          'amsgrad': True,
+          # 'torch': torch.optim.Adam's algorithm (torch_adam), the references'; 'optax':
+          # optax.adam / optax.amsgrad, whose AMSGrad takes several times smaller steps early.
+          'implementation': 'torch',
+          # Adam's eps as the reference sets it, for its batch-summed loss (make_optimizers).
+          'eps': 1e-8,
+          'grad_clip_norm': config_dict.placeholder(float),  # None: no clipping (as MMVAE+).
+      },
+      'prior_optim': {'learning_rate': 2e-5, 'b1': 0.5, 'b2': 0.999},
+  }
+
+
+def validate(config) -> None:
+  """Raises ValueError('invalid config: ...') naming a bad optim / prior_optim field."""
+  check = registry.check
+  check(config.optim.implementation in IMPLEMENTATIONS,
+        f'optim.implementation={config.optim.implementation!r}, expected one of '
+        f'{IMPLEMENTATIONS}')
+  check(config.optim.eps > 0, f'optim.eps={config.optim.eps} must be > 0')
+  for key in ('b1', 'b2'):
+    check(0 <= config.prior_optim[key] < 1,
+          f'prior_optim.{key}={config.prior_optim[key]!r}, expected a number in [0, 1)')

@@ -1,34 +1,43 @@
 """Priors on the shared latent z as components: one interface, a registry that names them.
 
-A prior is a hashable object (static under jit; its parameters live in TrainState.ebm_params)
-with
+A prior is a hashable object (static under jit; its parameters live in TrainState.prior_params),
+built once per run by its registered factory from the config (its own section, e.g. config.ebm).
+The interface (`Prior` gives the defaults a prior without them needs):
 
   init(key, latent_dim) -> params                      ({} for a prior with none)
   init_state(key, latent_dim) -> state                 what the prior carries from step to
                                                        step besides parameters, not trained
-                                                       ({} for a prior with none; the EBM's
-                                                       persistent chains)
+                                                       ({} for most; the EBM's persistent chains)
   log_prob(params, beta) -> (z (..., D) -> (...))      log p(z) as the objectives take it (they
                                                        multiply it by beta, the KL weight)
   sample(params, key, num, latent_dim, keep_trajectory=False, state=None)
       -> (z (num, D), diagnostics: a dict, with 'trajectory' (steps, num, D) when kept and the
          prior has a chain); state: the prior's state, for priors that sample from it
-  learn(params, state, keys, vae, vae_params, x, aux)
-      -> (grads like params, new state, metrics, ok_loss, ok_energy)
-         its own update's gradient, computed inside the one jitted training step; keys: three
-         PRNG keys (prior chain, expert pick, posterior chain); aux: the objective's
-         objectives.VaeAux; ok_*: finite loss and gradients, energies within bounds (a step
-         that is not ok keeps the old params and state)
+  learn(params, state, keys, vae, vae_params, x, aux) -> PriorUpdate (or the same 5-tuple)
+      its own update's gradient, computed inside the one jitted training step; keys: three
+      PRNG keys (prior chain, expert pick, posterior chain); aux: objectives.VaeAux
+  refines_posterior: bool, and
+  refine_posterior(params, vae, vae_params, x, z, w, observed, key, keep_trajectory=False)
+      -> (z (B, Dz), w (M, B, Dw), trajectory (steps, B, Dz) or None)
+      posterior inference at generation: z ~ q(z | X_S) refined on the observed modalities
+      (bool (M,)); the identity for a prior that does not refine (then refines_posterior is
+      False and evaluation reports only the encoders' q)
+  describe() -> str                                    where joint generation's z comes from,
+                                                       for figure titles
+  describe_refinement() -> str                         what refine_posterior does, likewise
 
-train.train_step calls these and nothing else of the prior: it has no branch on its kind.
-Registered (config.model.prior): 'fixed' (family(0, I), nothing learned) and 'ebm' (the latent
-EBM p_a(z) = exp(f_a(z)) p0(z) / Z(a), learned by short-run MCMC, ebm.py). A new prior is one
-factory Model -> prior under `@register(name)` (examples/new_prior.py).
+train.train_step calls these and nothing else of the prior, and generation and evaluation reach
+the prior only through them: neither imports the EBM module. Registered (config.model.prior):
+'fixed' (family(0, I), nothing learned) and 'ebm' (the latent EBM p_a(z) = exp(f_a(z)) p0(z) /
+Z(a), learned by short-run MCMC, ebm.py). A new prior is one factory (config, vae) -> prior under
+`@register(name)` (examples/new_prior.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
+from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
@@ -39,28 +48,71 @@ from moe_ebm_jax import registry
 from moe_ebm_jax import samplers
 
 PRIORS: registry.Registry = registry.Registry('prior')
+# Where the EBM's posterior samples come from in its update (config.model.posterior_sampler).
+POSTERIOR_SAMPLERS = ('q', 'langevin')
+# f_a's weight in the VAE's bound (config.ebm.energy_weight): 'beta' or 'one' (the paper's Eq. 5).
+ENERGY_WEIGHTS = ('beta', 'one')
 
 
-def register(name: str):
-  """Decorator: registers a factory model_state.Model -> prior under `name`
-  (config.model.prior). Names are unique."""
-  return PRIORS.register(name)
+def register(name: str, **owned):
+  """Decorator: registers a factory (config, vae: models.MultimodalVAE) -> prior under `name`
+  (config.model.prior), with the config it owns (`config`, `validate`: registry.py). Names are
+  unique."""
+  return PRIORS.register(name, **owned)
 
 
 def get(name: str):
   return PRIORS.lookup(name)
 
 
+def build(config, vae):
+  """The prior config.model.prior names, built once by its factory; it must have the interface
+  (a class of one's own: subclass `Prior` for its defaults)."""
+  prior = get(config.model.prior)(config, vae)
+  missing = [a for a in ('init', 'init_state', 'log_prob', 'sample', 'learn', 'refines_posterior',
+                         'refine_posterior', 'describe', 'describe_refinement') if not hasattr(prior, a)]
+  if missing:
+    raise TypeError(f'prior {config.model.prior!r} ({type(prior).__name__}) lacks {missing}: '
+                    'subclass priors.Prior for the defaults.')
+  return prior
+
+
+class PriorUpdate(NamedTuple):
+  """What `learn` returns. A step whose update is not ok keeps the old params and state."""
+  grads: Any  # Like params.
+  state: Any  # The prior's new state.
+  metrics: dict[str, jax.Array]
+  ok_loss: jax.Array  # bool (): the loss and its gradients are finite.
+  ok_bounds: jax.Array  # bool (): the prior's own values within their bounds (the EBM's energies).
+
+
+class Prior:
+  """Defaults of the interface for a prior of one's own: no state, no posterior refinement."""
+  refines_posterior = False
+
+  def init_state(self, key, latent_dim: int):
+    del key, latent_dim
+    return {}
+
+  def refine_posterior(self, params, vae, vae_params, x, z, w, observed, key, *,
+                       keep_trajectory: bool = False):
+    """The identity: z and w as q gave them, no trajectory."""
+    del params, vae, vae_params, x, observed, key, keep_trajectory
+    return z, w, None
+
+  def describe(self) -> str:
+    return f'z ~ {type(self).__name__}'
+
+  def describe_refinement(self) -> str:
+    return 'no refinement'
+
+
 @dataclasses.dataclass(frozen=True)
-class FixedPrior:
+class FixedPrior(Prior):
   """p(z) = family(0, I): MMVAE+'s Laplace, the Gaussian of MVAE, mmJSD and MoPoE."""
   family: str = 'laplace'
 
   def init(self, key, latent_dim: int):
-    del key, latent_dim
-    return {}
-
-  def init_state(self, key, latent_dim: int):
     del key, latent_dim
     return {}
 
@@ -75,36 +127,38 @@ class FixedPrior:
 
   def learn(self, params, state, keys, vae, vae_params, x, aux):
     del keys, vae, vae_params, x, aux
-    return params, state, {}, jnp.array(True), jnp.array(True)
+    return PriorUpdate(params, state, {}, jnp.array(True), jnp.array(True))
+
+  def describe(self) -> str:
+    return 'z ~ p(z)'
 
 
 @dataclasses.dataclass(frozen=True)
-class EnergyPrior:
+class EnergyPrior(Prior):
   """The latent EBM prior p_a(z) = exp(f_a(z)) p0(z) / Z(a) (ebm.py), p0 = `p0` (ebm.Base).
 
   Learned by the maximum-likelihood gradient E_post[grad f_a] - E_prior[grad f_a]: prior samples
   from the prior chain, posterior samples from the encoders' q ('q') or refined by the
-  posterior chain ('langevin').
+  posterior chain ('langevin'). At generation the posterior chain refines q's z (post-LD).
 
   Prior chains start from p0 at every step (persistent_chains = 0, the paper's short-run
   chains) or continue `persistent_chains` chains kept in the prior's state (persistent
   contrastive divergence, Tieleman 2008): each step takes the next B of them in turn, restarts
   a fraction `persistent_reinit` from p0 (as Du & Mordatch 2019's replay buffer), runs the chain
-  and puts them back. A short chain from p0 need not reach the modes of exp(f_a) p0; chains
-  that go on across steps do (docs/results.md). Generation then starts its chains from random
-  members of the state.
+  and puts them back. Generation then starts its chains from random members of the state.
   """
   energy: networks.EnergyMLP
   prior_chain: samplers.Chain
   posterior_chain: samplers.Chain
-  posterior_sampler: str = 'langevin'  # 'q' or 'langevin'.
+  posterior_sampler: str = 'langevin'  # One of POSTERIOR_SAMPLERS.
   posterior_latents: str = 'z'  # Move z ('z') or z and every w ('zw') in the posterior chain.
-  energy_weight: str = 'beta'  # f_a's weight in the bound: 'beta' or 'one' (the paper's Eq. 5).
+  energy_weight: str = 'beta'  # One of ENERGY_WEIGHTS.
   energy_l2: float = 0.0
   max_abs_energy: float = 1e4
   p0: ebm_lib.Base = ebm_lib.Base()  # The base density (config.ebm.base, base_scale).
   persistent_chains: int = 0  # 0: prior chains from p0 at every step.
   persistent_reinit: float = 0.05  # The fraction of persistent chains restarted from p0.
+  refines_posterior = True
 
   def init(self, key, latent_dim: int):
     return self.energy.init(key, jnp.zeros((1, latent_dim)))
@@ -124,20 +178,24 @@ class EnergyPrior:
       return ebm_lib.prior_log_prob(self.energy, params, self.p0)
     return lambda z: self.energy.apply(params, z) / beta + self.p0.log_prob(z)
 
+  def _run_prior_chain(self, params, key, num: int, latent_dim: int, init=None,
+                       keep_trajectory: bool = False):
+    """The prior chain from p0 (or from `init` (num, D)): (z (num, D), diagnostics)."""
+    k0, k1 = jax.random.split(key)
+    z0 = self.p0.sample(k0, (num, latent_dim)) if init is None else init
+    return self.prior_chain(ebm_lib.prior_log_prob(self.energy, params, self.p0), z0, k1,
+                            keep_trajectory=keep_trajectory)
+
   def sample(self, params, key, num: int, latent_dim: int, keep_trajectory: bool = False,
              state=None):
     """The prior chain from p0, or with persistent chains in `state` from `num` of them
     drawn at random (with replacement only when num exceeds them)."""
-    c = self.prior_chain
     init = None
     if self.persistent_chains and state:
       key, k_pick = jax.random.split(key)
       n = state['chains'].shape[0]
       init = state['chains'][jax.random.choice(k_pick, n, (num,), replace=num > n)]
-    return ebm_lib.sample_prior(self.energy, params, key, num, latent_dim,
-                                num_steps=c.num_steps, step_size=c.step_size,
-                                noise_scale=c.noise_scale, keep_trajectory=keep_trajectory,
-                                unroll=c.unroll, sampler=c.sampler, base=self.p0, init=init)
+    return self._run_prior_chain(params, key, num, latent_dim, init, keep_trajectory)
 
   def _persistent_prior(self, params, state, key, batch: int):
     """Continues the next `batch` persistent chains: (z (batch, D), diag, new state)."""
@@ -148,12 +206,28 @@ class EnergyPrior:
     restart = jax.random.bernoulli(k_restart, self.persistent_reinit, (batch, 1))
     fresh = self.p0.sample(k_fresh, (batch, chains.shape[1]))
     init = jnp.where(restart, fresh, chains[rows])
-    c = self.prior_chain
-    z, diag = ebm_lib.sample_prior(self.energy, params, k_chain, batch, chains.shape[1],
-                                   num_steps=c.num_steps, step_size=c.step_size,
-                                   noise_scale=c.noise_scale, unroll=c.unroll,
-                                   sampler=c.sampler, base=self.p0, init=init)
+    z, diag = self._run_prior_chain(params, k_chain, batch, chains.shape[1], init)
     return z, diag, {'chains': chains.at[rows].set(z), 'cursor': (cursor + batch) % n}
+
+  def _run_posterior_chain(self, params, vae, vae_params, x, z0, w, observed, key,
+                           keep_trajectory: bool = False):
+    """The posterior chain from z0 (B, Dz), private latents w (M, B, Dw) held or moved
+    (posterior_latents): ({'z': (B, Dz)[, 'w': (B, M, Dw)]}, diagnostics)."""
+    state = {'z': z0}
+    if self.posterior_latents == 'zw':
+      state['w'] = jnp.moveaxis(w, 0, 1)  # Leading batch axis for the sampler.
+    log_prob = ebm_lib.posterior_log_prob(vae, vae_params, self.energy, params, x, observed, w,
+                                          self.p0)
+    return self.posterior_chain(log_prob, state, key, keep_trajectory=keep_trajectory)
+
+  def refine_posterior(self, params, vae, vae_params, x, z, w, observed, key, *,
+                       keep_trajectory: bool = False):
+    """Posterior Langevin on log p(X_S | z, w_S) + f_a(z) + log p0(z) from q's z."""
+    final, diag = self._run_posterior_chain(params, vae, vae_params, x, z, w, observed, key,
+                                            keep_trajectory)
+    if 'w' in final:
+      w = jnp.moveaxis(final['w'], 1, 0)
+    return final['z'], w, (diag['trajectory']['z'] if keep_trajectory else None)
 
   def learn(self, params, state, keys, vae, vae_params, x, aux):
     k_prior, k_pick, k_post = keys
@@ -167,11 +241,10 @@ class EnergyPrior:
     post = self.posterior_chain
     if self.posterior_sampler == 'langevin':
       z0 = ebm_lib.pick_expert(k_pick, z_q)
-      post_state, post_diag = ebm_lib.sample_posterior(
-          vae, jax.lax.stop_gradient(vae_params), self.energy, params, x, z0,
-          aux.latents.w[:, 0], k_post, num_steps=post.num_steps, step_size=post.step_size,
-          noise_scale=post.noise_scale, latents=self.posterior_latents, unroll=post.unroll,
-          sampler=post.sampler, base=self.p0)
+      observed = jnp.ones((z_q.shape[0],), bool)
+      post_state, post_diag = self._run_posterior_chain(
+          params, vae, jax.lax.stop_gradient(vae_params), x, z0, aux.latents.w[:, 0], observed,
+          k_post)
       z_post = post_state['z']
       if 'accept_rate' in post_diag and post.num_steps:  # Metropolis-adjusted samplers.
         metrics['posterior_accept_rate'] = post_diag['accept_rate'].mean()
@@ -187,24 +260,113 @@ class EnergyPrior:
       metrics['prior_grad_norm'] = prior_diag['grad_norm'][-1]
       if 'accept_rate' in prior_diag:
         metrics['prior_accept_rate'] = prior_diag['accept_rate'].mean()
-    leaves = jax.tree.leaves(grads)
-    ok_loss = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in leaves]))
+    ok_loss = jnp.isfinite(loss) & all_finite(grads)
     ok_energy = ((jnp.abs(ebm_metrics['energy_prior']) < self.max_abs_energy) &
                  (jnp.abs(ebm_metrics['energy_posterior']) < self.max_abs_energy))
-    return grads, state, metrics, ok_loss, ok_energy
+    return PriorUpdate(grads, state, metrics, ok_loss, ok_energy)
+
+  def describe(self) -> str:
+    if not self.prior_chain.num_steps:
+      return 'z ~ p0(z), no prior Langevin'
+    start = ' from persistent chains' if self.persistent_chains else ''
+    return f'z from {self.prior_chain.num_steps}-step prior Langevin{start}'
+
+  def describe_refinement(self) -> str:
+    return f'{self.posterior_chain.num_steps}-step posterior Langevin'
+
+
+def all_finite(tree) -> jax.Array:
+  """Whether every leaf of `tree` is finite everywhere: bool () (True for an empty tree)."""
+  leaves = jax.tree.leaves(tree)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else True
 
 
 @register('fixed')
-def _fixed(model):
-  return FixedPrior(model.vae.distribution)
+def _fixed(config, vae):
+  del config
+  return FixedPrior(vae.distribution)
 
 
-@register('ebm')
-def _energy(model):
-  chain = lambda steps, size: samplers.Chain(steps, size, model.noise_scale, model.sampler,
-                                             model.langevin_unroll)
-  return EnergyPrior(model.energy, chain(model.prior_steps, model.prior_step_size),
-                     chain(model.posterior_steps, model.posterior_step_size),
-                     model.posterior_sampler, model.posterior_latents, model.energy_weight,
-                     model.energy_l2, model.max_abs_energy, model.p0,
-                     model.persistent_chains, model.persistent_reinit)
+def _ebm_config() -> dict:
+  """config.ebm: the EBM prior and its chains. The paper gives no values: these start from Pang
+  et al. 2020 (docs/method.md, section 1)."""
+  return {'ebm': {
+      'hidden': (200, 200),
+      'activation': 'gelu',
+      'param_init': 'pytorch',  # As model.param_init: Pang et al.'s EBM is PyTorch nn.Linear.
+      'prior_steps': 60,
+      'prior_step_size': 0.4,
+      'posterior_steps': 20,
+      'posterior_step_size': 0.1,
+      'noise_scale': 1.0,  # Multiplies the Langevin noise (1 = exact Langevin).
+      # The MCMC sampler of both chains (samplers.py): 'langevin' (unadjusted, the paper's),
+      # 'mala' (Metropolis-adjusted: exact at any step size), or any registered one.
+      'sampler': 'langevin',
+      'posterior_latents': 'z',  # Paper silent: move only the shared z ('z') or also w ('zw').
+      # Unrolled chains run faster on XLA:CPU than a rolled lax.scan; compiles take longer
+      # (docs/speed.md).
+      'unroll_chains': True,
+      # Weight of energy_l2 * (mean f^2 at prior + at posterior samples) in the EBM loss; 0 is
+      # the paper's loss (docs/results.md: why a run may need it).
+      'energy_l2': 0.0,
+      # How f_a enters the VAE's bound. 'beta': with the prior terms, times beta; 'one': the
+      # paper's Eq. 5, the ELBO plus f_a unweighted (ENERGY_WEIGHTS).
+      'energy_weight': 'beta',
+      # The base density p0 on z: 'laplace' (the paper: MMVAE+'s prior) or 'gaussian' (Pang et
+      # al.'s N(0, I)); exp(f_a) Laplace can be improper, exp(f_a) N(0, I) cannot
+      # (docs/fidelity.md).
+      'base': 'laplace',
+      'base_scale': 1.0,  # p0 = base(0, base_scale^2 I); 1 is the paper's and Pang et al.'s.
+      # Prior chains: 0 starts them from p0 at every step (the paper's short-run chains); N > 0
+      # keeps N persistent chains, restarting a fraction persistent_reinit from p0 (EnergyPrior).
+      'persistent_chains': 0,
+      'persistent_reinit': 0.05,
+      'max_abs_energy': 1e4,  # An |energy| above this counts as an explosion (step skipped).
+  }}
+
+
+def _validate_ebm(config) -> None:
+  """The EBM's section, and the posterior sampler of its update."""
+  e, check = config.ebm, registry.check
+  check(config.model.posterior_sampler in POSTERIOR_SAMPLERS,
+        f'model.posterior_sampler={config.model.posterior_sampler!r}, expected one of '
+        f'{POSTERIOR_SAMPLERS}')
+  check(config.model.prior == 'ebm' or config.model.posterior_sampler == 'q',
+        'model.posterior_sampler=langevin needs model.prior=ebm')
+  check(e.sampler in samplers.SAMPLERS,
+        f'ebm.sampler={e.sampler!r} is not one of {sorted(samplers.SAMPLERS)}')
+  samplers.validate(e.sampler, 'ebm', e)
+  check(e.posterior_latents in ebm_lib.POSTERIOR_LATENTS,
+        f'ebm.posterior_latents={e.posterior_latents!r}, expected one of '
+        f'{ebm_lib.POSTERIOR_LATENTS}')
+  for key in ('prior_steps', 'posterior_steps'):
+    check(e[key] >= 0, f'ebm.{key}={e[key]} < 0')
+  check(isinstance(e.persistent_chains, int) and (
+      e.persistent_chains == 0 or e.persistent_chains >= config.batch_size),
+        f'ebm.persistent_chains={e.persistent_chains!r}: 0, or at least the batch size '
+        f'({config.batch_size}): each step continues a batch of distinct chains')
+  check(0 <= e.persistent_reinit <= 1,
+        f'ebm.persistent_reinit={e.persistent_reinit!r}, expected a fraction in [0, 1]')
+  check(e.energy_l2 >= 0, f'ebm.energy_l2={e.energy_l2} < 0')
+  check(e.base in ebm_lib.BASES, f'ebm.base={e.base!r}, expected one of {ebm_lib.BASES}')
+  check(e.base_scale > 0, f'ebm.base_scale={e.base_scale!r} must be > 0')
+  check(e.energy_weight in ENERGY_WEIGHTS,
+        f'ebm.energy_weight={e.energy_weight!r}, expected one of {ENERGY_WEIGHTS}')
+  check(e.param_init in networks.INITS,
+        f'ebm.param_init={e.param_init!r}, expected one of {networks.INITS}')
+
+
+@register('ebm', config=_ebm_config, validate=_validate_ebm)
+def _energy(config, vae):
+  """The EBM from its own section, config.ebm (and config.model.posterior_sampler)."""
+  del vae
+  e = config.ebm
+  unroll = True if e.unroll_chains else 1
+  chain = lambda steps, size: samplers.Chain(steps, size, e.noise_scale, e.sampler, unroll)
+  energy = networks.EnergyMLP(hidden=tuple(e.hidden), activation=e.activation,
+                              param_init=e.param_init)
+  return EnergyPrior(energy, chain(e.prior_steps, e.prior_step_size),
+                     chain(e.posterior_steps, e.posterior_step_size),
+                     config.model.posterior_sampler, e.posterior_latents, e.energy_weight,
+                     e.energy_l2, e.max_abs_energy, ebm_lib.Base(e.base, e.base_scale),
+                     e.persistent_chains, e.persistent_reinit)

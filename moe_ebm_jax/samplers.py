@@ -29,9 +29,19 @@ Sampler = Callable[..., tuple[Any, dict[str, Any]]]
 SAMPLERS: registry.Registry = registry.Registry('sampler')
 
 
-def register(name: str):
-  """Decorator: registers `fn` as sampler `name` (config.ebm.sampler). Names are unique."""
-  return SAMPLERS.register(name)
+def register(name: str, *, validate: Callable[[Any], str | None] | None = None):
+  """Decorator: registers `fn` as sampler `name` (config.ebm.sampler). Names are unique.
+  validate: settings (noise_scale, ...) -> what is wrong with them for this sampler, or None."""
+  return SAMPLERS.register(name, validate=validate)
+
+
+def validate(name: str, section: str, settings) -> None:
+  """Raises ValueError('invalid config: ...') if sampler `name` refuses `settings` (the config
+  section `section` that holds them)."""
+  check = SAMPLERS.validators.get(name)
+  problem = check(settings) if check else None
+  if problem:
+    raise ValueError(f'invalid config: {section}.sampler={name!r}: {problem}')
 
 
 def get(name: str) -> Sampler:
@@ -39,7 +49,8 @@ def get(name: str) -> Sampler:
 
 
 register('langevin')(langevin.sample)
-register('mala')(mala.sample)
+register('mala', validate=lambda s: None if s.noise_scale > 0 else (
+    f'noise_scale={s.noise_scale!r}: MALA needs noise_scale > 0'))(mala.sample)
 
 
 @dataclasses.dataclass(frozen=True)

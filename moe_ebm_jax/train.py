@@ -35,28 +35,28 @@ from jax.sharding import PartitionSpec as P
 from moe_ebm_jax import checkpointing
 from moe_ebm_jax import config_lib
 from moe_ebm_jax import evaluation
+from moe_ebm_jax import figures
 from moe_ebm_jax import generation
 from moe_ebm_jax import input_pipeline
 from moe_ebm_jax import log_setup
 from moe_ebm_jax import metric_logging
 from moe_ebm_jax import model_state
 from moe_ebm_jax import objectives
+from moe_ebm_jax import optimizers
 from moe_ebm_jax import parallel
+from moe_ebm_jax import priors
+from moe_ebm_jax import workdir as workdir_lib
 
 Params = Any
 
-# Why a step was skipped (bits of model_state.TrainState.last_bad_reason).
-BAD_VAE, BAD_EBM, BAD_ENERGY = 1, 2, 4
-
-
-def _all_finite(tree) -> jax.Array:
-  leaves = jax.tree.leaves(tree)
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else True
+# Why a step was skipped (bits of model_state.TrainState.last_bad_reason): the VAE's loss or
+# gradients, the prior's (PriorUpdate.ok_loss), the prior's bounds (PriorUpdate.ok_bounds).
+BAD_VAE, BAD_PRIOR, BAD_BOUNDS = 1, 2, 4
 
 
 def train_step(state: model_state.TrainState, x, *, model: model_state.Model,
-               vae_tx, ebm_tx) -> tuple[model_state.TrainState, dict[str, jax.Array]]:
-  """One update of VAE and EBM. x: the batch's modalities {name: (B, *shape)} (models.py)."""
+               vae_tx, prior_tx) -> tuple[model_state.TrainState, dict[str, jax.Array]]:
+  """One update of the VAE and the prior. x: the batch's modalities {name: (B, *shape)}."""
   key, k_vae, k_prior, k_pick, k_post = jax.random.split(jax.random.fold_in(state.key, state.step),
                                                         5)
   del key  # Keys derive from (state.key, step): resuming reproduces them exactly.
@@ -67,35 +67,37 @@ def train_step(state: model_state.TrainState, x, *, model: model_state.Model,
   def vae_loss_fn(vae_params):
     return objectives.get(model.objective).fn(
         model.vae, vae_params, x, k_vae, beta=beta, num_samples=model.num_samples,
-        estimator=model.estimator, log_prior_z=prior.log_prob(state.ebm_params, beta))
+        estimator=model.estimator, log_prior_z=prior.log_prob(state.prior_params, beta))
 
   (vae_loss, aux), vae_grads = jax.value_and_grad(vae_loss_fn, has_aux=True)(state.vae_params)
   metrics = dict(aux.metrics)
   if model.beta_warmup_steps:
     metrics['beta'] = jnp.asarray(model.beta_at(state.step), jnp.float32)
-  ok_vae = jnp.isfinite(vae_loss) & _all_finite(vae_grads)
+  ok_vae = jnp.isfinite(vae_loss) & priors.all_finite(vae_grads)
   # The prior's own update (the EBM: prior and posterior chains, the EBM loss's gradient).
-  ebm_grads, prior_state, prior_metrics, ok_ebm, ok_energy = prior.learn(
-      state.ebm_params, state.prior_state, (k_prior, k_pick, k_post), model.vae,
-      state.vae_params, x, aux)
-  metrics.update(prior_metrics)
+  update = priors.PriorUpdate(*prior.learn(
+      state.prior_params, state.prior_state, (k_prior, k_pick, k_post), model.vae,
+      state.vae_params, x, aux))
+  metrics.update(update.metrics)
 
-  ok = ok_vae & ok_ebm & ok_energy
+  ok = ok_vae & update.ok_loss & update.ok_bounds
   vae_updates, vae_opt_state = vae_tx.update(vae_grads, state.vae_opt_state, state.vae_params)
-  ebm_updates, ebm_opt_state = ebm_tx.update(ebm_grads, state.ebm_opt_state, state.ebm_params)
+  prior_updates, prior_opt_state = prior_tx.update(update.grads, state.prior_opt_state,
+                                                   state.prior_params)
   updated = (optax.apply_updates(state.vae_params, vae_updates), vae_opt_state,
-             optax.apply_updates(state.ebm_params, ebm_updates), ebm_opt_state, prior_state)
-  current = (state.vae_params, state.vae_opt_state, state.ebm_params, state.ebm_opt_state,
+             optax.apply_updates(state.prior_params, prior_updates), prior_opt_state,
+             update.state)
+  current = (state.vae_params, state.vae_opt_state, state.prior_params, state.prior_opt_state,
              state.prior_state)
   # A bad step leaves params, optimiser moments and the prior's state untouched (NaNs never
   # enter the state).
-  vae_params, vae_opt_state, ebm_params, ebm_opt_state, prior_state = jax.tree.map(
+  vae_params, vae_opt_state, prior_params, prior_opt_state, prior_state = jax.tree.map(
       lambda new, old: jnp.where(ok, new, old), updated, current)
-  reason = (jnp.where(ok_vae, 0, BAD_VAE) | jnp.where(ok_ebm, 0, BAD_EBM) |
-            jnp.where(ok_energy, 0, BAD_ENERGY)).astype(jnp.int32)
+  reason = (jnp.where(ok_vae, 0, BAD_VAE) | jnp.where(update.ok_loss, 0, BAD_PRIOR) |
+            jnp.where(update.ok_bounds, 0, BAD_BOUNDS)).astype(jnp.int32)
   new_state = state.replace(
-      step=state.step + 1, vae_params=vae_params, ebm_params=ebm_params,
-      vae_opt_state=vae_opt_state, ebm_opt_state=ebm_opt_state, prior_state=prior_state,
+      step=state.step + 1, vae_params=vae_params, prior_params=prior_params,
+      vae_opt_state=vae_opt_state, prior_opt_state=prior_opt_state, prior_state=prior_state,
       bad_steps=jnp.where(ok, 0, state.bad_steps + 1),
       skipped_steps=state.skipped_steps + (~ok).astype(jnp.int32),
       last_bad_reason=jnp.where(ok, state.last_bad_reason, reason))
@@ -110,7 +112,7 @@ def eval_step(state: model_state.TrainState, x, key: jax.Array, *,
   loss, aux = objectives.get(model.objective).fn(
       model.vae, state.vae_params, x, key, beta=model.beta, num_samples=model.num_samples,
       estimator='iwae' if model.estimator == 'dreg' else model.estimator,
-      log_prior_z=model.log_prior_z(state.ebm_params, model.beta))
+      log_prior_z=model.log_prior_z(state.prior_params, model.beta))
   b = aux.post.z_loc.shape[1]
   return {'loss_sum': loss * b, 'recon_sum': aux.metrics['recon'] * b, 'count': jnp.float32(b)}
 
@@ -134,12 +136,12 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
 def compile_steps(config: ml_collections.ConfigDict, model: model_state.Model,
                   mesh) -> dict[str, Any]:
   """jit-compiled step functions with their shardings (params replicated, batch split)."""
-  vae_tx, ebm_tx = model_state.make_optimizers(config)
+  vae_tx, prior_tx = optimizers.make_optimizers(config)
   replicated = NamedSharding(mesh, P())
   batch = NamedSharding(mesh, P('data'))
-  init = jax.jit(functools.partial(model_state.init_state, model, vae_tx, ebm_tx),
+  init = jax.jit(functools.partial(model_state.init_state, model, vae_tx, prior_tx),
                  out_shardings=replicated)
-  step = jax.jit(functools.partial(train_step, model=model, vae_tx=vae_tx, ebm_tx=ebm_tx),
+  step = jax.jit(functools.partial(train_step, model=model, vae_tx=vae_tx, prior_tx=prior_tx),
                  in_shardings=(replicated, batch), out_shardings=(replicated, replicated),
                  donate_argnums=0)
   evaluate = jax.jit(functools.partial(eval_step, model=model),
@@ -186,22 +188,21 @@ def write_samples(writer, config, model, state, steps, key, step: int) -> None:
   out = jax.device_get(steps['generate'](state, parallel.replicate(x, steps['replicated']),
                                          parallel.replicate(key, steps['replicated'])))
   images = np.stack([x[n] for n in names], axis=1)
-  grids = {'samples/joint': metric_logging.image_grid(
+  grids = {'samples/joint': figures.image_grid(
       np.stack([out['joint'][n] for n in names], axis=1))}
   for src, cross in enumerate(out['cross']):
     # Rows: test examples; first column the source image, then its decodes into every modality.
     tiles = np.concatenate([images[:, src:src + 1], np.stack([cross[n] for n in names], 1)], 1)
-    grids[f'samples/cross_from_{names[src]}'] = metric_logging.image_grid(tiles)
+    grids[f'samples/cross_from_{names[src]}'] = figures.image_grid(tiles)
   writer.write_images(step, grids)
 
 
-def progress_line_metrics(model: model_state.Model, metrics: dict[str, Any],
-                          skipped_steps: int) -> dict[str, Any]:
+def progress_line_metrics(metrics: dict[str, Any], skipped_steps: int) -> dict[str, Any]:
   """The few numbers of the terminal's progress line (TensorBoard gets every metric): the loss,
-  then the prior and posterior energies for EBM models, reconstruction and KL for the others,
-  and the skipped steps when there are any."""
+  then the prior and posterior energies for EBM priors (whose update reports them),
+  reconstruction and KL for the others, and the skipped steps when there are any."""
   line = {'loss': metrics['vae_loss']}
-  if model.has_ebm:
+  if 'energy_prior' in metrics:  # An EBM prior's.
     line['E prior'] = metrics['energy_prior']
     line['E posterior'] = metrics['energy_posterior']
   else:
@@ -215,8 +216,9 @@ def progress_line_metrics(model: model_state.Model, metrics: dict[str, Any],
 def describe_divergence(state: model_state.TrainState) -> str:
   reason = int(state.last_bad_reason)
   parts = [name for bit, name in ((BAD_VAE, 'the VAE loss or its gradients were non-finite'),
-                                  (BAD_EBM, 'the EBM loss or its gradients were non-finite'),
-                                  (BAD_ENERGY, 'an energy exceeded config.ebm.max_abs_energy'))
+                                  (BAD_PRIOR, "the prior's loss or its gradients were non-finite"),
+                                  (BAD_BOUNDS, 'an energy exceeded config.ebm.max_abs_energy '
+                                               "(a prior's bounds)"))
            if reason & bit]
   return '; '.join(parts) or 'unknown'
 
@@ -315,7 +317,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, class
       if step % config.log_every_steps == 0 or step == config.num_train_steps:
         metrics = jax.device_get(metrics)
         skipped = int(state.skipped_steps)
-        report = progress.update(step, progress_line_metrics(model, metrics, skipped))
+        report = progress.update(step, progress_line_metrics(metrics, skipped))
         if int(state.bad_steps) >= config.max_consecutive_bad_steps:
           state, step = _handle_divergence(config, state, ckpt, abstract, data_iter,
                                            restores_in_a_row)
@@ -362,7 +364,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, class
 def _evaluate_at_end(config, workdir, model, state, classify, features) -> None:
   """--mode=eval's evaluation of the final state, unless <workdir>/eval holds it already."""
   step = int(state.step)
-  done = evaluation.evaluated_step(workdir) == step
+  done = workdir_lib.evaluated_step(workdir) == step
   # Evaluation runs compiled functions over every device: all processes do it, or none.
   if not _any_process(not done):
     logging.info('Training finished at step %d; its evaluation is already in %s (metrics.json, '

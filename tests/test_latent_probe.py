@@ -12,6 +12,7 @@ from moe_ebm_jax import config_lib
 from moe_ebm_jax import input_pipeline
 from moe_ebm_jax import latent_probe
 from moe_ebm_jax import model_state
+from moe_ebm_jax import optimizers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,7 +72,7 @@ def test_unimodal_means_are_the_expert_or_its_product_with_the_prior(model_name)
 def test_probe_reports_pre_and_post_ld_for_moe_ebm_and_matches_a_direct_fit():
   config = smoke_mixture('moe_ebm')
   model = model_state.make_model(config)
-  vae_tx, ebm_tx = model_state.make_optimizers(config)
+  vae_tx, ebm_tx = optimizers.make_optimizers(config)
   state = model_state.init_state(model, vae_tx, ebm_tx, jax.random.PRNGKey(0))
   train = list(input_pipeline.eval_dataset(config, 'train'))
   test = list(input_pipeline.eval_dataset(config, 'test'))

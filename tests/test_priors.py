@@ -42,7 +42,7 @@ def test_energy_prior_log_prob_weights_f_a_as_configured(weight):
   assert prior.posterior_chain.num_steps == config.ebm.posterior_steps
   params = prior.init(jax.random.PRNGKey(0), model.vae.latent_z)
   z = jax.random.normal(jax.random.PRNGKey(1), (4, model.vae.latent_z))
-  f = model.energy.apply(params, z)
+  f = model.prior.energy.apply(params, z)
   base = -jnp.abs(z).sum(-1) - model.vae.latent_z * math.log(2)
   want = f + base if weight == 'beta' else f / 2.5 + base
   np.testing.assert_allclose(prior.log_prob(params, 2.5)(z), want, rtol=1e-5)

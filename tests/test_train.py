@@ -19,6 +19,7 @@ from moe_ebm_jax import config_lib
 from moe_ebm_jax import metric_logging
 from moe_ebm_jax import model_state
 from moe_ebm_jax import objectives
+from moe_ebm_jax import optimizers
 from moe_ebm_jax import parallel
 from moe_ebm_jax import train
 
@@ -85,8 +86,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(polymnist_dir, tmp_path):
   assert int(resumed.step) == int(straight.step) == 6
   assert int(resumed.prior_state['cursor']) == 6 * 8 % 16
   leaves_equal(resumed.vae_params, straight.vae_params, rtol=0, atol=0)
-  leaves_equal(resumed.ebm_params, straight.ebm_params, rtol=0, atol=0)
-  leaves_equal(resumed.ebm_opt_state, straight.ebm_opt_state, rtol=0, atol=0)
+  leaves_equal(resumed.prior_params, straight.prior_params, rtol=0, atol=0)
+  leaves_equal(resumed.prior_opt_state, straight.prior_opt_state, rtol=0, atol=0)
   leaves_equal(resumed.prior_state, straight.prior_state, rtol=0, atol=0)
 
 
@@ -111,10 +112,10 @@ def test_config_errors_fail_before_compiling(polymnist_dir, tmp_path):
 
 def one_step_setup(config, model_name='moe_ebm'):
   model = model_state.make_model(config)
-  vae_tx, ebm_tx = model_state.make_optimizers(config)
+  vae_tx, ebm_tx = optimizers.make_optimizers(config)
   state = jax.jit(functools.partial(model_state.init_state, model, vae_tx, ebm_tx))(
       jax.random.PRNGKey(0))
-  step = jax.jit(functools.partial(train.train_step, model=model, vae_tx=vae_tx, ebm_tx=ebm_tx))
+  step = jax.jit(functools.partial(train.train_step, model=model, vae_tx=vae_tx, prior_tx=ebm_tx))
   return state, step
 
 
@@ -129,7 +130,7 @@ def test_planted_nan_is_skipped_and_counted(polymnist_dir):
   assert int(new.step) == 1 and int(new.bad_steps) == 1 and int(new.skipped_steps) == 1
   assert int(new.last_bad_reason) & train.BAD_VAE
   leaves_equal(new.vae_params, state.vae_params, rtol=0, atol=0)
-  leaves_equal(new.ebm_params, state.ebm_params, rtol=0, atol=0)
+  leaves_equal(new.prior_params, state.prior_params, rtol=0, atol=0)
   leaves_equal(new.vae_opt_state, state.vae_opt_state, rtol=0, atol=0)
   leaves_equal(new.prior_state, state.prior_state, rtol=0, atol=0)  # Chains and cursor kept.
   # A good batch afterwards updates and resets the consecutive count.
@@ -143,14 +144,14 @@ def test_planted_nan_is_skipped_and_counted(polymnist_dir):
 def test_exploding_energy_is_skipped(polymnist_dir):
   config = smoke_config(polymnist_dir, 'ebm_mmvaeplus', **{'ebm.max_abs_energy': 100.0})
   state, step = one_step_setup(config)
-  params = jax.tree.map(lambda x: x, state.ebm_params)
+  params = jax.tree.map(lambda x: x, state.prior_params)
   params['params']['dense_out']['bias'] = jnp.full_like(params['params']['dense_out']['bias'],
                                                         1e3)
-  state = state.replace(ebm_params=params)
+  state = state.replace(prior_params=params)
   images = jnp.asarray(np.random.default_rng(0).random((8, 5, 28, 28, 3), np.float32))
   new, metrics = step(state, images)
-  assert float(metrics['step_ok']) == 0.0 and int(new.last_bad_reason) == train.BAD_ENERGY
-  leaves_equal(new.ebm_params, state.ebm_params, rtol=0, atol=0)
+  assert float(metrics['step_ok']) == 0.0 and int(new.last_bad_reason) == train.BAD_BOUNDS
+  leaves_equal(new.prior_params, state.prior_params, rtol=0, atol=0)
 
 
 class PoisonedIterator:
@@ -239,7 +240,7 @@ SHARDED_SCRIPT = textwrap.dedent('''
       for _ in range(2):
         state, metrics = steps['train'](state, jax.device_put(images, steps['batch']))
       assert len(state.vae_params['decoders']['params']['conv_out']['kernel'].sharding.device_set) == len(devices)
-      results.append(jax.device_get((state.vae_params, state.ebm_params, state.prior_state,
+      results.append(jax.device_get((state.vae_params, state.prior_params, state.prior_state,
                                      metrics)))
     for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
       np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
@@ -280,7 +281,7 @@ TWO_PROCESS_SCRIPT = textwrap.dedent('''
                                      classify=lambda d: np.zeros((len(d['m0']), len(d)), int))
     assert jax.process_count() == num_processes and jax.device_count() == num_processes
     if process_id == 0:
-      leaves = [np.asarray(x) for x in jax.tree.leaves((state.vae_params, state.ebm_params))]
+      leaves = [np.asarray(x) for x in jax.tree.leaves((state.vae_params, state.prior_params))]
       np.savez(sys.argv[4], *leaves)
     print('PROCESS_DONE', process_id)
 ''')
@@ -355,10 +356,10 @@ def test_beta_warmup_step_equals_a_step_with_the_scaled_beta(polymnist_dir):
   def step_once(step, **overrides):
     config = smoke_config(polymnist_dir, 'mmvaeplus', **overrides)
     model = model_state.make_model(config)
-    vae_tx, ebm_tx = model_state.make_optimizers(config)
+    vae_tx, ebm_tx = optimizers.make_optimizers(config)
     state = model_state.init_state(model, vae_tx, ebm_tx, jax.random.PRNGKey(0))
     state = state.replace(step=jnp.asarray(step, jnp.int32))
-    return train.train_step(state, images, model=model, vae_tx=vae_tx, ebm_tx=ebm_tx)
+    return train.train_step(state, images, model=model, vae_tx=vae_tx, prior_tx=ebm_tx)
 
   beta = smoke_config(polymnist_dir, 'mmvaeplus').model.beta
   for step, fraction in ((1, 2 / 4), (3, 1.0), (7, 1.0)):
@@ -421,12 +422,12 @@ def test_energy_weight_one_adds_f_a_to_the_bound_unweighted(polymnist_dir):
                                                        'model.beta': beta})
     model = model_state.make_model(config)
     vae_params = model.vae.init(jax.random.PRNGKey(0))
-    ebm_params = model.energy.init(jax.random.PRNGKey(1), jnp.zeros((1, model.vae.latent_z)))
+    ebm_params = model.prior.energy.init(jax.random.PRNGKey(1), jnp.zeros((1, model.vae.latent_z)))
     loss, aux = objectives.mmvaeplus_objective(
         model.vae, vae_params, images, jax.random.PRNGKey(2), beta=beta, num_samples=1,
         estimator='elbo', log_prior_z=model.log_prior_z(ebm_params, beta))
     losses[weight] = float(loss)
-    f_a = model.energy.apply(ebm_params, aux.latents.z)  # (M, K, B): the same samples for both.
+    f_a = model.prior.energy.apply(ebm_params, aux.latents.z)  # (M, K, B): the same samples for both.
   assert abs(float(f_a.mean())) > 1e-3  # Else the check below could not fail.
   # float32 losses of ~7,600 (ulp ~5e-4): a tolerance far below the 0.4 being checked.
   assert losses['one'] - losses['beta'] == pytest.approx((beta - 1) * float(f_a.mean()),
@@ -441,14 +442,11 @@ def test_energy_weight_one_adds_f_a_to_the_bound_unweighted(polymnist_dir):
 
 
 def test_progress_line_shows_the_loss_and_the_models_key_numbers():
-  metrics = {'vae_loss': 7.0, 'recon': -6.0, 'kl': 1.0, 'energy_prior': -0.1,
-             'energy_posterior': -0.3, 'ebm_loss': 0.2, 'bound': -7.0}
-  ebm = model_state.make_model(config_lib.base_config('moe_ebm'))
-  fixed = model_state.make_model(config_lib.base_config('mmvaeplus'))
-  assert train.progress_line_metrics(ebm, metrics, 0) == {
-      'loss': 7.0, 'E prior': -0.1, 'E posterior': -0.3}
-  assert train.progress_line_metrics(fixed, metrics, 0) == {'loss': 7.0, 'recon': -6.0, 'kl': 1.0}
-  assert train.progress_line_metrics(fixed, metrics, 3)['skipped'] == 3
+  fixed = {'vae_loss': 7.0, 'recon': -6.0, 'kl': 1.0, 'bound': -7.0}
+  ebm = {**fixed, 'energy_prior': -0.1, 'energy_posterior': -0.3, 'ebm_loss': 0.2}
+  assert train.progress_line_metrics(ebm, 0) == {'loss': 7.0, 'E prior': -0.1, 'E posterior': -0.3}
+  assert train.progress_line_metrics(fixed, 0) == {'loss': 7.0, 'recon': -6.0, 'kl': 1.0}
+  assert train.progress_line_metrics(fixed, 3)['skipped'] == 3
 
 
 @pytest.mark.slow
@@ -458,7 +456,7 @@ def test_eval_step_loss_is_the_models_own_objective(polymnist_dir, model_name):
   key (it once was MMVAE+'s objective for every model)."""
   config = smoke_config(polymnist_dir, model_name, **{'model.beta_warmup_steps': 4})
   model = model_state.make_model(config)
-  vae_tx, ebm_tx = model_state.make_optimizers(config)
+  vae_tx, ebm_tx = optimizers.make_optimizers(config)
   state = model_state.init_state(model, vae_tx, ebm_tx, jax.random.PRNGKey(3))
   images = jnp.asarray(np.random.default_rng(0).uniform(size=(4, 5, 28, 28, 3)), jnp.float32)
   key = jax.random.PRNGKey(7)
@@ -467,7 +465,7 @@ def test_eval_step_loss_is_the_models_own_objective(polymnist_dir, model_name):
                       .fn(model.vae, params, images, key, beta=config.model.beta,
                           num_samples=model.num_samples, estimator=model.estimator,
                           log_prior_z=model.log_prior_z(ebm_params, config.model.beta))[0])
-  expected = float(objective(state.vae_params, state.ebm_params))
+  expected = float(objective(state.vae_params, state.prior_params))
   assert float(out['count']) == 4
   assert float(out['loss_sum']) / 4 == pytest.approx(expected, rel=1e-6)
 
