@@ -23,7 +23,7 @@ from absl import flags
 from moe_ebm_jax import log_setup
 from moe_ebm_jax import config_lib
 from moe_ebm_jax import datasets
-from moe_ebm_jax import evaluation
+from moe_ebm_jax import input_pipeline
 from moe_ebm_jax import models
 from moe_ebm_jax import optimizers
 
@@ -59,7 +59,7 @@ def init_outputs(data_dir, seeds=(0, 1, 2)) -> dict[str, dict[str, list[float]]]
     config.data.data_dir = data_dir
     config.model.param_init = init
     vae = models.make_vae(config, datasets.get(config.data).modalities)
-    images = jnp.asarray(evaluation._test_batches(config, 32)[0]['x']['m0'][:32])  # pylint: disable=protected-access
+    images = jnp.asarray(input_pipeline.first_test_batches(config, 32)[0]['x']['m0'][:32])
     rows = []
     for seed in seeds:
       params = vae.init(jax.random.PRNGKey(seed))

@@ -31,11 +31,11 @@ from moe_ebm_jax import comparison
 from moe_ebm_jax import config_lib
 from moe_ebm_jax import curves
 from moe_ebm_jax import datasets
-from moe_ebm_jax import evaluation
 from moe_ebm_jax import input_pipeline
 from moe_ebm_jax import latent_probe
 from moe_ebm_jax import log_setup
 from moe_ebm_jax import metric_logging
+from moe_ebm_jax import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,7 +57,7 @@ def run_metrics(config, workdir: str) -> dict:
   """The run's evaluation, its latent probe and its test-loss curve."""
   with open(os.path.join(workdir, 'eval', 'metrics.json')) as f:
     metrics = json.load(f)
-  model, state = evaluation.restore_latest(config, workdir)
+  model, state = workdir_lib.restore_latest(config, workdir)
   whole = config.copy_and_resolve_references()
   whole.data.test_subset = None  # The probe's training examples: not the test split's subset.
   limit = lambda c, split, n: [b for _, b in zip(range(-(-n // c.eval_batch_size)),

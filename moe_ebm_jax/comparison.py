@@ -18,7 +18,8 @@ import statistics
 from typing import Any, Sequence
 
 from moe_ebm_jax import config_lib
-from moe_ebm_jax import evaluation
+from moe_ebm_jax.evaluators import coherence
+from moe_ebm_jax.generation import LdMode
 
 # The paper's Table 1 (docs/method.md, section 2): (joint coherence, cross coherence,
 # joint FID, cross FID); None where the paper has no number. Rows marked * there were copied from
@@ -51,7 +52,6 @@ PAPER_ROW = {
 JOINT_ROW_TAG = {'moe_ebm': 'post_ld', 'ebm_mmvae': 'pre_ld', 'ebm_mmvaeplus': 'pre_ld'}
 
 METRICS = ('joint_coherence', 'cross_coherence', 'joint_fid', 'cross_fid')
-_TAG_SUFFIX = {'q': '', 'pre_ld': ' pre-LD', 'post_ld': ' post-LD'}
 
 
 class CompareError(ValueError):
@@ -77,7 +77,7 @@ class Row:
 
   @property
   def label(self) -> str:
-    return self.model + _TAG_SUFFIX[self.tag]
+    return self.model + LdMode(self.tag).label
 
 
 def load_metrics(workdir: str) -> dict[str, Any]:
@@ -101,7 +101,7 @@ def rows_of_run(workdir: str, metrics: dict[str, Any]) -> list[Row]:
   """The table rows of one evaluated run: one per posterior mode (q, or pre- and post-LD)."""
   c = metrics['coherence']
   fid = metrics.get('fid') or None
-  tags = [t for t in ('q', 'pre_ld', 'post_ld') if t in c]
+  tags = [mode.value for mode in LdMode.present(c)]
   if not tags:
     raise CompareError(f'{workdir}: metrics.json has no cross coherence (q, pre_ld or post_ld).')
   counts = f"cross {c['num_test_examples']} test, joint {c['num_joint_samples']}"
@@ -226,7 +226,7 @@ def interval(values: Sequence[float]) -> tuple[float, float, float, float]:
 # results_table's rows: (name, (run, coherence tag) -> value or None).
 RESULT_ROWS = (
     ('joint coherence', lambda r, tag: r['coherence'].get('joint_coherence')),
-    ('joint class balance', lambda r, tag: evaluation.class_balance(
+    ('joint class balance', lambda r, tag: coherence.class_balance(
         r['coherence'].get('joint_class_share'), r.get('num_classes', 0))),
     ('cross coherence', lambda r, tag: r['coherence'][tag]['cross_coherence']),
     ('latent accuracy', lambda r, tag: r['latent_probe'][
@@ -282,7 +282,7 @@ def results_table(results: dict, models: list[str]) -> str:
     if not runs:
       continue
     # The coherence tags the runs were evaluated with: 'q', or 'pre_ld' (and 'post_ld').
-    for tag in [t for t in ('q', 'pre_ld', 'post_ld') if t in runs[0]['coherence']]:
+    for tag in [mode.value for mode in LdMode.present(runs[0]['coherence'])]:
       cells = []
       for _, get in rows:
         values = [get(r, tag) for r in runs]
@@ -293,7 +293,7 @@ def results_table(results: dict, models: list[str]) -> str:
         # One run has no spread: its value alone, not an sd of 0 that reads as certainty.
         cells.append(f'{mean:.3f}, {sd:.3f} [{lo:.3f}, {hi:.3f}]' if len(values) > 1
                      else f'{mean:.3f}')
-      label = model + {'pre_ld': ' pre-LD', 'post_ld': ' post-LD'}.get(tag, '')
+      label = model + LdMode(tag).label
       lines.append(f'| {label} | {len(runs)} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
@@ -320,7 +320,7 @@ def paired_table(results: dict, models: list[str], baseline: str) -> str:
                   key=lambda r: r['seed'])
     if not runs:
       continue
-    for tag in [t for t in ('q', 'pre_ld', 'post_ld') if t in runs[0]['coherence']]:
+    for tag in [mode.value for mode in LdMode.present(runs[0]['coherence'])]:
       cells = []
       for _, get in rows:
         pairs = [(get(r, tag), get(base[r['seed']], base_tag)) for r in runs]
@@ -332,7 +332,7 @@ def paired_table(results: dict, models: list[str], baseline: str) -> str:
         higher = f'{sum(d > 0 for d in diffs)}/{len(diffs)}'
         cells.append(f'{mean:+.3f}, {sd:.3f} [{lo:+.3f}, {hi:+.3f}], {higher}'
                      if len(diffs) > 1 else f'{mean:+.3f}, {higher}')
-      label = model + {'pre_ld': ' pre-LD', 'post_ld': ' post-LD'}.get(tag, '')
+      label = model + LdMode(tag).label
       lines.append(f'| {label} | {len(runs)} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 

@@ -13,10 +13,13 @@ from absl import logging
 import jax
 
 from moe_ebm_jax import checkpointing
-from moe_ebm_jax import evaluation
+from moe_ebm_jax import input_pipeline
 from moe_ebm_jax import metric_logging
 from moe_ebm_jax import model_state
 from moe_ebm_jax import parallel
+from moe_ebm_jax.evaluators import coherence as coherence_lib
+from moe_ebm_jax.evaluators import common
+from moe_ebm_jax.generation import LdMode
 
 FILENAME = 'coherence_curve.json'
 
@@ -28,7 +31,8 @@ def coherence_curve(config, workdir: str, num_test: int, classify, scored=None) 
     config: the run's config.
     workdir: the run's folder; every checkpoint kept there is read.
     num_test: the first num_test test tuples (the same ones at every step).
-    classify, scored: as evaluation.Evaluator's (coherence_scorers.make_scorer(config) has both).
+    classify, scored: as evaluators.coherence.CoherenceEvaluator's (coherence_scorers.make_scorer
+      (config) has both).
   """
   path = os.path.join(workdir, FILENAME)
   done = {}
@@ -39,8 +43,10 @@ def coherence_curve(config, workdir: str, num_test: int, classify, scored=None) 
   abstract = model_state.abstract_state(config, model, parallel.make_mesh())
   losses = dict(metric_logging.read_scalars(os.path.join(workdir, 'tensorboard')).get(
       'eval/test_loss', []))
-  evaluator = evaluation.Evaluator(config, model, classify, scored)
-  test_batches = evaluation._test_batches(config, num_test)  # pylint: disable=protected-access
+  gen = common.Generators(model, config.eval_batch_size, config.eval.clip_for_coherence)
+  evaluator = coherence_lib.CoherenceEvaluator(
+      gen, classify, input_pipeline.first_test_batches(config, num_test), scored=scored,
+      cross_only=True)
   with checkpointing.Checkpointer(workdir, keep_latest=config.keep_checkpoints,
                                   keep_best=config.keep_best_checkpoints) as ckpt:
     steps = ckpt.all_steps()
@@ -50,12 +56,10 @@ def coherence_curve(config, workdir: str, num_test: int, classify, scored=None) 
       start = time.time()
       state, _ = ckpt.restore(abstract, step=step)
       # The same key at every step: the curve's changes are the model's, not the sampler's.
-      coherence = evaluator.coherence(state, test_batches, jax.random.PRNGKey(config.seed + 2),
-                                      num_joint=0, cross_only=True)
+      coherence = evaluator.run(state, jax.random.PRNGKey(config.seed + 2))
       point = {'step': step, 'num_test': num_test, 'test_loss': losses.get(step)}
-      for tag in ('q', 'pre_ld', 'post_ld'):
-        if tag in coherence:
-          point[f'cross_coherence_{tag}'] = round(coherence[tag]['cross_coherence'], 4)
+      for mode in LdMode.present(coherence):
+        point[f'cross_coherence_{mode.value}'] = round(coherence[mode.value]['cross_coherence'], 4)
       done[step] = point
       logging.info('%s step %d: %s (%.0f s)', workdir, step,
                    {k: v for k, v in point.items() if k.startswith('cross')},

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import grain
+import jax
 import ml_collections
 import numpy as np
 from absl import flags
@@ -190,3 +191,18 @@ def eval_dataset(config: ml_collections.ConfigDict, split: str = 'test', process
                       drop_remainder=process_count > 1, subset=config.data.test_subset,
                       process_index=process_index, process_count=process_count)
 
+
+
+def first_test_batches(config: ml_collections.ConfigDict, count: int | None
+                       ) -> list[dict[str, np.ndarray]]:
+  """The first `count` test tuples (None: all) as eval batches of config.eval_batch_size
+  ({'x': {name: (b, *shape)}, 'label': (b,)}, the last one cut to `count`)."""
+  batches, seen = [], 0
+  for batch in eval_dataset(config):
+    if count is not None and seen >= count:
+      break
+    if count is not None and seen + len(batch['label']) > count:
+      batch = jax.tree.map(lambda v: v[:count - seen], batch)
+    batches.append(batch)
+    seen += len(batch['label'])
+  return batches

@@ -11,9 +11,9 @@ import pytest
 from moe_ebm_jax import classifiers
 from moe_ebm_jax import config_lib
 from moe_ebm_jax import datasets
-from moe_ebm_jax import evaluation
 from moe_ebm_jax import input_pipeline
 from moe_ebm_jax import polymnist
+from moe_ebm_jax.evaluators import common
 
 # Small enough for CPU CI (120 steps of the default net), large enough to learn digits.
 SMALL = dict(num_epochs=3, batch_size=100, train_subset=4000, test_subset=500)
@@ -38,7 +38,7 @@ def test_batch(config):
   ds = input_pipeline.make_dataset(dataset.source('test'), modalities=dataset.modalities,
                                    batch_size=64, shuffle=False, num_epochs=1)
   batch = ds[0]
-  return {'images': evaluation.batch_images(batch, dataset.names), 'label': batch['label']}
+  return {'images': common.batch_images(batch, dataset.names), 'label': batch['label']}
 
 
 @pytest.mark.slow

@@ -17,6 +17,11 @@ from moe_ebm_jax import evaluation
 from moe_ebm_jax import generation
 from moe_ebm_jax import model_state
 from moe_ebm_jax import train
+from moe_ebm_jax import workdir as workdir_lib
+from moe_ebm_jax.evaluators import coherence
+from moe_ebm_jax.evaluators import common
+from moe_ebm_jax.evaluators import fid as fid_eval
+from moe_ebm_jax.evaluators import report as report_lib
 
 from test_train import smoke_config
 
@@ -24,30 +29,30 @@ from test_train import smoke_config
 def test_cross_coherence_is_mean_over_sources_per_target_then_targets():
   correct = np.array([[9, .2, .4], [.6, 9, .8], [.1, .3, 9]])  # Diagonal ignored.
   per_target = [np.mean([.6, .1]), np.mean([.2, .3]), np.mean([.4, .8])]
-  assert evaluation.cross_coherence(correct) == pytest.approx(np.mean(per_target))
+  assert coherence.cross_coherence(correct) == pytest.approx(np.mean(per_target))
 
 
 def test_joint_coherence_and_subsets():
   predictions = np.array([[1, 1, 1], [1, 2, 1], [3, 3, 3], [0, 0, 5]])
-  assert evaluation.joint_coherence(predictions) == 0.5
-  assert evaluation.subsets(3) == [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2)]
-  assert len(evaluation.subsets(5)) == 30
-  assert evaluation.subset_coherence({(0,): .2, (1,): .4, (0, 1): .9}) == {1: pytest.approx(.3),
+  assert coherence.joint_coherence(predictions) == 0.5
+  assert coherence.subsets(3) == [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2)]
+  assert len(coherence.subsets(5)) == 30
+  assert coherence.subset_coherence({(0,): .2, (1,): .4, (0, 1): .9}) == {1: pytest.approx(.3),
                                                                           2: .9}
 
 
 def test_joint_class_share_counts_agreeing_samples_by_class():
   predictions = np.array([[2, 2, 2], [2, 2, 2], [0, 0, 0], [1, 2, 1], [3, 3, 0], [1, 1, 1],
                           [2, 2, 2], [0, 1, 2]])
-  shares = evaluation.joint_class_share(predictions)
+  shares = coherence.joint_class_share(predictions)
   assert shares == [1 / 8, 1 / 8, 3 / 8, 0.0]  # Class 3 is predicted, never agreed on.
-  assert sum(shares) == evaluation.joint_coherence(predictions)
+  assert sum(shares) == coherence.joint_coherence(predictions)
   # Balance: entropy of the agreed classes over log K. 1/5, 1/5, 3/5 over K = 4:
   p = np.array([1, 1, 3]) / 5
-  assert evaluation.class_balance(shares, 4) == pytest.approx(-(p * np.log(p)).sum() / np.log(4))
-  assert evaluation.class_balance([0.2, 0.2, 0.2, 0.2], 4) == pytest.approx(1.0)
-  assert evaluation.class_balance([0.0, 0.9], 4) == 0.0
-  assert evaluation.class_balance([], 4) is None and evaluation.class_balance([0.0], 4) is None
+  assert coherence.class_balance(shares, 4) == pytest.approx(-(p * np.log(p)).sum() / np.log(4))
+  assert coherence.class_balance([0.2, 0.2, 0.2, 0.2], 4) == pytest.approx(1.0)
+  assert coherence.class_balance([0.0, 0.9], 4) == 0.0
+  assert coherence.class_balance([], 4) is None and coherence.class_balance([0.0], 4) is None
 
 
 @pytest.fixture(scope='module')
@@ -93,8 +98,8 @@ def test_fid_scorer_closed_form_under_a_constant_shift():
   # Features = channel means; shifting every image by c shifts the mean by c and keeps the
   # covariance, so FID = 3 c^2. 13 images in chunks of 5 also checks the zero padding.
   images = np.random.default_rng(0).uniform(0.2, 0.6, (13, 28, 28, 3)).astype(np.float32)
-  reference = evaluation.reference_statistics(channel_means, images[:, None], chunk=5)
-  scorer = evaluation.FidScorer(channel_means, reference, chunk=5)
+  reference = fid_eval.reference_statistics(channel_means, images[:, None], chunk=5)
+  scorer = fid_eval.FidScorer(channel_means, reference, chunk=5)
   assert scorer(images, 0) == pytest.approx(0.0, abs=1e-6)
   assert scorer(images + 0.1, 0) == pytest.approx(3 * 0.1**2, rel=1e-4)
   assert scorer.num_images == 26
@@ -209,12 +214,12 @@ def test_coherence_classifies_raw_means_as_the_reference_unless_told_to_clip(tra
     seen.append(images)
     return np.zeros(images.shape[:2], int)
 
-  evaluator = evaluation.Evaluator(config, model, classify)
   images = np.random.default_rng(1).random((6, 5, 28, 28, 3), np.float32)
   x = {f'm{m}': images[:, m] for m in range(5)}
-  evaluator.coherence(state, [{'x': x, 'label': np.zeros(6, int)}],
-                      jax.random.PRNGKey(0), num_joint=4, cross_only=True)
-  assert len(seen) == 5 * len(evaluator.ld_modes) + 1  # Each source and LD mode, then joint.
+  gen = common.Generators(model, config.eval_batch_size, clip)
+  coherence.CoherenceEvaluator(gen, classify, [{'x': x, 'label': np.zeros(6, int)}],
+                               num_joint=4, cross_only=True).run(state, jax.random.PRNGKey(0))
+  assert len(seen) == 5 * len(gen.modes) + 1  # Each source and LD mode, then joint.
   # The decodes the classifier got equal the generation functions' raw or clipped means.
   expected, _, _ = jax.jit(functools.partial(
       generation.conditional_generate, model=model, post_ld=False, clip=clip))(
@@ -231,6 +236,7 @@ class FakeBank:
   """Stands in for classifiers.load_or_train's bank: fixed accuracies, always predicts 7."""
   architecture = 'fake'
   accuracies = [0.99, 0.981, 0.97, 0.9612, 0.95]
+  num_modalities = 5
   cache_dir = '/nowhere'
 
   def predict(self, images):
@@ -256,7 +262,7 @@ def test_training_ends_with_the_evaluation_once(polymnist_dir, tmp_path, monkeyp
   assert metrics['step'] == 4 and metrics['model'] == 'mmvaeplus' and 'fid' not in metrics
   assert metrics['classifiers']['accuracies'] == FakeBank.accuracies
   assert metrics['coherence']['num_test_examples'] == config.eval.num_test_examples
-  assert evaluation.evaluated_step(workdir) == 4
+  assert workdir_lib.evaluated_step(workdir) == 4
   report = open(os.path.join(out, 'report.md')).read()
   assert '# Evaluation of mmvaeplus at step 4' in report
   assert ('Coherence classifiers (fake), test accuracy per modality: m0 0.9900, m1 0.9810, '
@@ -287,7 +293,7 @@ def test_training_ends_with_the_evaluation_once(polymnist_dir, tmp_path, monkeyp
   # Trained on, the run ends at a new final step: evaluated again, for that step.
   config.num_train_steps = 6
   assert int(train.train_and_evaluate(config, workdir).step) == 6
-  assert evaluation.evaluated_step(workdir) == 6 and len(loads) == 2
+  assert workdir_lib.evaluated_step(workdir) == 6 and len(loads) == 2
   assert '# Evaluation of mmvaeplus at step 6' in open(os.path.join(out, 'report.md')).read()
 
 
@@ -326,7 +332,7 @@ def test_report_says_what_fid_is_and_why_it_is_missing(tmp_path):
   tags = ('pre_ld', 'post_ld')
 
   def report(**extra):
-    evaluation.write_report(str(tmp_path), report_metrics('moe_ebm', tags, **extra), {})
+    report_lib.write_report(str(tmp_path), report_metrics('moe_ebm', tags, **extra), {})
     return (tmp_path / 'report.md').read_text()
 
   text = report()

@@ -15,9 +15,10 @@ import pytest
 
 from moe_ebm_jax import config_lib
 from moe_ebm_jax import datasets
-from moe_ebm_jax import evaluation
 from moe_ebm_jax import figures
 from moe_ebm_jax import modalities as mods
+from moe_ebm_jax import workdir as workdir_lib
+from moe_ebm_jax.evaluators import report as report_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -178,17 +179,17 @@ def test_the_report_names_modalities_and_flags_weak_classifiers_and_a_stop(tmp_p
                                  'subset_coherence': {'1': 0.4, '2': 0.5}}},
              'classifiers': info, 'weak_scorers': {'threshold': 0.9, 'accuracies': weak},
              'failed': 'figures: ValueError: boom', 'complete': False, 'eval_seconds': 1.0}
-  evaluation.write_report(str(tmp_path), metrics, {})
+  report_lib.write_report(str(tmp_path), metrics, {})
   report = (tmp_path / 'report.md').read_text()
   assert '| source | small | big | digit |' in report and '| big | 0.750 | - | 0.500 |' in report
   assert '**Coherence read through weak classifiers**: big (test accuracy 0.836)' in report
   assert '**This evaluation stopped part way** (figures: ValueError: boom)' in report
   assert json.loads((tmp_path / 'metrics.json').read_text())['complete'] is False
   os.makedirs(tmp_path / 'run' / 'eval')
-  evaluation.write_metrics(str(tmp_path / 'run' / 'eval'), metrics)
-  assert evaluation.evaluated_step(str(tmp_path / 'run')) is None  # Part way: evaluate again.
-  evaluation.write_metrics(str(tmp_path / 'run' / 'eval'), {**metrics, 'complete': True})
-  assert evaluation.evaluated_step(str(tmp_path / 'run')) == 7
+  workdir_lib.write_metrics(str(tmp_path / 'run' / 'eval'), metrics)
+  assert workdir_lib.evaluated_step(str(tmp_path / 'run')) is None  # Part way: evaluate again.
+  workdir_lib.write_metrics(str(tmp_path / 'run' / 'eval'), {**metrics, 'complete': True})
+  assert workdir_lib.evaluated_step(str(tmp_path / 'run')) == 7
 
 
 def test_a_coherence_reader_of_ones_own_is_registered_by_name():
