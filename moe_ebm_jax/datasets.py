@@ -107,9 +107,11 @@ class ArraySource:
 DATASETS: registry.Registry = registry.Registry('dataset')
 
 
-def register(name: str):
-  """Decorator: registers a builder config.data -> Dataset under `name` (config.data.name)."""
-  return DATASETS.register(name)
+def register(name: str, **owned):
+  """Decorator: registers a builder config.data -> Dataset under `name` (config.data.name), with
+  the config.data fields it owns (`config`: -> {'data': {field: default}}; `validate`:
+  registry.py). A dataset that sets no data.num_modalities has as many as its specs."""
+  return DATASETS.register(name, **owned)
 
 
 _USER_MODULES: dict[str, Any] = {}  # Modules that register a user's datasets, by path or name.
@@ -350,7 +352,7 @@ def mixture_options() -> ml_collections.ConfigDict:
   return c
 
 
-@register('synthetic_mixture')
+@register('synthetic_mixture', config=lambda: {'data': mixture_options()})
 def synthetic_mixture_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
   c = data_config
   dims = tuple(int(d) for d in c.dims)

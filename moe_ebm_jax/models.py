@@ -31,6 +31,8 @@ from moe_ebm_jax import networks
 
 Params = Any
 IMAGE_SHAPE = (networks.IMAGE_SIZE, networks.IMAGE_SIZE, 3)
+# How the per-modality networks are laid out in the program (MultimodalVAE.modality_loop).
+MODALITY_LOOPS = ('unroll', 'map')
 Data = Mapping[str, jax.Array] | jax.Array  # {name: (B, *shape)}, or (B, M, *shape) stacked.
 
 

@@ -158,6 +158,18 @@ class ObjectiveSpec:
   supports_ebm_prior: bool = False  # Takes log_prior_z (the EBM prior of z) into its bound.
   # Written for modalities of one spec (e.g. it stacks their data): refused on other datasets.
   identical_modalities: bool = False
+  # Added to every posterior and auxiliary-prior scale, as the family's reference does (None:
+  # MMVAE's 1e-6 for Laplace, nothing for the Gaussian references' exp(logvar / 2)).
+  scale_eps: float | None = None
+
+  def model_defaults(self) -> dict:
+    """The config.model fields this objective sets: its posterior family, the latent split
+    (MMVAE+: private w_m 32 and shared z 32; single-latent models: z of the same total size)
+    and the scale eta."""
+    eps = self.scale_eps if self.scale_eps is not None else (
+        1e-6 if self.distribution == 'laplace' else 0.0)
+    return {'distribution': self.distribution, 'latent_w': 32 if self.private_latents else 0,
+            'latent_z': 32 if self.private_latents else 64, 'scale_eps': eps}
 
 
 OBJECTIVES: registry.Registry = registry.Registry('objective')
@@ -165,7 +177,7 @@ OBJECTIVES: registry.Registry = registry.Registry('objective')
 
 def register(name: str, *, aggregation: str, distribution: str, private_latents: bool,
              estimators: tuple[str, ...] = ('elbo',), supports_ebm_prior: bool = False,
-             identical_modalities: bool = False):
+             identical_modalities: bool = False, scale_eps: float | None = None):
   """Decorator: registers `fn` as objective `name` (config.model.objective, and a model name:
   config_lib.model_spec). Names are unique."""
   if aggregation not in agg.AGGREGATIONS:
@@ -176,7 +188,7 @@ def register(name: str, *, aggregation: str, distribution: str, private_latents:
   def decorate(fn):
     OBJECTIVES.add(name, ObjectiveSpec(fn, aggregation, distribution, private_latents,
                                        tuple(estimators), supports_ebm_prior,
-                                       identical_modalities))
+                                       identical_modalities, scale_eps))
     return fn
 
   return decorate
@@ -186,10 +198,38 @@ def get(name: str) -> ObjectiveSpec:
   return OBJECTIVES.lookup(name)
 
 
+def validate(model_config, dataset) -> None:
+  """config.model against its objective's spec (and the dataset's modalities it needs): raises
+  ValueError('invalid config: ...')."""
+  m, check = model_config, registry.check
+  spec = get(m.objective)
+  check(m.distribution == spec.distribution,
+        f'model.distribution={m.distribution!r}: objective {m.objective!r} is written for '
+        f'{spec.distribution!r} posteriors')
+  check(m.estimator in spec.estimators,
+        f'model.estimator={m.estimator!r}: objective {m.objective!r} supports {spec.estimators}')
+  check(m.num_samples >= 1, f'model.num_samples={m.num_samples} < 1')
+  check(m.estimator == 'elbo' or m.num_samples > 1,
+        f'model.estimator={m.estimator!r} needs model.num_samples > 1')
+  check(len(spec.estimators) > 1 or m.num_samples == 1,
+        f'model.num_samples={m.num_samples}: objective {m.objective!r} uses one sample')
+  if spec.identical_modalities:
+    kinds = {s.unnamed() for s in dataset.modalities}
+    check(len(kinds) == 1, f'model.objective={m.objective!r} needs modalities of one spec; '
+          f'dataset {dataset.name!r} has ' + ', '.join(
+              f'{s.name} {s.kind} {s.shape}' for s in dataset.modalities))
+  if spec.private_latents:
+    check(m.latent_w > 0, f'model.latent_w={m.latent_w}: objective {m.objective!r} needs '
+          'modality-specific latents (> 0)')
+  else:
+    check(m.latent_w == 0, f'model.latent_w={m.latent_w}: objective {m.objective!r} has one '
+          'shared latent (set 0)')
+
+
 @register('mmvae', aggregation='moe', distribution='laplace', private_latents=False,
           estimators=ESTIMATORS, supports_ebm_prior=True)
 @register('mmvaeplus', aggregation='moe', distribution='laplace', private_latents=True,
-          estimators=ESTIMATORS, supports_ebm_prior=True)
+          estimators=ESTIMATORS, supports_ebm_prior=True, scale_eps=1e-20)  # The reference's eta.
 def mmvaeplus_objective(vae: models.MultimodalVAE, params, x: models.Data, key: jax.Array, *,
                         beta: float, num_samples: int, estimator: str,
                         log_prior_z: Callable[[jax.Array], jax.Array] = models.base_log_prob,

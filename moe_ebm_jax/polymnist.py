@@ -408,7 +408,8 @@ def fingerprint(data_config: ml_collections.ConfigDict) -> str:
   return fp
 
 
-@datasets.register('polymnist')
+# config.data.num_modalities: the paper's M, 5 (any M >= 2 builds).
+@datasets.register('polymnist', config=lambda: {'data': {'num_modalities': 5}})
 def polymnist_dataset(data_config: ml_collections.ConfigDict) -> datasets.Dataset:
   return datasets.Dataset(
       'polymnist', specs(data_config.num_modalities, data_config.get('image_network', 'resnet')),
