@@ -247,49 +247,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, class
     classify, features: passed to evaluation.evaluate_state (None: the coherence classifiers
       and the standard FID network).
   """
-  log_setup.ensure_visible()  # A script's first call shows progress as main.py does.
-  start = time.time()
-  logging.info('Checking the config and the dataset %r ...', config.data.name)
-  config_lib.validate(config)
-  maybe_initialize_distributed(config)
-  parallel.check_batch_divides(config, jax.device_count())
-  input_pipeline.per_process_batch_size(config.batch_size, jax.process_count())
-  is_chief = jax.process_index() == 0
-  if is_chief:
-    checkpointing.check_or_write_run_config(
-        workdir, config, model_state.COMPATIBLE_KEYS, model_state.ADDED_KEY_DEFAULTS)
-
-  model = model_state.make_model(config)
-  mesh = parallel.make_mesh()
-  steps = compile_steps(config, model, mesh)
-  data_iter = input_pipeline.train_iterator(config, jax.process_index(), jax.process_count())
-  logging.info('Dataset %s ready (%s), in %s.', config.data.name, ', '.join(
-      f'{s.name} {s.kind} {tuple(s.shape)}' for s in model.vae.modalities),
-               metric_logging.format_duration(time.time() - start))
-
+  model, mesh, steps, data_iter = _prepare(config, workdir)
   ckpt = checkpointing.Checkpointer(workdir, keep_latest=config.keep_checkpoints,
                                     keep_best=config.keep_best_checkpoints)
-  init_key = parallel.replicate(jax.random.PRNGKey(config.seed), steps['replicated'])
   abstract = model_state.abstract_state(config, model, mesh)
-  restores = 0
-  if ckpt.latest_step() is not None:
-    state, extra = ckpt.restore(abstract)
-    input_pipeline.restore_position(data_iter, extra['data'], config)
-    restores = extra.get('restores', 0)
-    logging.info('Resumed from step %d in %s.', int(state.step), workdir)
-  else:
-    start = time.time()
-    logging.info('Initialising the parameters (compiles the init function) ...')
-    state = steps['init'](init_key)
-    jax.block_until_ready(state)
-    logging.info('Initialised a new run in %s, in %s.', workdir,
-                 metric_logging.format_duration(time.time() - start))
+  state, restores = _restore_or_init(config, workdir, ckpt, steps, abstract, data_iter)
+  guard = DivergenceGuard(config, restores)
 
   def save(state, metrics=None, force=False):
-    ckpt.save(int(state.step), state, {'data': data_iter.get_state(), 'restores': restores},
+    ckpt.save(int(state.step), state, {'data': data_iter.get_state(), 'restores': guard.restores},
               metrics=metrics, force=force)
 
-  writer = metric_logging.MetricWriter(os.path.join(workdir, 'tensorboard'), enabled=is_chief)
+  writer = metric_logging.MetricWriter(os.path.join(workdir, 'tensorboard'),
+                                       enabled=jax.process_index() == 0)
   start_step = int(state.step)
   progress = metric_logging.ProgressLogger(config.num_train_steps, start_step,
                                            batch_size=config.batch_size,
@@ -300,7 +270,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, class
   # input threads and worker processes stop.
   with ckpt, writer, contextlib.closing(data_iter), checkpointing.GracefulShutdown() as shutdown:
     step, compiled = start_step, False
-    restores_in_a_row = (None, 0)  # (the step restored, how often in a row).
     if step < config.num_train_steps:
       logging.info('Compiling the training step (the first step runs it; timed below) ...')
     while step < config.num_train_steps:
@@ -313,34 +282,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, class
         logging.info('Compiled the training step and ran it once in %s; training %d steps.',
                      metric_logging.format_duration(progress.mark_compiled(step)),
                      config.num_train_steps - start_step)
-      report = None
       if step % config.log_every_steps == 0 or step == config.num_train_steps:
-        metrics = jax.device_get(metrics)
-        skipped = int(state.skipped_steps)
-        report = progress.update(step, progress_line_metrics(metrics, skipped))
         if int(state.bad_steps) >= config.max_consecutive_bad_steps:
-          state, step = _handle_divergence(config, state, ckpt, abstract, data_iter,
-                                           restores_in_a_row)
-          restores_in_a_row = (restores_in_a_row[0], restores_in_a_row[1] + 1) if (
-              restores_in_a_row[0] == step) else (step, 1)
-          restores += 1
-          state = state.replace(key=jax.random.fold_in(state.key, 10_000 + restores))
+          progress.update(step, progress_line_metrics(jax.device_get(metrics),
+                                                      int(state.skipped_steps)))
+          state, step = guard.restore(state, ckpt, abstract, data_iter)
           continue
-        scalars = {f'train/{k}': v for k, v in metrics.items()}
-        scalars['train/skipped_steps'] = skipped
-        if report:
-          scalars.update({f'perf/{k}': v for k, v in report.items()})
-        writer.write_scalars(step, scalars)
+        _log_train(writer, progress, step, metrics, state)
       eval_metrics = None
       if step % config.eval_every_steps == 0 or step == config.num_train_steps:
-        eval_metrics = evaluate(config, state, steps, jax.random.fold_in(eval_key, step))
-        logging.info('step %d | test loss %s | test recon %s', step,
-                     metric_logging.format_value(eval_metrics['test_loss']),
-                     metric_logging.format_value(eval_metrics['test_recon']))
-        writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_metrics.items()})
-        write_samples(writer, config, model, state, steps,
-                      jax.random.fold_in(jax.random.fold_in(eval_key, step), 1), step)
-        writer.flush()
+        eval_metrics = _test(config, writer, model, state, steps,
+                             jax.random.fold_in(eval_key, step), step)
       due = (eval_metrics or step % config.checkpoint_every_steps == 0 or
              step == config.num_train_steps)
       # Only states after a good step are checkpointed: they are what a divergence restores.
@@ -359,6 +311,89 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, class
   if config.eval.at_end_of_training and int(state.step) >= config.num_train_steps:
     _evaluate_at_end(config, workdir, model, state, classify, features)
   return state
+
+
+def _prepare(config, workdir: str):
+  """Checks, the run config, the model, the compiled steps and the data: (model, mesh, steps,
+  data iterator). Every check runs before the dataset is read or anything compiles."""
+  log_setup.ensure_visible()  # A script's first call shows progress as main.py does.
+  start = time.time()
+  logging.info('Checking the config and the dataset %r ...', config.data.name)
+  config_lib.validate(config)
+  maybe_initialize_distributed(config)
+  parallel.check_batch_divides(config, jax.device_count())
+  input_pipeline.per_process_batch_size(config.batch_size, jax.process_count())
+  if jax.process_index() == 0:
+    checkpointing.check_or_write_run_config(
+        workdir, config, model_state.COMPATIBLE_KEYS, model_state.ADDED_KEY_DEFAULTS)
+  model = model_state.make_model(config)
+  mesh = parallel.make_mesh()
+  steps = compile_steps(config, model, mesh)
+  data_iter = input_pipeline.train_iterator(config, jax.process_index(), jax.process_count())
+  logging.info('Dataset %s ready (%s), in %s.', config.data.name, ', '.join(
+      f'{s.name} {s.kind} {tuple(s.shape)}' for s in model.vae.modalities),
+               metric_logging.format_duration(time.time() - start))
+  return model, mesh, steps, data_iter
+
+
+def _restore_or_init(config, workdir: str, ckpt, steps, abstract, data_iter):
+  """(state, restores so far): the latest checkpoint with the data position it saved, or a
+  new run's initial state."""
+  if ckpt.latest_step() is not None:
+    state, extra = ckpt.restore(abstract)
+    input_pipeline.restore_position(data_iter, extra['data'], config)
+    logging.info('Resumed from step %d in %s.', int(state.step), workdir)
+    return state, extra.get('restores', 0)
+  start = time.time()
+  logging.info('Initialising the parameters (compiles the init function) ...')
+  state = steps['init'](parallel.replicate(jax.random.PRNGKey(config.seed), steps['replicated']))
+  jax.block_until_ready(state)
+  logging.info('Initialised a new run in %s, in %s.', workdir,
+               metric_logging.format_duration(time.time() - start))
+  return state, 0
+
+
+def _log_train(writer, progress, step: int, metrics, state) -> None:
+  """The progress line and the training scalars of `step`."""
+  metrics = jax.device_get(metrics)
+  skipped = int(state.skipped_steps)
+  report = progress.update(step, progress_line_metrics(metrics, skipped))
+  scalars = {f'train/{k}': v for k, v in metrics.items()}
+  scalars['train/skipped_steps'] = skipped
+  if report:
+    scalars.update({f'perf/{k}': v for k, v in report.items()})
+  writer.write_scalars(step, scalars)
+
+
+def _test(config, writer, model, state, steps, key, step: int) -> dict[str, float]:
+  """The test loss of `step`, logged, and its sample grids."""
+  eval_metrics = evaluate(config, state, steps, key)
+  logging.info('step %d | test loss %s | test recon %s', step,
+               metric_logging.format_value(eval_metrics['test_loss']),
+               metric_logging.format_value(eval_metrics['test_recon']))
+  writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_metrics.items()})
+  write_samples(writer, config, model, state, steps, jax.random.fold_in(key, 1), step)
+  writer.flush()
+  return eval_metrics
+
+
+class DivergenceGuard:
+  """What a run does after config.max_consecutive_bad_steps bad steps in a row: restore the
+  newest good checkpoint with a fresh random stream (or stop, _handle_divergence). Counts the
+  restores (kept in the checkpoints) and how often one checkpoint was restored in a row."""
+
+  def __init__(self, config, restores: int = 0):
+    self.config = config
+    self.restores = restores
+    self.in_a_row = (None, 0)  # (the step restored, how often in a row).
+
+  def restore(self, state, ckpt, abstract, data_iter):
+    """(the restored state, its step); raises DivergenceError when the run must stop."""
+    state, step = _handle_divergence(self.config, state, ckpt, abstract, data_iter,
+                                     self.in_a_row)
+    self.in_a_row = (step, self.in_a_row[1] + 1 if self.in_a_row[0] == step else 1)
+    self.restores += 1
+    return state.replace(key=jax.random.fold_in(state.key, 10_000 + self.restores)), step
 
 
 def _evaluate_at_end(config, workdir, model, state, classify, features) -> None:
