@@ -46,7 +46,7 @@ from absl import logging
 from moe_ebm_jax import cache
 from moe_ebm_jax import coherence_scorers
 from moe_ebm_jax import datasets
-from moe_ebm_jax import input_pipeline
+from moe_ebm_jax import modalities as modalities_lib
 
 PyTree = Any
 
@@ -282,7 +282,7 @@ def load_split(config_data: ml_collections.ConfigDict, split: str,
                      f'{dataset.name!r} has ' + (f'modalities {not_images} of other shapes.'
                                                  if not_images else 'no labels.'))
   source = dataset.source(split)
-  input_pipeline.check_source(source, dataset.modalities, f'{dataset.name} {split} split')
+  modalities_lib.check_source(source, dataset.modalities, f'{dataset.name} {split} split')
   n = len(source) if subset is None else min(subset, len(source))
   keys = dataset.names
   images = np.empty((n, len(keys)) + IMAGE_SHAPE, np.uint8)
@@ -402,11 +402,6 @@ def train(config_data: ml_collections.ConfigDict, *,
 
 
 # Cache.
-
-
-def atomic_write(directory: str, name: str, write: Callable[[Any], None], mode: str) -> None:
-  """Deprecated alias of cache.atomic_write(os.path.join(directory, name), write, mode)."""
-  cache.atomic_write(os.path.join(directory, name), write, mode)
 
 
 CacheError = cache.CacheError

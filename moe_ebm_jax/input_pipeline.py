@@ -122,23 +122,10 @@ def make_dataset(source,
   return ds.map(ToModelInput(modalities))
 
 
-def check_source(source, specs: Sequence[modalities_lib.ModalitySpec], what: str) -> None:
-  """Fails early, naming the modality and the field, when the source's first example does not
-  fit the specs (a missing modality, another shape, dtype or label range)."""
-  if not len(source):
-    raise modalities_lib.DataError(f'the {what} is empty.')
-  example = source[0]
-  for spec in specs:
-    if spec.name not in example:
-      raise modalities_lib.DataError(f'modality {spec.name!r}: the {what} has no such field '
-                                     f'(it has {sorted(example)}).')
-    modalities_lib.check_data(spec, np.asarray(example[spec.name])[None], what)
-
-
 def _source(config: ml_collections.ConfigDict, split: str):
   dataset = datasets.get(config.data)
   source = dataset.source(split)
-  check_source(source, dataset.modalities, f'{dataset.name} {split} split')
+  modalities_lib.check_source(source, dataset.modalities, f'{dataset.name} {split} split')
   return dataset, source
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -421,3 +421,16 @@ def to_model_input(spec: ModalitySpec, array: np.ndarray) -> np.ndarray:
   if array.dtype == np.uint8:
     return array.astype(np.float32) * np.float32(1 / 255)
   return np.asarray(array, np.float32)
+
+
+def check_source(source, specs: Sequence[ModalitySpec], what: str) -> None:
+  """Fails early, naming the modality and the field, when the source's first example does not
+  fit the specs (a missing modality, another shape, dtype or label range)."""
+  if not len(source):
+    raise DataError(f'the {what} is empty.')
+  example = source[0]
+  for spec in specs:
+    if spec.name not in example:
+      raise DataError(f'modality {spec.name!r}: the {what} has no such field '
+                                     f'(it has {sorted(example)}).')
+    check_data(spec, np.asarray(example[spec.name])[None], what)

@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 from moe_ebm_jax import config_lib
 from moe_ebm_jax import datasets
 from moe_ebm_jax import input_pipeline
+from moe_ebm_jax import modalities
 from moe_ebm_jax import polymnist
 
 M = 5
@@ -161,11 +162,11 @@ def test_errors(train_source, config):
                                 drop_remainder=False, num_epochs=1)
   six = polymnist.specs(6)
   with pytest.raises(ValueError, match="modality 'm5': the PolyMNIST split has no such field"):
-    input_pipeline.check_source(train_source, six, 'PolyMNIST split')
+    modalities.check_source(train_source, six, 'PolyMNIST split')
   small = (dataclasses.replace(SPECS[0], shape=(32, 32, 3)),)
   with pytest.raises(ValueError, match=r"modality 'm0': shape \(28, 28, 3\) of the data differs "
                      r"from the spec's \(32, 32, 3\)"):
-    input_pipeline.check_source(train_source, small, 'data')
+    modalities.check_source(train_source, small, 'data')
   bad = config.copy_and_resolve_references()
   bad.data.name = 'mnist'
   with pytest.raises(ValueError, match="data.name='mnist' is not one of"):
