@@ -117,7 +117,7 @@ def posterior_log_prob(vae: models.MultimodalVAE, vae_params: Params,
     lp = jnp.where(observed[:, None], log_px, 0.0).sum(axis=0)
     lp += energy.apply(ebm_params, z) + base_log_prob(base, z)
     if 'w' in state:
-      lp += models.base_log_prob(state['w']).sum(axis=-1)
+      lp += models.standard_laplace_log_prob(state['w']).sum(axis=-1)
     return lp
 
   return log_prob

@@ -275,7 +275,7 @@ def make_energy(config: ml_collections.ConfigDict) -> networks.EnergyMLP:
                             param_init=config.ebm.param_init)
 
 
-def base_log_prob(z: jax.Array) -> jax.Array:
+def standard_laplace_log_prob(z: jax.Array) -> jax.Array:
   """log p0(z) of the fixed Laplace(0, I) prior (MMVAE+'s p(z) and p(w), and the EBM's base
   density): (..., D) -> (...)."""
   return dists.laplace_log_prob(z, 0.0, 1.0)

@@ -131,7 +131,7 @@ def mmvaeplus_log_weights(vae: models.MultimodalVAE, params, x: models.Data,
                                        post.z_scale[None, :, None])  # (Mr, Mm, K, B)
   log_qz = dists.mixture_log_prob(log_qz_each, axis=1)
   log_pz = log_prior_z(z)
-  log_pw = models.base_log_prob(w)
+  log_pw = models.standard_laplace_log_prob(w)
   recon = log_px.sum(axis=0)
   kl = log_qz + log_qw - log_pz - log_pw  # Single-sample estimate of the KL terms.
   lw = recon + beta * -kl
@@ -232,7 +232,7 @@ def validate(model_config, dataset) -> None:
           estimators=ESTIMATORS, supports_ebm_prior=True, scale_eps=1e-20)  # The reference's eta.
 def mmvaeplus_objective(vae: models.MultimodalVAE, params, x: models.Data, key: jax.Array, *,
                         beta: float, num_samples: int, estimator: str,
-                        log_prior_z: Callable[[jax.Array], jax.Array] = models.base_log_prob,
+                        log_prior_z: Callable[[jax.Array], jax.Array] = models.standard_laplace_log_prob,
                         ) -> tuple[jax.Array, VaeAux]:
   """The MMVAE+ loss for a batch x of every modality. `log_prior_z` (..., D) -> (...) is the
   shared latent's prior (Laplace(0, 1), or f_a + log p0 for the EBM prior).

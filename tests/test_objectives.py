@@ -109,11 +109,11 @@ def _np_custom_prior(z):
 
 
 def _jax_custom_prior(z):
-  return models.base_log_prob(z) + 0.3 * jnp.sum(z**2, axis=-1)
+  return models.standard_laplace_log_prob(z) + 0.3 * jnp.sum(z**2, axis=-1)
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=('log_prior_z',))
-def _elbo_k1(vae, params, images, key, beta=BETA, log_prior_z=models.base_log_prob):
+def _elbo_k1(vae, params, images, key, beta=BETA, log_prior_z=models.standard_laplace_log_prob):
   """The K = 1 objective, jitted (beta traced: one compile per prior)."""
   return objectives.mmvaeplus_objective(vae, params, images, key, beta=beta, num_samples=1,
                                         estimator='elbo', log_prior_z=log_prior_z)
@@ -130,7 +130,7 @@ def _same_latents(vae, params, images, key, num_samples):
 def test_mmvaeplus_elbo_matches_numpy_reference(tiny, prior):
   vae, params, images = tiny
   key = jax.random.key(7)
-  jax_prior, np_prior = {'base': (models.base_log_prob, _np_base_prior),
+  jax_prior, np_prior = {'base': (models.standard_laplace_log_prob, _np_base_prior),
                          'custom': (_jax_custom_prior, _np_custom_prior)}[prior]
   loss, aux = _elbo_k1(vae, params, images, key, beta=BETA, log_prior_z=jax_prior)
   latents = _same_latents(vae, params, images, key, 1)
@@ -301,7 +301,7 @@ def multi_sample(tiny):
                              beta=BETA, num_samples=3, estimator=estimator)
       (loss, aux), grads = jax.value_and_grad(fn, has_aux=True)(params)
       lw, _ = objectives.mmvaeplus_log_weights(vae, params, images, aux.post, aux.latents,
-                                               models.base_log_prob, BETA)
+                                               models.standard_laplace_log_prob, BETA)
       out[estimator] = (loss, aux, grads, lw)
     return out
 
