@@ -35,22 +35,10 @@ def get_config(arg=None):
     config.model.latent_z = int(rest[0][1:])
   config.model.likelihood_scale = 0.1  # The data's own noise: Gaussian likelihoods of sd 0.1.
   config.ebm.hidden = (64, 64)
-  # The paper's bound (its Eq. 5): f_a unweighted; Pang et al.'s EBM optimiser (base_config:
-  # Adam 2e-5, betas (0.5, 0.999)) and no energy penalty.
+  # The paper's bound (its Eq. 5): f_a unweighted; Pang et al.'s EBM optimiser, no penalty.
   config.ebm.energy_weight = 'one'
-  # Departures, each forced by a measurement (docs/results.md, "The synthetic mixture"):
-  # - p0 = N(0, I) (Pang et al.'s), not Laplace: with Laplace the MLP f_a grew faster than |z|_1
-  #   (slope 3-5.6), exp(f_a) p0 had no normaliser, and chains and posteriors ran off to |z| ~ 250.
-  # - Posterior chain step 0.03, not 0.1: the data's sd 0.1 over 26 dimensions makes the true
-  #   posterior sharp; at 0.1 the chain blew up (RMS move 7e14 in 20 steps), at 0.03 it raised
-  #   log pi from 5.0 to 12.3 (trained EBM-MMVAE+, one test batch).
-  # - p0 = N(0, 3^2 I), not N(0, I): the latent arcs reach |z| ~ 10 and an MLP f_a, which grows
-  #   at most linearly, cannot lift a unit Gaussian's tails. log p(X) of EBM-MMVAE+ (seeds 0-2,
-  #   persistent chains): 15.47 at scale 3 against 14.21 at scale 1 (MMVAE+: 11.67).
-  # - Persistent prior chains (10,000; each continued every 78 steps): the 60-step chain from p0
-  #   did not sample exp(f_a) p0 / Z (total variation 0.20 against 0.07 for exact draws; seed 1
-  #   0.74 with 240 steps); persistent chains do (0.08-0.10 against 0.06-0.08 at scale 1,
-  #   0.10-0.15 against 0.05-0.07 at scale 3).
+  # Departures, each forced by a measurement (docs/results.md, "Why the configs are what they
+  # are"): p0 = N(0, 3^2 I), persistent prior chains, a posterior chain step of 0.03.
   config.ebm.base = 'gaussian'
   config.ebm.base_scale = 3.0
   config.ebm.persistent_chains = 10_000
