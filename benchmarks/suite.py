@@ -217,7 +217,8 @@ def _train_setup(scale: str, model_name: str, mesh):
   from moe_ebm_jax import train  # pylint: disable=g-import-not-at-top
   config = get_config(scale, model_name)
   config_lib.validate(config)
-  parallel.check_batch_divides(config, mesh.size)
+  parallel.check_batch_divides(
+      {k: config[k] for k in ('batch_size', 'eval_batch_size')}, mesh.size)
   model = model_state.make_model(config)
   steps = train.compile_steps(config, model, mesh)
   state = steps['init'](jax.random.PRNGKey(0))

@@ -105,7 +105,8 @@ def main(argv):
                                    test_subset=_CLF_TEST_SUBSET.value)
   model = model_state.make_model(config)
   mesh = parallel.make_mesh()
-  parallel.check_batch_divides(config, jax.device_count())
+  parallel.check_batch_divides(
+      {k: config[k] for k in ('batch_size', 'eval_batch_size')}, jax.device_count())
   steps = train.compile_steps(config, model, mesh)
   evaluator = coherence_lib.CoherenceEvaluator(
       common.Generators(model, config.eval_batch_size, config.eval.clip_for_coherence),

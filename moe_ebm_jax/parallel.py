@@ -8,7 +8,6 @@ pod (multi-host: jax.distributed.initialize, each process feeding its own rows).
 from __future__ import annotations
 
 import jax
-import ml_collections
 import numpy as np
 
 
@@ -19,10 +18,12 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
                        devices=devices)
 
 
-def check_batch_divides(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  for key in ('batch_size', 'eval_batch_size'):
-    if config[key] % num_devices:
-      raise ValueError(f'config.{key}={config[key]} does not divide over {num_devices} devices; '
+def check_batch_divides(batch_sizes: dict[str, int], num_devices: int) -> None:
+  """Raises ValueError naming the config key whose batch size does not split over the devices.
+  batch_sizes: {config key: size}, e.g. {'batch_size': 128, 'eval_batch_size': 256}."""
+  for key, size in batch_sizes.items():
+    if size % num_devices:
+      raise ValueError(f'config.{key}={size} does not divide over {num_devices} devices; '
                        f'use a multiple of {num_devices}.')
 
 

@@ -321,7 +321,8 @@ def _prepare(config, workdir: str):
   logging.info('Checking the config and the dataset %r ...', config.data.name)
   config_lib.validate(config)
   maybe_initialize_distributed(config)
-  parallel.check_batch_divides(config, jax.device_count())
+  parallel.check_batch_divides(
+      {k: config[k] for k in ('batch_size', 'eval_batch_size')}, jax.device_count())
   input_pipeline.per_process_batch_size(config.batch_size, jax.process_count())
   if jax.process_index() == 0:
     checkpointing.check_or_write_run_config(

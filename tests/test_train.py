@@ -103,7 +103,7 @@ def test_workdir_with_an_incompatible_run_is_refused_untouched(polymnist_dir, tm
 
 def test_config_errors_fail_before_compiling(polymnist_dir, tmp_path):
   with pytest.raises(ValueError, match='does not divide over'):
-    parallel.check_batch_divides(smoke_config(polymnist_dir, batch_size=6), 4)
+    parallel.check_batch_divides({'batch_size': 6, 'eval_batch_size': 8}, 4)
   with pytest.raises(ValueError, match='invalid config: model.estimator'):
     train.train_and_evaluate(smoke_config(polymnist_dir, **{'model.estimator': 'vi'}),
                              str(tmp_path / 'w'))
