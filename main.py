@@ -15,13 +15,13 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from moe_ebm_jax import classifiers
-from moe_ebm_jax import comparison
 from moe_ebm_jax import config_lib
-from moe_ebm_jax import datasets
 from moe_ebm_jax import evaluation
 from moe_ebm_jax import log_setup
 from moe_ebm_jax import train
+from moe_ebm_jax.data import classifiers
+from moe_ebm_jax.data import datasets
+from moe_ebm_jax.evaluators import comparison
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/polymnist.py:moe_ebm.',
                                           lock_config=True)

@@ -72,7 +72,7 @@ def output_taps_forward(x, kernel):
 def chunked(fn):
   """fn(x, kernel) over chunks of _FORWARD_CHUNK examples (jax.lax.map)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from moe_ebm_jax import conv  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax.vae import conv  # pylint: disable=g-import-not-at-top
 
   def run(x, kernel):
     n = x.shape[0]
@@ -84,7 +84,7 @@ def chunked(fn):
 
 def best_forward(x, kernel):
   """The faster formulation per layer alone (7 x 7 and narrow layers: XLA's conv)."""
-  from moe_ebm_jax import conv  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax.vae import conv  # pylint: disable=g-import-not-at-top
   _, h, w, c = x.shape
   d = kernel.shape[-1]
   if h * w >= 14 * 14 and d <= 4 and c >= 8:
@@ -111,7 +111,7 @@ def main(argv):
   from moe_ebm_jax import log_setup  # pylint: disable=g-import-not-at-top
   log_setup.setup()  # Dependencies' INFO chatter off, as main.py does.
   import jax  # pylint: disable=g-import-not-at-top
-  from moe_ebm_jax import conv  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax.vae import conv  # pylint: disable=g-import-not-at-top
 
   def timed(fn, *args):
     jax.block_until_ready(fn(*args))
@@ -183,8 +183,8 @@ def in_program_check(widths, batch: int, pairs: int = 3) -> dict:
   """Five decoders with conv.py's convs vs with `best_forward`, calls alternating."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from moe_ebm_jax import conv  # pylint: disable=g-import-not-at-top
-  from moe_ebm_jax import networks  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax.vae import conv  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax.vae import networks  # pylint: disable=g-import-not-at-top
 
   def with_best_forward(x, kernel, backward='auto'):
     del backward  # Autodiff of the formulations: matmul gradients too.

@@ -84,7 +84,7 @@ def run(model: str, xla_flags: str, one_core: bool, overrides: dict, data_dir: s
 
 
 def build_data(data_dir: str) -> None:
-  from moe_ebm_jax import polymnist  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax.data import polymnist  # pylint: disable=g-import-not-at-top
   builder = polymnist.builder(data_dir=data_dir)
   if not builder.is_prepared():
     print(f'Building PolyMNIST in {data_dir} (about a minute).', flush=True)

@@ -241,8 +241,8 @@ def bench_train(scale: str, model_name: str, mesh, counter: CompileCounter,
                 compiled_runs: dict | None = None) -> dict:
   """The train section's row of one model; its compiled step, state and batch go into
   `compiled_runs[(scale, model_name)]` for the ebm_overhead section to reuse."""
-  from moe_ebm_jax import train  # pylint: disable=g-import-not-at-top
   from moe_ebm_jax import model_state  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax import train  # pylint: disable=g-import-not-at-top
   config, model, steps, state, batch = _train_setup(scale, model_name, mesh)
   start = time.perf_counter()
   lowered = steps['train'].lower(state, batch)
@@ -322,7 +322,7 @@ def _compiled_stats(fn, *args) -> dict:
 
 def bench_langevin(scale: str, repeats: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  from moe_ebm_jax import ebm as ebm_lib  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax.latent import ebm as ebm_lib  # pylint: disable=g-import-not-at-top
   config, model, state = _model_parts(scale, 'moe_ebm')
   b, vae = config.batch_size, model.vae
   prior = jax.jit(lambda p, k: ebm_lib.sample_prior(
@@ -388,13 +388,13 @@ def bench_generation(scale: str, repeats: int) -> dict:
 
 def bench_fid(repeats: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  from moe_ebm_jax import fid  # pylint: disable=g-import-not-at-top
   from moe_ebm_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax.evaluators import inception  # pylint: disable=g-import-not-at-top
   batch = config_lib.base_config('mmvaeplus').eval.fid_batch_size
-  net = fid.InceptionV3()
+  net = inception.InceptionV3()
   images = jax.random.uniform(jax.random.PRNGKey(3), (batch, 28, 28, 3))
-  params = jax.jit(net.init)(jax.random.PRNGKey(4), fid.preprocess(images[:1]))['params']
-  features = fid.make_feature_fn(params, model=net)
+  params = jax.jit(net.init)(jax.random.PRNGKey(4), inception.preprocess(images[:1]))['params']
+  features = inception.make_feature_fn(params, model=net)
   times = timed_calls(features, images, repeats=max(1, repeats // 2))
   s = summary(times)
   return {**s, 'batch': batch, 'images_per_s': batch / s['median_s'], 'weights': 'random'}

@@ -12,7 +12,9 @@ import tempfile
 
 import numpy as np
 
-from moe_ebm_jax import config_lib, datasets, modalities, train
+from moe_ebm_jax import config_lib, train
+from moe_ebm_jax.data import datasets
+from moe_ebm_jax.vae import modalities
 
 
 def views(num: int, rng: np.random.Generator, codebook: np.ndarray):

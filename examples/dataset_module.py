@@ -9,7 +9,9 @@ digit of the same class on a 32x32 colour canvas (Laplace), and the class as a l
 
 import numpy as np
 
-from moe_ebm_jax import cache, datasets, mnist, modalities
+from moe_ebm_jax import cache
+from moe_ebm_jax.data import datasets, mnist
+from moe_ebm_jax.vae import modalities
 
 NUM_TRAIN, NUM_TEST = 12_000, 2_000
 

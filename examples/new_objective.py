@@ -1,7 +1,6 @@
 r"""A new objective: one function and one decorator, then trained with the functional API.
 
-MVAE with the joint ELBO only (no unimodal ELBOs), the ablation of Wu & Goodman's sub-sampling:
-q(z | X) = PoE of the unimodal experts and the prior, every modality decoded from one z.
+MVAE with the joint ELBO only (no unimodal ELBOs, Wu & Goodman's sub-sampling ablated).
 
   python examples/new_objective.py   # ~1 minute on 2 CPU cores, random images, no data needed
 """
@@ -13,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moe_ebm_jax import aggregation, distributions, model_state, objectives, optimizers, train
+from moe_ebm_jax import model_state, optimizers, train
+from moe_ebm_jax.vae import aggregation, distributions, objectives
 
 
 @objectives.register('mvae_joint_only', aggregation='poe', distribution='gaussian',

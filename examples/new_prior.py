@@ -12,8 +12,9 @@ import tempfile
 import jax
 import jax.numpy as jnp
 
-from moe_ebm_jax import config_lib, input_pipeline, metric_logging, model_state, priors, train
-from moe_ebm_jax import distributions as dists
+from moe_ebm_jax import config_lib, input_pipeline, metric_logging, model_state, train
+from moe_ebm_jax.latent import priors
+from moe_ebm_jax.vae import distributions as dists
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,6 @@
 r"""A new MCMC sampler: one function and one registration, then MOE-EBM's chains run it.
 
-Langevin with a step size that decays geometrically to a tenth over the chain (large moves first,
-a small discretisation bias at the end). Any function with langevin.sample's signature will do.
+Langevin with a step size decaying geometrically to a tenth (large moves first, a small bias last).
 
   python examples/new_sampler.py   # ~1 minute on 2 CPU cores, random images, no data needed
 """
@@ -10,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moe_ebm_jax import model_state, optimizers, samplers, train
+from moe_ebm_jax import model_state, optimizers, train
+from moe_ebm_jax.latent import samplers
 from new_objective import smoke_config
 
 

@@ -18,10 +18,10 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from moe_ebm_jax import classifiers
-from moe_ebm_jax import coherence_scorers
-from moe_ebm_jax import curves
 from moe_ebm_jax import log_setup
+from moe_ebm_jax.data import classifiers
+from moe_ebm_jax.data import coherence_scorers
+from moe_ebm_jax.evaluators import curves
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'The run\'s config file and model.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The run\'s folder (checkpoints, tensorboard).')

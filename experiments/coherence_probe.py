@@ -27,18 +27,18 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from moe_ebm_jax import log_setup
-from moe_ebm_jax import classifiers
 from moe_ebm_jax import config_lib
 from moe_ebm_jax import input_pipeline
+from moe_ebm_jax import log_setup
 from moe_ebm_jax import metric_logging
-from moe_ebm_jax import objectives
 from moe_ebm_jax import model_state
 from moe_ebm_jax import optimizers
 from moe_ebm_jax import parallel
 from moe_ebm_jax import train
+from moe_ebm_jax.data import classifiers
 from moe_ebm_jax.evaluators import coherence as coherence_lib
 from moe_ebm_jax.evaluators import common
+from moe_ebm_jax.vae import objectives
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file with model argument.')
 _AT = flags.DEFINE_list('at', ['500', '1000', '1500'], 'Training steps at which to probe.')

@@ -20,12 +20,12 @@ import optax
 from absl import app
 from absl import flags
 
-from moe_ebm_jax import log_setup
 from moe_ebm_jax import config_lib
-from moe_ebm_jax import datasets
 from moe_ebm_jax import input_pipeline
-from moe_ebm_jax import models
+from moe_ebm_jax import log_setup
 from moe_ebm_jax import optimizers
+from moe_ebm_jax.data import datasets
+from moe_ebm_jax.vae import models
 
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'PolyMNIST data dir (None: TFDS default).')
 

@@ -39,19 +39,19 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from moe_ebm_jax import log_setup
-from moe_ebm_jax import classifiers
 from moe_ebm_jax import config_lib
-from moe_ebm_jax import distributions as dists
-from moe_ebm_jax import ebm as ebm_lib
 from moe_ebm_jax import figures
 from moe_ebm_jax import generation
 from moe_ebm_jax import input_pipeline
+from moe_ebm_jax import log_setup
 from moe_ebm_jax import metric_logging
-from moe_ebm_jax import models
 from moe_ebm_jax import workdir as workdir_lib
+from moe_ebm_jax.data import classifiers
 from moe_ebm_jax.evaluators import coherence as coherence_lib
 from moe_ebm_jax.evaluators import common
+from moe_ebm_jax.latent import ebm as ebm_lib
+from moe_ebm_jax.vae import distributions as dists
+from moe_ebm_jax.vae import models
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'The run\'s config file and model.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A trained run (checkpoints, tensorboard/).')

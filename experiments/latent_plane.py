@@ -23,16 +23,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
-from moe_ebm_jax import coherence_scorers
-from moe_ebm_jax import datasets
-from moe_ebm_jax import distributions as dists
-from moe_ebm_jax import ebm
 from moe_ebm_jax import generation
 from moe_ebm_jax import input_pipeline
-from moe_ebm_jax import latent_probe
 from moe_ebm_jax import log_setup
-from moe_ebm_jax import priors
 from moe_ebm_jax import workdir as workdir_lib
+from moe_ebm_jax.data import coherence_scorers
+from moe_ebm_jax.data import datasets
+from moe_ebm_jax.evaluators import latent_probe
+from moe_ebm_jax.latent import ebm
+from moe_ebm_jax.latent import priors
+from moe_ebm_jax.vae import distributions as dists
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'The run\'s config.', lock_config=False)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The trained run.', required=True)

@@ -30,7 +30,8 @@ _MNIST = flags.DEFINE_string('mnist', None, 'MNIST .npz (None: the library finds
 # Arrays of examples/dataset_module.py's shapes and kinds; FAULT plants one bad input.
 FAULTY = textwrap.dedent('''
     import numpy as np
-    from moe_ebm_jax import datasets, modalities
+    from moe_ebm_jax.data import datasets
+    from moe_ebm_jax.vae import modalities
     FAULT = {fault!r}
 
     def arrays(n, rng):

@@ -13,7 +13,7 @@ config file, variant or --set values than this call's is refused, num_train_step
 and a 95% t-interval over seeds per model and metric, then each model minus the first
 (--models' baseline) at the same seed (paired: mean, sd, interval, seeds higher); <out>/curves.png the test loss of every
 run against the step (the convergence evidence) and, with --coherence_curve=K, the cross
-coherence of each kept checkpoint on K test tuples (moe_ebm_jax/curves.py) beside it.
+coherence of each kept checkpoint on K test tuples (moe_ebm_jax/evaluators/curves.py) beside it.
 """
 
 import json
@@ -26,16 +26,16 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-from moe_ebm_jax import coherence_scorers
-from moe_ebm_jax import comparison
 from moe_ebm_jax import config_lib
-from moe_ebm_jax import curves
-from moe_ebm_jax import datasets
 from moe_ebm_jax import input_pipeline
-from moe_ebm_jax import latent_probe
 from moe_ebm_jax import log_setup
 from moe_ebm_jax import metric_logging
 from moe_ebm_jax import workdir as workdir_lib
+from moe_ebm_jax.data import coherence_scorers
+from moe_ebm_jax.data import datasets
+from moe_ebm_jax.evaluators import comparison
+from moe_ebm_jax.evaluators import curves
+from moe_ebm_jax.evaluators import latent_probe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -27,13 +27,13 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
-from moe_ebm_jax import ebm
 from moe_ebm_jax import input_pipeline
 from moe_ebm_jax import log_setup
-from moe_ebm_jax import marginal_likelihood
-from moe_ebm_jax import objectives
-from moe_ebm_jax import priors
 from moe_ebm_jax import workdir as workdir_lib
+from moe_ebm_jax.evaluators import marginal_likelihood
+from moe_ebm_jax.latent import ebm
+from moe_ebm_jax.latent import priors
+from moe_ebm_jax.vae import objectives
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'The run\'s config.', lock_config=False)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The trained run.', required=True)

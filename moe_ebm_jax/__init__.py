@@ -3,6 +3,6 @@
 Importing the package registers the `polymnist` TFDS dataset.
 """
 
-from moe_ebm_jax import polymnist  # noqa: F401  (registers the TFDS builder)
+from moe_ebm_jax.data import polymnist  # noqa: F401  (registers the TFDS builder)
 
 __version__ = '0.1.0'

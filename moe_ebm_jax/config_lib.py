@@ -14,15 +14,15 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-from moe_ebm_jax import conv
-from moe_ebm_jax import datasets
-from moe_ebm_jax import modalities as modalities_lib
-from moe_ebm_jax import models
-from moe_ebm_jax import networks
-from moe_ebm_jax import objectives
 from moe_ebm_jax import optimizers
-from moe_ebm_jax import priors
 from moe_ebm_jax import registry
+from moe_ebm_jax.data import datasets
+from moe_ebm_jax.latent import priors
+from moe_ebm_jax.vae import conv
+from moe_ebm_jax.vae import modalities as modalities_lib
+from moe_ebm_jax.vae import models
+from moe_ebm_jax.vae import networks
+from moe_ebm_jax.vae import objectives
 
 # Model names accepted as the config argument (--config=configs/x.py:<model>): each is an
 # objective (objectives.py), a prior on z and a posterior sampler for the EBM's learning.

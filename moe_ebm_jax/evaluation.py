@@ -3,7 +3,7 @@
 `evaluate_run(config, workdir)` (--mode=eval) restores the latest checkpoint and writes
 <workdir>/eval/metrics.json and report.md with figures; `evaluate_state` does the same for a
 state already in memory (train.train_and_evaluate at the end of training). The protocols are in
-evaluators/coherence.py and evaluators/fid.py.
+evaluators/coherence.py and evaluators/inception.py.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import jax
 import numpy as np
 from absl import logging
 
-from moe_ebm_jax import coherence_scorers
-from moe_ebm_jax import datasets
 from moe_ebm_jax import input_pipeline
 from moe_ebm_jax import log_setup
 from moe_ebm_jax import metric_logging
 from moe_ebm_jax import model_state
 from moe_ebm_jax import workdir as workdir_lib
+from moe_ebm_jax.data import coherence_scorers
+from moe_ebm_jax.data import datasets
 from moe_ebm_jax.evaluators import coherence as coherence_lib
 from moe_ebm_jax.evaluators import common
 from moe_ebm_jax.evaluators import fid as fid_eval
@@ -62,9 +62,9 @@ def _fid_evaluator(config, gen: common.Generators, features) -> tuple[Any, str]:
   names = gen.model.vae.names
   network, fid_cache = 'injected by the caller', None
   if features is None:
-    from moe_ebm_jax import fid  # pylint: disable=g-import-not-at-top  (loads torch-free params)
-    fid_cache = config.eval.fid_cache_dir or fid.default_cache_dir()
-    features = fid.make_feature_fn(fid.load_params(fid_cache))
+    from moe_ebm_jax.evaluators import inception  # pylint: disable=g-import-not-at-top  (loads torch-free params)
+    fid_cache = config.eval.fid_cache_dir or inception.default_cache_dir()
+    features = inception.make_feature_fn(inception.load_params(fid_cache))
     network = fid_eval.NETWORK
   test_images = np.concatenate([common.batch_images(b, names)
                                 for b in input_pipeline.first_test_batches(config, num_fid)])
@@ -98,7 +98,7 @@ def evaluate_state(config, workdir: str, state, *, model: model_state.Model | No
     classify: decodes {name: (N, *shape)} -> predicted classes (N, M); None: the dataset's
       coherence scorer (coherence_scorers.py: classifiers trained on first use, cached).
     features: images (N, H, W, 3) in [0, 1] -> (N, D) FID features; None: the standard FID
-      Inception (fid.py) with its reference statistics cached.
+      Inception (inception.py) with its reference statistics cached.
   """
   step = int(state.step)
   out_dir = os.path.join(workdir, 'eval')

@@ -23,7 +23,7 @@ from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
 
-from moe_ebm_jax import modalities as modalities_lib
+from moe_ebm_jax.vae import modalities as modalities_lib
 
 
 def to_uint8(images: Any) -> np.ndarray:

@@ -17,8 +17,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from moe_ebm_jax import aggregation
-from moe_ebm_jax import distributions as dists
+from moe_ebm_jax.vae import aggregation
+from moe_ebm_jax.vae import distributions as dists
 
 import enum
 

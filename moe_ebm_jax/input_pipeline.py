@@ -22,8 +22,8 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from moe_ebm_jax import datasets
-from moe_ebm_jax import modalities as modalities_lib
+from moe_ebm_jax.data import datasets
+from moe_ebm_jax.vae import modalities as modalities_lib
 
 
 def _int32_if_integer(a: np.ndarray) -> np.ndarray:

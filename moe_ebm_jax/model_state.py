@@ -16,11 +16,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from moe_ebm_jax import datasets
-from moe_ebm_jax import models
-from moe_ebm_jax import objectives
 from moe_ebm_jax import optimizers
-from moe_ebm_jax import priors
+from moe_ebm_jax.data import datasets
+from moe_ebm_jax.latent import priors
+from moe_ebm_jax.vae import models
+from moe_ebm_jax.vae import objectives
 
 Params = Any
 

@@ -41,11 +41,11 @@ from moe_ebm_jax import input_pipeline
 from moe_ebm_jax import log_setup
 from moe_ebm_jax import metric_logging
 from moe_ebm_jax import model_state
-from moe_ebm_jax import objectives
 from moe_ebm_jax import optimizers
 from moe_ebm_jax import parallel
-from moe_ebm_jax import priors
 from moe_ebm_jax import workdir as workdir_lib
+from moe_ebm_jax.latent import priors
+from moe_ebm_jax.vae import objectives
 
 Params = Any
 

@@ -58,7 +58,7 @@ def mnist_npz() -> str:
       pytest.fail(f'MOE_EBM_JAX_TEST_DATA={TEST_DATA} has no mnist/mnist.npz.')
     return str(path)
   import fcntl  # pylint: disable=g-import-not-at-top
-  from moe_ebm_jax import mnist  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax.data import mnist  # pylint: disable=g-import-not-at-top
   cache_dir = CACHE / 'mnist'
   cache_dir.mkdir(parents=True, exist_ok=True)
   with open(cache_dir / '.lock', 'w') as lock:  # pytest-xdist workers fetch it once, in turn.
@@ -95,7 +95,7 @@ def polymnist_dir(tmp_path_factory, mnist_npz) -> str:
   pytest-xdist the first worker builds it (under a file lock) and the others read it. Read only:
   a test that writes beside the data (classifier caches) takes `private_polymnist_dir`."""
   import fcntl  # pylint: disable=g-import-not-at-top
-  from moe_ebm_jax import polymnist  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax.data import polymnist  # pylint: disable=g-import-not-at-top
   run = tmp_path_factory.getbasetemp()
   if os.environ.get('PYTEST_XDIST_WORKER'):
     run = run.parent  # This run's folder, shared by its workers and by no other run.

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from moe_ebm_jax import aggregation
-from moe_ebm_jax import objectives
 from moe_ebm_jax import model_state
+from moe_ebm_jax.vae import aggregation
+from moe_ebm_jax.vae import objectives
 
 from test_train import smoke_config
 

@@ -281,3 +281,28 @@ def test_a_checkpoint_from_before_an_empty_field_was_added_restores(tmp_path):
     with pytest.raises(ValueError, match='tree structures do not match'):
       ckpt.restore(_StateAfter(w=jnp.zeros(3), extra_state={'chains': jnp.zeros(2)},
                                step=jnp.array(0)))
+
+
+@flax.struct.dataclass
+class _StateRenamed:  # _StateBefore with `w` renamed and an empty field added.
+  weights: jax.Array
+  extra_state: Any
+  step: jax.Array
+  RENAMED_FIELDS = {'weights': 'w'}
+
+
+def test_a_checkpoint_from_before_a_field_was_renamed_restores_under_the_new_name(tmp_path):
+  with checkpointing.Checkpointer(tmp_path, keep_latest=1, keep_best=0) as ckpt:
+    ckpt.save(3, _StateBefore(w=jnp.arange(4.0), step=jnp.array(3)), {'next_index': 1})
+    state, extra = ckpt.restore(_StateRenamed(weights=jnp.zeros(4), extra_state={},
+                                              step=jnp.array(0)))
+    assert isinstance(state, _StateRenamed) and state.extra_state == {}
+    np.testing.assert_array_equal(state.weights, [0.0, 1.0, 2.0, 3.0])
+    assert int(state.step) == 3 and extra == {'next_index': 1}
+    # Saved under the new names, it restores as usual.
+    ckpt.save(4, state.replace(step=jnp.array(4)), {'next_index': 2})
+    again, _ = ckpt.restore(_StateRenamed(weights=jnp.zeros(4), extra_state={},
+                                          step=jnp.array(0)))
+    np.testing.assert_array_equal(again.weights, state.weights)
+    assert int(again.step) == 4
+

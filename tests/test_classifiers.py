@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from moe_ebm_jax import classifiers
 from moe_ebm_jax import config_lib
-from moe_ebm_jax import datasets
 from moe_ebm_jax import input_pipeline
-from moe_ebm_jax import polymnist
+from moe_ebm_jax.data import classifiers
+from moe_ebm_jax.data import datasets
+from moe_ebm_jax.data import polymnist
 from moe_ebm_jax.evaluators import common
 
 # Small enough for CPU CI (120 steps of the default net), large enough to learn digits.

@@ -8,10 +8,10 @@ import numpy as np
 import optax
 
 from moe_ebm_jax import cache
-from moe_ebm_jax import coherence_scorers
 from moe_ebm_jax import config_lib
-from moe_ebm_jax import datasets
-from moe_ebm_jax import modalities as mods
+from moe_ebm_jax.data import coherence_scorers
+from moe_ebm_jax.data import datasets
+from moe_ebm_jax.vae import modalities as mods
 
 
 def blobs(n, rng, dim=6, classes=3):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from moe_ebm_jax import comparison
+from moe_ebm_jax.evaluators import comparison
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

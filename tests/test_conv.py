@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from moe_ebm_jax import conv
-from moe_ebm_jax import networks
+from moe_ebm_jax.vae import conv
+from moe_ebm_jax.vae import networks
 
 
 def _numpy_kernel_grad(x, dy):

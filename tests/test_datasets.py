@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from moe_ebm_jax import config_lib
-from moe_ebm_jax import datasets
 from moe_ebm_jax import input_pipeline
 from moe_ebm_jax import model_state
-from moe_ebm_jax import modalities as mods
-from moe_ebm_jax import objectives
+from moe_ebm_jax.data import datasets
+from moe_ebm_jax.vae import modalities as mods
+from moe_ebm_jax.vae import objectives
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

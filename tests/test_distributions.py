@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from moe_ebm_jax import distributions
+from moe_ebm_jax.vae import distributions
 
 # float32 arithmetic on O(10) log-densities summed over 5 dims.
 _RTOL, _ATOL = 1e-5, 1e-4

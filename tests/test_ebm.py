@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from moe_ebm_jax import ebm
-from moe_ebm_jax import models
-from moe_ebm_jax import networks
-from moe_ebm_jax import polymnist
+from moe_ebm_jax.data import polymnist
+from moe_ebm_jax.latent import ebm
+from moe_ebm_jax.vae import models
+from moe_ebm_jax.vae import networks
 
 M, B, DW, DZ = 3, 2, 2, 3
 ENERGY = networks.EnergyMLP(hidden=(8, 8))

@@ -12,7 +12,6 @@ import pytest
 from PIL import Image
 
 from moe_ebm_jax import checkpointing
-from moe_ebm_jax import comparison
 from moe_ebm_jax import evaluation
 from moe_ebm_jax import generation
 from moe_ebm_jax import model_state
@@ -20,6 +19,7 @@ from moe_ebm_jax import train
 from moe_ebm_jax import workdir as workdir_lib
 from moe_ebm_jax.evaluators import coherence
 from moe_ebm_jax.evaluators import common
+from moe_ebm_jax.evaluators import comparison
 from moe_ebm_jax.evaluators import fid as fid_eval
 from moe_ebm_jax.evaluators import report as report_lib
 
@@ -178,13 +178,14 @@ def test_constant_classifier_gives_closed_form_coherence(trained, polymnist_dir)
 
 
 def test_eval_without_checkpoint_is_a_clear_error(polymnist_dir, tmp_path, monkeypatch):
-  from moe_ebm_jax import classifiers, fid  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax.data import classifiers  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax.evaluators import inception  # pylint: disable=g-import-not-at-top
 
   def must_not_run(*args, **kwargs):
     raise AssertionError('loaded classifiers or the FID network before finding a checkpoint')
 
   monkeypatch.setattr(classifiers, 'load_or_train', must_not_run)
-  monkeypatch.setattr(fid, 'load_params', must_not_run)
+  monkeypatch.setattr(inception, 'load_params', must_not_run)
   with pytest.raises(FileNotFoundError, match='train first'):
     evaluation.evaluate_run(smoke_config(polymnist_dir, 'mmvaeplus'), str(tmp_path))
 
@@ -248,7 +249,7 @@ class FakeBank:
 
 @pytest.mark.slow
 def test_training_ends_with_the_evaluation_once(polymnist_dir, tmp_path, monkeypatch):
-  from moe_ebm_jax import classifiers  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax.data import classifiers  # pylint: disable=g-import-not-at-top
   loads = []
   monkeypatch.setattr(classifiers, 'load_or_train', lambda data: loads.append(data) or FakeBank())
   workdir = str(tmp_path / 'run')

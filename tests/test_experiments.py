@@ -142,7 +142,7 @@ def test_ebm_effect_gpu_script_at_smoke_scale(tmp_path, private_polymnist_dir, m
 
 
 def test_table_interval_is_students_t():
-  from moe_ebm_jax import comparison as table  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax.evaluators import comparison as table  # pylint: disable=g-import-not-at-top
   mean, sd, lo, hi = table.interval([1.0, 2.0, 3.0])
   assert (mean, sd) == (2.0, 1.0)
   assert (lo, hi) == pytest.approx((2 - 4.303 / np.sqrt(3), 2 + 4.303 / np.sqrt(3)))
@@ -152,7 +152,7 @@ def test_table_interval_is_students_t():
 
 def test_table_reads_cross_coherence_each_way_from_source_target_matrix():
   """Two modalities: a column per direction, [source][target] of the matrix; three: none."""
-  from moe_ebm_jax import comparison  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax.evaluators import comparison  # pylint: disable=g-import-not-at-top
   def run(seed, matrix):
     return {'model': 'm', 'seed': seed, 'modalities': ['image', 'digit'], 'num_classes': 10,
             'latent_probe': {'pre_ld': {'mean': 0.5}},
@@ -170,7 +170,7 @@ def test_table_reads_cross_coherence_each_way_from_source_target_matrix():
 
 
 def test_table_refuses_a_folder_holding_another_experiment():
-  from moe_ebm_jax import comparison  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax.evaluators import comparison  # pylint: disable=g-import-not-at-top
   results = {'moe_ebm_s0': {'model': 'moe_ebm', 'config': 'configs/c.py:moe_ebm,long',
                             'overrides': {'data.data_dir': '/d', 'num_train_steps': '6000',
                                           'model.likelihood_weights': '(1,50)'}},
@@ -299,7 +299,7 @@ def test_coherence_curve_of_checkpoints_equals_the_probe_of_the_same_training(
 def test_paired_table_differences_runs_at_the_same_seed():
   """Per seed model minus baseline: mean, sample sd, Student's t interval, seeds higher; a seed
   the baseline lacks is left out, and the baseline's own tag ('q') pairs with pre- and post-LD."""
-  from moe_ebm_jax import comparison  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax.evaluators import comparison  # pylint: disable=g-import-not-at-top
   def run(model, seed, cross, post=None):
     tags = {'q': {'cross_coherence': cross}} if post is None else {
         'pre_ld': {'cross_coherence': cross}, 'post_ld': {'cross_coherence': post}}

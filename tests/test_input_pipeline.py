@@ -8,10 +8,10 @@ import pytest
 import tensorflow_datasets as tfds
 
 from moe_ebm_jax import config_lib
-from moe_ebm_jax import datasets
 from moe_ebm_jax import input_pipeline
-from moe_ebm_jax import modalities
-from moe_ebm_jax import polymnist
+from moe_ebm_jax.data import datasets
+from moe_ebm_jax.data import polymnist
+from moe_ebm_jax.vae import modalities
 
 M = 5
 SPECS = polymnist.specs(M)

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moe_ebm_jax import distributions
-from moe_ebm_jax import langevin
+from moe_ebm_jax.latent import langevin
+from moe_ebm_jax.vae import distributions
 
 _STATIC = ('num_steps', 'keep_trajectory')
 _LOC = jnp.array([1.0, -2.0])

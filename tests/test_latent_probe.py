@@ -10,9 +10,9 @@ import pytest
 
 from moe_ebm_jax import config_lib
 from moe_ebm_jax import input_pipeline
-from moe_ebm_jax import latent_probe
 from moe_ebm_jax import model_state
 from moe_ebm_jax import optimizers
+from moe_ebm_jax.evaluators import latent_probe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

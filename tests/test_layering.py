@@ -87,11 +87,11 @@ def test_no_import_cycle():
 def test_only_the_priors_know_the_ebm():
   """Training, generation and evaluation reach the EBM through the prior interface."""
   graph = import_graph()
-  ebm = 'moe_ebm_jax.ebm'
+  ebm = 'moe_ebm_jax.latent.ebm'
   importers = sorted(m for m, deps in graph.items() if ebm in deps)
-  assert importers == ['moe_ebm_jax.priors'], importers
+  assert importers == ['moe_ebm_jax.latent.priors'], importers
   for module in ('moe_ebm_jax.generation', 'moe_ebm_jax.evaluation', 'moe_ebm_jax.train'):
-    assert not reaches({m: d - {'moe_ebm_jax.model_state', 'moe_ebm_jax.priors'}
+    assert not reaches({m: d - {'moe_ebm_jax.model_state', 'moe_ebm_jax.latent.priors'}
                         for m, d in graph.items()}, module, ebm), module
   evaluators = [m for m in graph if m.startswith('moe_ebm_jax.evaluators')]
   assert evaluators and not any(ebm in graph[m] for m in evaluators)
@@ -99,8 +99,28 @@ def test_only_the_priors_know_the_ebm():
 
 def test_data_does_not_import_models_or_training():
   graph = import_graph()
-  upper = {'moe_ebm_jax.models', 'moe_ebm_jax.objectives', 'moe_ebm_jax.priors',
+  upper = {'moe_ebm_jax.vae.models', 'moe_ebm_jax.vae.objectives', 'moe_ebm_jax.latent.priors',
            'moe_ebm_jax.model_state', 'moe_ebm_jax.train', 'moe_ebm_jax.evaluation'}
-  for module in ('moe_ebm_jax.datasets', 'moe_ebm_jax.modalities', 'moe_ebm_jax.mnist',
-                 'moe_ebm_jax.input_pipeline'):
+  data = [m for m in graph if m.startswith('moe_ebm_jax.data.')]
+  assert len(data) >= 4
+  for module in data + ['moe_ebm_jax.vae.modalities', 'moe_ebm_jax.input_pipeline']:
     assert not any(reaches(graph, module, up) for up in upper), module
+
+
+def test_the_folders_are_layered():
+  """Package to package, imports run one way: vae below data and latent, both below the
+  evaluators; no subpackage imports the trainer's modules above it."""
+  graph = import_graph()
+  package = lambda m: m.split('.')[1] if m.count('.') >= 2 else 'top'
+  below = {'vae': set(), 'latent': {'vae'}, 'data': {'vae'},
+           'evaluators': {'vae', 'latent', 'data'}}
+  for module, deps in graph.items():
+    if package(module) not in below:
+      continue
+    for dep in deps:
+      if package(dep) != 'top':
+        assert package(dep) in below[package(module)] | {package(module)}, (module, dep)
+  trainer = {'moe_ebm_jax.train', 'moe_ebm_jax.model_state', 'moe_ebm_jax.config_lib',
+             'moe_ebm_jax.evaluation'}
+  for module in (m for m in graph if package(m) in ('vae', 'latent', 'data')):
+    assert not graph[module] & trainer, module

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from moe_ebm_jax import config_lib
-from moe_ebm_jax import distributions as dists
-from moe_ebm_jax import ebm
-from moe_ebm_jax import marginal_likelihood
-from moe_ebm_jax import modalities as mods
-from moe_ebm_jax import models
-from moe_ebm_jax import networks
+from moe_ebm_jax.evaluators import marginal_likelihood
+from moe_ebm_jax.latent import ebm
+from moe_ebm_jax.vae import distributions as dists
+from moe_ebm_jax.vae import modalities as mods
+from moe_ebm_jax.vae import models
+from moe_ebm_jax.vae import networks
 
 
 def _two_label_vae(model):

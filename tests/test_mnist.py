@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from moe_ebm_jax import mnist as mnist_lib
+from moe_ebm_jax.data import mnist as mnist_lib
 
 
 def write_idx(path, array):

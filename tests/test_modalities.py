@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from moe_ebm_jax import models
-from moe_ebm_jax import modalities as mods
+from moe_ebm_jax.vae import modalities as mods
+from moe_ebm_jax.vae import models
 
 
 def test_likelihoods_match_their_closed_forms():

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from moe_ebm_jax import networks
+from moe_ebm_jax.vae import networks
 
 SMOKE = (8, 16, 32)
 PAPER = (64, 128, 256)

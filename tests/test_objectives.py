@@ -13,9 +13,9 @@ import pytest
 import scipy.special
 
 from moe_ebm_jax import config_lib
-from moe_ebm_jax import models
-from moe_ebm_jax import objectives
-from moe_ebm_jax import polymnist
+from moe_ebm_jax.data import polymnist
+from moe_ebm_jax.vae import models
+from moe_ebm_jax.vae import objectives
 
 M, B, DW, DZ = 3, 4, 2, 3
 BETA = 2.5

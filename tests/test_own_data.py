@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from moe_ebm_jax import config_lib
-from moe_ebm_jax import datasets
 from moe_ebm_jax import figures
-from moe_ebm_jax import modalities as mods
 from moe_ebm_jax import workdir as workdir_lib
+from moe_ebm_jax.data import datasets
 from moe_ebm_jax.evaluators import report as report_lib
+from moe_ebm_jax.vae import modalities as mods
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,7 +26,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # image sizes. BREAK (a module global) plants a bad input for the error tests.
 MODULE = textwrap.dedent('''
     import numpy as np
-    from moe_ebm_jax import datasets, modalities
+    from moe_ebm_jax.data import datasets
+    from moe_ebm_jax.vae import modalities
 
     BREAK = {brk!r}
 
@@ -164,7 +165,7 @@ def test_tiles_of_images_of_two_sizes_share_one_size():
 
 
 def test_the_report_names_modalities_and_flags_weak_classifiers_and_a_stop(tmp_path):
-  from moe_ebm_jax import coherence_scorers  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax.data import coherence_scorers  # pylint: disable=g-import-not-at-top
   info = {'readings': {'small': {'classifier': 'MLP', 'test_accuracy': 0.97},
                        'big': {'classifier': 'MLP', 'test_accuracy': 0.836},
                        'digit': 'its decoded class (argmax)'}}
@@ -244,7 +245,8 @@ def test_heterogeneous_modalities_train_and_evaluate_through_main(tmp_path, mode
 
 UNCHECKED = textwrap.dedent('''
     import numpy as np
-    from moe_ebm_jax import datasets, modalities
+    from moe_ebm_jax.data import datasets
+    from moe_ebm_jax.vae import modalities
 
     class Source:  # A source of one's own: only its first example is checked before training.
       def __len__(self):

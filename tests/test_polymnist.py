@@ -7,7 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from moe_ebm_jax import polymnist
+from moe_ebm_jax.data import polymnist
 
 M = 5
 

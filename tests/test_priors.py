@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from moe_ebm_jax import config_lib
-from moe_ebm_jax import ebm
 from moe_ebm_jax import model_state
-from moe_ebm_jax import priors
-from moe_ebm_jax import samplers
+from moe_ebm_jax.latent import ebm
+from moe_ebm_jax.latent import priors
+from moe_ebm_jax.latent import samplers
 
 
 def test_fixed_prior_is_the_standard_family_and_learns_nothing():
@@ -65,7 +65,7 @@ def test_prior_registry_names_the_config_choices_and_refuses_duplicates():
 
 
 def _persistent_prior(num_chains, reinit, steps):
-  from moe_ebm_jax import networks  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax.vae import networks  # pylint: disable=g-import-not-at-top
   return priors.EnergyPrior(networks.EnergyMLP(hidden=(8,)), samplers.Chain(steps, 0.4),
                             samplers.Chain(0, 0.1), posterior_sampler='q', p0=ebm.Base('gaussian'),
                             persistent_chains=num_chains, persistent_reinit=reinit)
@@ -146,4 +146,14 @@ def test_persistent_chains_config_is_validated():
     config_lib.validate(config)
   config.ebm.persistent_chains, config.ebm.persistent_reinit = 1000, 1.5
   with pytest.raises(ValueError, match='persistent_reinit=1.5'):
+    config_lib.validate(config)
+
+
+@pytest.mark.parametrize('old,new', [('ebm.learning_rate', 'prior_optim.learning_rate'),
+                                     ('ebm.b1', 'prior_optim.b1')])
+def test_a_moved_config_key_fails_with_a_line_that_names_the_new_one(old, new):
+  config = config_lib.base_config('moe_ebm')
+  section, key = old.split('.')
+  config[section][key] = 0.1
+  with pytest.raises(ValueError, match=f'invalid config: {old} is now {new}: set that instead'):
     config_lib.validate(config)

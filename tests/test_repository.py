@@ -65,35 +65,3 @@ def test_install_requires_are_ranges_that_the_ci_pins_satisfy():
     assert pin is not None, f'{req.name} is not pinned in constraints.txt'
     assert req.specifier.contains(pin, prereleases=True), f'{req.name}=={pin} outside {req}'
 
-
-def test_the_library_has_no_import_cycle():
-  """Module-level imports between moe_ebm_jax's modules form no cycle (function-level imports,
-  the way around one, are not allowed to hide one either: both are followed)."""
-  import ast  # pylint: disable=g-import-not-at-top
-  package = os.path.join(ROOT, 'moe_ebm_jax')
-  graph = {}
-  for name in os.listdir(package):
-    if name.endswith('.py'):
-      with open(os.path.join(package, name)) as f:
-        tree = ast.parse(f.read())
-      deps = set()
-      for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module == 'moe_ebm_jax':
-          deps |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and (node.module or '').startswith('moe_ebm_jax.'):
-          deps.add(node.module.split('.')[1])
-      graph[name[:-3]] = deps - {name[:-3]}
-  assert {'train', 'evaluation', 'model_state'} <= set(graph)
-  state = {}
-
-  def visit(node, path):
-    if state.get(node) == 'done':
-      return
-    assert state.get(node) != 'open', f'import cycle: {" -> ".join(path + [node])}'
-    state[node] = 'open'
-    for dep in sorted(graph.get(node, ())):
-      visit(dep, path + [node])
-    state[node] = 'done'
-
-  for node in sorted(graph):
-    visit(node, [])

@@ -13,10 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from moe_ebm_jax import distributions
-from moe_ebm_jax import langevin
-from moe_ebm_jax import mala
-from moe_ebm_jax import samplers
+from moe_ebm_jax.latent import langevin
+from moe_ebm_jax.latent import mala
+from moe_ebm_jax.latent import samplers
+from moe_ebm_jax.vae import distributions
 
 _STATIC = ('num_steps', 'keep_trajectory')
 

@@ -18,10 +18,10 @@ from moe_ebm_jax import checkpointing
 from moe_ebm_jax import config_lib
 from moe_ebm_jax import metric_logging
 from moe_ebm_jax import model_state
-from moe_ebm_jax import objectives
 from moe_ebm_jax import optimizers
 from moe_ebm_jax import parallel
 from moe_ebm_jax import train
+from moe_ebm_jax.vae import objectives
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -412,7 +412,7 @@ def test_an_error_mid_run_keeps_the_checkpoint_being_written(polymnist_dir, tmp_
 def test_energy_weight_one_adds_f_a_to_the_bound_unweighted(polymnist_dir):
   """ebm.energy_weight: 'beta' puts beta * f_a(z) in every log-weight, 'one' f_a(z) (Eq. 5). With
   the same samples the ELBO losses (minus the mean log-weight) differ by (beta - 1) mean f_a."""
-  from moe_ebm_jax import objectives  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax.vae import objectives  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.uniform(size=(4, 5, 28, 28, 3)), jnp.float32)
   beta = 2.5

@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from moe_ebm_jax import aggregation
 from moe_ebm_jax import metric_logging
 from moe_ebm_jax.evaluators import common
+from moe_ebm_jax.vae import aggregation
 
 
 def subsets(num_modalities: int) -> list[tuple[int, ...]]:

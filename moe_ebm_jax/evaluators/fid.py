@@ -1,6 +1,6 @@
 """FID of generated images (method.md section 5): statistics, their cache, FidEvaluator.
 
-The feature network (the standard Inception, moe_ebm_jax/fid.py) is handed in as a function, so
+The feature network (the standard Inception, moe_ebm_jax/evaluators/inception.py) is handed in as a function, so
 tests inject cheaper ones.
 """
 
@@ -17,8 +17,8 @@ from absl import logging
 
 from moe_ebm_jax import cache
 from moe_ebm_jax import metric_logging
-from moe_ebm_jax import fid as fid_lib
 from moe_ebm_jax.evaluators import common
+from moe_ebm_jax.evaluators import inception as fid_lib
 
 # FID compares Gaussians fitted to the 2,048-d Inception pool3 features: with fewer samples per
 # set the covariance is rank-deficient and FID is biased upwards by an amount that depends on

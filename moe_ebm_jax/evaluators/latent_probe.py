@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from moe_ebm_jax import aggregation as agg
 from moe_ebm_jax import generation
+from moe_ebm_jax.vae import aggregation as agg
 
 
 def unimodal_means(model, vae_params, x) -> jax.Array:

@@ -37,10 +37,10 @@ import tensorflow_datasets as tfds
 from absl import logging
 from tensorflow_datasets.core import example_serializer
 
-from moe_ebm_jax import classifiers
-from moe_ebm_jax import datasets
-from moe_ebm_jax import mnist as mnist_lib
-from moe_ebm_jax import modalities as modalities_lib
+from moe_ebm_jax.data import classifiers
+from moe_ebm_jax.data import datasets
+from moe_ebm_jax.data import mnist as mnist_lib
+from moe_ebm_jax.vae import modalities as modalities_lib
 
 IMAGE_SIZE = 28
 NUM_CLASSES = 10

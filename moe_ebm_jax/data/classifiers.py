@@ -44,9 +44,9 @@ import optax
 from absl import logging
 
 from moe_ebm_jax import cache
-from moe_ebm_jax import coherence_scorers
-from moe_ebm_jax import datasets
-from moe_ebm_jax import modalities as modalities_lib
+from moe_ebm_jax.data import coherence_scorers
+from moe_ebm_jax.data import datasets
+from moe_ebm_jax.vae import modalities as modalities_lib
 
 PyTree = Any
 

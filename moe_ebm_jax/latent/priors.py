@@ -41,11 +41,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from moe_ebm_jax import distributions as dists
-from moe_ebm_jax import ebm as ebm_lib
-from moe_ebm_jax import networks
 from moe_ebm_jax import registry
-from moe_ebm_jax import samplers
+from moe_ebm_jax.latent import ebm as ebm_lib
+from moe_ebm_jax.latent import samplers
+from moe_ebm_jax.vae import distributions as dists
+from moe_ebm_jax.vae import networks
 
 PRIORS: registry.Registry = registry.Registry('prior')
 # Where the EBM's posterior samples come from in its update (config.model.posterior_sampler).

@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moe_ebm_jax import distributions as dists
-from moe_ebm_jax import networks
 from moe_ebm_jax import registry
+from moe_ebm_jax.vae import distributions as dists
+from moe_ebm_jax.vae import networks
 
 DTYPES = ('float32', 'int32')
 # How coherence reads a modality's decodes as classes (coherence_scorers.py): the built-in ways,

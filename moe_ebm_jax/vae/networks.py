@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from moe_ebm_jax import conv
+from moe_ebm_jax.vae import conv
 
 Dtype = Any
 Array = jax.Array

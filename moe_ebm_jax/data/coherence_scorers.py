@@ -37,8 +37,8 @@ import optax
 from absl import logging
 
 from moe_ebm_jax import cache
-from moe_ebm_jax import datasets
-from moe_ebm_jax import modalities as modalities_lib
+from moe_ebm_jax.data import datasets
+from moe_ebm_jax.vae import modalities as modalities_lib
 
 PyTree = Any
 

@@ -37,8 +37,8 @@ import numpy as np
 from absl import logging
 
 from moe_ebm_jax import cache
-from moe_ebm_jax import modalities as modalities_lib
 from moe_ebm_jax import registry
+from moe_ebm_jax.vae import modalities as modalities_lib
 
 SPLITS = ('train', 'test')
 DataError = modalities_lib.DataError  # Specs or data that do not fit: main.py's one-line error.
@@ -269,7 +269,7 @@ def from_arrays(name: str, train: Mapping[str, np.ndarray], test: Mapping[str, n
 
 @functools.lru_cache(maxsize=4)
 def _mnist_split(path: str | None, cache_dir: str, split: str):
-  from moe_ebm_jax import mnist  # pylint: disable=g-import-not-at-top
+  from moe_ebm_jax.data import mnist  # pylint: disable=g-import-not-at-top
   data = mnist.load_mnist(path, cache_dir=cache_dir)
   x, y = (data.x_train, data.y_train) if split == 'train' else (data.x_test, data.y_test)
   return ArraySource({'image': x[..., None], 'digit': y.astype(np.int32)}, y.astype(np.int32))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from moe_ebm_jax import langevin
+from moe_ebm_jax.latent import langevin
 
 PyTree = langevin.PyTree
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from moe_ebm_jax import langevin
-from moe_ebm_jax import mala
 from moe_ebm_jax import registry
+from moe_ebm_jax.latent import langevin
+from moe_ebm_jax.latent import mala
 
 Sampler = Callable[..., tuple[Any, dict[str, Any]]]
 SAMPLERS: registry.Registry = registry.Registry('sampler')

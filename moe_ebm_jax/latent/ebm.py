@@ -23,10 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moe_ebm_jax import distributions as dists
-from moe_ebm_jax import samplers
-from moe_ebm_jax import models
-from moe_ebm_jax import networks
+from moe_ebm_jax.latent import samplers
+from moe_ebm_jax.vae import distributions as dists
+from moe_ebm_jax.vae import models
+from moe_ebm_jax.vae import networks
 
 Params = Any
 POSTERIOR_LATENTS = ('z', 'zw')

@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from moe_ebm_jax import distributions as dists
-from moe_ebm_jax import modalities as modalities_lib
-from moe_ebm_jax import networks
+from moe_ebm_jax.vae import distributions as dists
+from moe_ebm_jax.vae import modalities as modalities_lib
+from moe_ebm_jax.vae import networks
 
 Params = Any
 IMAGE_SHAPE = (networks.IMAGE_SIZE, networks.IMAGE_SIZE, 3)

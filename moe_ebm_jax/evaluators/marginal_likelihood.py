@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moe_ebm_jax import distributions as dists
-from moe_ebm_jax import models
+from moe_ebm_jax.vae import distributions as dists
+from moe_ebm_jax.vae import models
 
 
 def log_importance_weights(vae: models.MultimodalVAE, params, x: models.Data, key: jax.Array,

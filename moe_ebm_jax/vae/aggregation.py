@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moe_ebm_jax import distributions as dists
+from moe_ebm_jax.vae import distributions as dists
 
 AGGREGATIONS = ('moe', 'poe', 'mopoe')
 

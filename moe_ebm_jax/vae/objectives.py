@@ -35,10 +35,10 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from moe_ebm_jax import aggregation as agg
-from moe_ebm_jax import distributions as dists
-from moe_ebm_jax import models
 from moe_ebm_jax import registry
+from moe_ebm_jax.vae import aggregation as agg
+from moe_ebm_jax.vae import distributions as dists
+from moe_ebm_jax.vae import models
 
 ESTIMATORS = ('elbo', 'iwae', 'dreg')
 
