@@ -171,11 +171,13 @@ def restore_position(it: grain.DatasetIterator, state: dict[str, Any],
 
 def eval_dataset(config: ml_collections.ConfigDict, split: str = 'test', process_index: int = 0,
                  process_count: int = 1) -> grain.MapDataset:
-  """One ordered pass over `split`; the last partial batch is kept on one process only."""
+  """One ordered pass over `split` (its subset: data.train_subset or data.test_subset); the
+  last partial batch is kept on one process only."""
   dataset, source = _source(config, split)
+  subset = config.data.train_subset if split == 'train' else config.data.test_subset
   return make_dataset(source, modalities=dataset.modalities,
                       batch_size=config.eval_batch_size, shuffle=False, num_epochs=1,
-                      drop_remainder=process_count > 1, subset=config.data.test_subset,
+                      drop_remainder=process_count > 1, subset=subset,
                       process_index=process_index, process_count=process_count)
 
 

@@ -26,14 +26,16 @@ def restore_latest(config, workdir: str) -> tuple[model_state.Model, Any]:
     # The model must be the one that was trained (same keys as a resume); nothing is written.
     checkpointing.check_or_write_run_config(
         workdir, config, model_state.COMPATIBLE_KEYS, model_state.ADDED_KEY_DEFAULTS)
+  if not os.path.isdir(os.path.join(workdir, checkpointing.CHECKPOINT_SUBDIR)):
+    # Said before orbax starts (it would create the folder and leave a thread behind).
+    raise FileNotFoundError(f'no checkpoint in {workdir}: train first (--mode=train).')
   model = model_state.make_model(config)
   abstract = model_state.abstract_state(config, model, parallel.make_mesh())
-  ckpt = checkpointing.Checkpointer(workdir, keep_latest=config.keep_checkpoints,
-                                    keep_best=config.keep_best_checkpoints)
-  if ckpt.latest_step() is None:
-    raise FileNotFoundError(f'no checkpoint in {workdir}: train first (--mode=train).')
-  state, _ = ckpt.restore(abstract)
-  ckpt.close()
+  with checkpointing.Checkpointer(workdir, keep_latest=config.keep_checkpoints,
+                                  keep_best=config.keep_best_checkpoints) as ckpt:
+    if ckpt.latest_step() is None:
+      raise FileNotFoundError(f'no checkpoint in {workdir}: train first (--mode=train).')
+    state, _ = ckpt.restore(abstract)
   return model, state
 
 
