@@ -5,6 +5,8 @@ r"""moe_ebm_jax command line.
   python main.py --config=configs/polymnist.py --mode=prepare
   python main.py --config=configs/smoke.py:moe_ebm --config.data.mnist=/path/mnist.npz --mode=prepare
   python main.py --mode=compare --workdir=/tmp/mmvaeplus --workdir=/tmp/moe_ebm --compare_dir=/tmp/cmp
+  python main.py --config=configs/polymnist.py:mmvaeplus --workdir=/tmp/mmvaeplus --mode=fit_prior \
+      --config.posthoc.prior=gmm   # a post-hoc prior fitted to q(z | X), then evaluated with
 
 The config argument after ':' picks the model; any field can be overridden with
 --config.<field>=<value> (type-checked).
@@ -17,6 +19,7 @@ from ml_collections import config_flags
 
 from moe_ebm_jax import config_lib
 from moe_ebm_jax import evaluation
+from moe_ebm_jax import fit_prior
 from moe_ebm_jax import log_setup
 from moe_ebm_jax import train
 from moe_ebm_jax.data import classifiers
@@ -31,10 +34,13 @@ _WORKDIR = flags.DEFINE_multi_string(
 _COMPARE_DIR = flags.DEFINE_string('compare_dir', 'comparison',
                                    'Where --mode=compare writes comparison.md, .json and .png.')
 _MODE = flags.DEFINE_enum(
-    'mode', 'train', ['train', 'eval', 'prepare', 'train_classifiers', 'compare'],
+    'mode', 'train', ['train', 'eval', 'prepare', 'train_classifiers', 'compare', 'fit_prior'],
     'train: train (resuming a run in --workdir), with periodic test loss and sample grids, '
     'then the evaluation of --mode=eval of the final step (config.eval.at_end_of_training); '
-    'eval: coherence and figures of the latest checkpoint in --workdir (<workdir>/eval); '
+    'eval: coherence and figures of the latest checkpoint in --workdir (<workdir>/eval; with '
+    'config.posthoc.prior set, with that fitted prior into <workdir>/eval_posthoc_<prior>); '
+    'fit_prior: fit config.posthoc.prior to the latest checkpoint\'s q(z | X) on the train '
+    'split, save it beside the checkpoint and evaluate with it; '
     'prepare: only build PolyMNIST into config.data.data_dir; '
     'train_classifiers: train (or load) the coherence classifiers of the dataset; '
     'compare: the evaluated runs of every --workdir in one table (the paper\'s Table 1 layout, '
@@ -94,7 +100,18 @@ def _run(config, workdirs: list[str]) -> None:
       except train.DivergenceError as e:  # Reported and handled, not a bug: no traceback.
         raise SystemExit(f'Training stopped: {e}') from None
     else:
-      evaluation.evaluate_run(config, workdirs[0])
+      if _MODE.value == 'fit_prior' and config.posthoc.prior is None:
+        raise SystemExit('--mode=fit_prior needs --config.posthoc.prior=<one of '
+                         f'{sorted(fit_prior.posthoc.FITTERS)}>.')
+      try:
+        if _MODE.value == 'fit_prior':
+          fit_prior.fit(config, workdirs[0])
+        elif config.posthoc.prior is not None:
+          fit_prior.evaluate(config, workdirs[0])
+        else:
+          evaluation.evaluate_run(config, workdirs[0])
+      except FileNotFoundError as e:  # Nothing to evaluate yet: what to run, no traceback.
+        raise SystemExit(f'--mode={_MODE.value}: {e}') from None
 
 
 if __name__ == '__main__':

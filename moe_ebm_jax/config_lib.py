@@ -17,6 +17,7 @@ from ml_collections import config_dict
 from moe_ebm_jax import optimizers
 from moe_ebm_jax import registry
 from moe_ebm_jax.data import datasets
+from moe_ebm_jax.latent import posthoc
 from moe_ebm_jax.latent import priors
 from moe_ebm_jax.vae import conv
 from moe_ebm_jax.vae import modalities as modalities_lib
@@ -210,6 +211,9 @@ def base_config(model: str | None, dataset: str = 'polymnist') -> ml_collections
   merge(c, optimizers.default_config())
   for owned in priors.PRIORS.configs.values():  # Every prior's section (the EBM's: config.ebm).
     merge(c, owned())
+  merge(c, posthoc.default_config())
+  for owned in posthoc.FITTERS.configs.values():  # Every post-hoc prior's fields.
+    merge(c, owned())
   for key in MOVED_KEYS:  # Kept only to say where they went (validate).
     c.ebm[key.split('.')[1]] = config_dict.placeholder(float)
   c.num_train_steps = 250 * 468  # 250 epochs of 60,000 / 128 (the MMVAE+ schedule).
@@ -303,7 +307,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   dataset = _validate_data(config)
   _validate_model(config, dataset)
   optimizers.validate(config)
-  for kind in (datasets.DATASETS, objectives.OBJECTIVES, priors.PRIORS):
+  posthoc.validate(config)
+  for kind in (datasets.DATASETS, objectives.OBJECTIVES, priors.PRIORS, posthoc.FITTERS):
     for validator in kind.validators.values():
       validator(config)
   _validate_run(config, dataset)

@@ -86,8 +86,9 @@ def _fid_evaluator(config, gen: common.Generators, features) -> tuple[Any, str]:
 
 
 def evaluate_state(config, workdir: str, state, *, model: model_state.Model | None = None,
-                   classify=None, features=None) -> dict[str, Any]:
-  """Evaluates `state` (a model_state.TrainState) of `workdir`'s run; writes <workdir>/eval/
+                   classify=None, features=None, out_name: str = 'eval',
+                   notes: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Evaluates `state` (a model_state.TrainState) of `workdir`'s run; writes <workdir>/<out_name>/
   {metrics.json, report.md, *.png}. Phases: coherence, FID (if eval.num_fid_samples > 0 and
   the modalities are RGB images of one shape), figures; metrics.json after each.
 
@@ -101,7 +102,7 @@ def evaluate_state(config, workdir: str, state, *, model: model_state.Model | No
       Inception (inception.py) with its reference statistics cached.
   """
   step = int(state.step)
-  out_dir = os.path.join(workdir, 'eval')
+  out_dir = os.path.join(workdir, out_name)
   num_fid, limit = config.eval.num_fid_samples, config.eval.num_test_examples
   model = model or model_state.make_model(config)
   specs, names = model.vae.modalities, list(model.vae.names)
@@ -121,6 +122,7 @@ def evaluate_state(config, workdir: str, state, *, model: model_state.Model | No
   batches = input_pipeline.first_test_batches(config, limit)
   key = jax.random.PRNGKey(config.seed + 2)
   metrics = {'model': config.model.name, 'step': step, 'modalities': names,
+             'prior': model.prior.describe(), **(notes or {}),
              'classifiers': info,
              'weak_scorers': {'threshold': config.eval.min_scorer_accuracy, 'accuracies': weak},
              'complete': False}  # Until the figures are done: a relaunch then evaluates again.

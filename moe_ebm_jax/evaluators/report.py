@@ -39,6 +39,8 @@ def write_report(out_dir: str, metrics: dict[str, Any], figures: dict[str, str])
   lines += [f"Coherence: {c['num_test_examples']} test examples (cross); "
             f"{c.get('num_joint_samples', 0)} joint samples.  ",
             _classifier_line(metrics['classifiers'], names)]
+  if metrics.get('prior'):  # Absent in reports written before it existed.
+    lines += ['', f"Joint generation: {metrics['prior']}, each w_m ~ p(w)."]
   weak = metrics.get('weak_scorers') or {}
   if weak.get('accuracies'):
     lines += ['', '**Coherence read through weak classifiers**: ' + ', '.join(

@@ -75,3 +75,22 @@ def sample(aggregation: str, loc: jax.Array, scale: jax.Array, mask: jax.Array, 
     chosen = subsets[uniform_choice(k_pick, inside)]  # (B, M)
     return dists.normal_sample(k_noise, *product_of_experts(loc, scale, chosen.T))
   raise ValueError(f'unknown aggregation {aggregation!r}; choose one of {AGGREGATIONS}.')
+
+
+def mean(aggregation: str, loc: jax.Array, scale: jax.Array, mask: jax.Array) -> jax.Array:
+  """The mean of q(z | X_S) (B, D) for the unimodal posteriors (loc, scale) (M, B, D) and a
+  mask (M,) or (M, B): the experts' average ('moe'), the product's mean with the prior expert
+  ('poe'), the average of every subset's product ('mopoe')."""
+  m, b = loc.shape[:2]
+  mask = jnp.broadcast_to(jnp.asarray(mask).reshape((m, -1)), (m, b)).astype(loc.dtype)
+  if aggregation == 'moe':
+    return (mask[..., None] * loc).sum(0) / mask.sum(0)[:, None]
+  if aggregation == 'poe':
+    return product_of_experts(loc, scale, mask.astype(bool), prior_expert=True)[0]
+  if aggregation == 'mopoe':
+    subsets = jnp.asarray(nonempty_subsets(m))  # (S, M)
+    inside = ~jnp.any(subsets[None] & ~mask.T.astype(bool)[:, None], axis=-1)  # (B, S)
+    means = jnp.stack([product_of_experts(loc, scale, s)[0] for s in subsets])  # (S, B, D)
+    weights = inside.T.astype(loc.dtype)[..., None]
+    return (weights * means).sum(0) / weights.sum(0)
+  raise ValueError(f'unknown aggregation {aggregation!r}; choose one of {AGGREGATIONS}.')

@@ -1,0 +1,104 @@
+"""Post-hoc priors on a trained workdir: fitted to its q(z | X), kept beside the checkpoint,
+evaluated with; the means of q(z | X) the fit can take instead of samples."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from moe_ebm_jax import config_lib
+from moe_ebm_jax import fit_prior
+from moe_ebm_jax import train
+from moe_ebm_jax import workdir as workdir_lib
+from moe_ebm_jax.latent import mixture
+from moe_ebm_jax.vae import aggregation
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_means_of_the_aggregate_posterior_against_their_formulas():
+  rng = np.random.default_rng(0)
+  loc = rng.normal(size=(3, 4, 2)).astype(np.float32)
+  scale = rng.uniform(0.5, 2.0, size=(3, 4, 2)).astype(np.float32)
+  every = np.ones(3, bool)
+  np.testing.assert_allclose(aggregation.mean('moe', loc, scale, every), loc.mean(0), rtol=1e-6)
+  precision = 1 / (scale ** 2 + 1e-8)
+  poe = (precision * loc).sum(0) / (precision.sum(0) + 1 / (1 + 1e-8))  # The prior expert's 0.
+  np.testing.assert_allclose(aggregation.mean('poe', loc, scale, every), poe, rtol=1e-5)
+  subsets = aggregation.nonempty_subsets(3)
+  products = [(precision[s] * loc[s]).sum(0) / precision[s].sum(0) for s in subsets]
+  np.testing.assert_allclose(aggregation.mean('mopoe', loc, scale, every),
+                             np.mean(products, axis=0), rtol=1e-5)
+  only_first = np.array([True, False, False])
+  np.testing.assert_allclose(aggregation.mean('mopoe', loc, scale, only_first), loc[0],
+                             rtol=1e-5)
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  config = config_lib.from_file(os.path.join(ROOT, 'configs', 'smoke.py'),
+                                'mmvaeplus,synthetic_mixture')
+  config.num_train_steps, config.checkpoint_every_steps = 30, 30
+  config.data.num_train, config.data.num_test = 512, 256
+  config.data.train_subset = None  # Every train tuple is fitted (the smoke config keeps 64).
+  config.eval.num_test_examples, config.eval.num_joint_samples = 64, 64
+  config.posthoc.prior, config.posthoc.num_components = 'gmm', 4
+  workdir = str(tmp_path_factory.mktemp('posthoc') / 'run')
+  train.train_and_evaluate(config, workdir)
+  return config, workdir
+
+
+@pytest.mark.slow
+def test_fit_prior_saves_the_fit_beside_its_checkpoint_and_evaluates_with_it(trained):
+  config, workdir = trained
+  with pytest.raises(FileNotFoundError, match='run --mode=fit_prior --config.posthoc.prior=gmm'):
+    fit_prior.evaluate(config, workdir)  # Nothing fitted yet.
+  metrics = fit_prior.fit(config, workdir)
+  folder = os.path.join(workdir, 'posthoc', 'gmm', 'step_30')
+  meta = json.load(open(os.path.join(folder, 'meta.json')))
+  assert meta['step'] == 30 and meta['num_examples'] == 512 and meta['source'] == 'samples'
+  # What was saved is the fit of the run's own latents, redone here the same way.
+  model, state = workdir_lib.restore_latest(config, workdir)
+  key = jax.random.PRNGKey(config.posthoc.seed)
+  z = fit_prior.encode_train(config, model, state, jax.random.fold_in(key, 0))
+  assert z.shape == (512, model.vae.latent_z)
+  again, _ = mixture.fit(z, 4, jax.random.fold_in(key, 1))
+  prior, params, _ = fit_prior.load(config, workdir, 30, model.vae.latent_z)
+  assert prior.num_components == 4
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # Evaluated with it: its own folder, its joint samples from the mixture.
+  out = os.path.join(workdir, 'eval_posthoc_gmm')
+  assert json.load(open(os.path.join(out, 'metrics.json')))['complete']
+  assert 'Gaussian mixture' in metrics['prior'] and metrics['posthoc']['prior'] == 'gmm'
+  assert 'Joint generation: z ~ a 4-component Gaussian mixture' in open(
+      os.path.join(out, 'report.md')).read()
+  assert not os.path.exists(os.path.join(workdir, 'eval'))  # The run's own evaluation is apart.
+  # The mixture's samples decode as the evaluation's joint samples did: fresh draws have the
+  # fitted density's mean.
+  draws = np.asarray(prior.sample(params, jax.random.PRNGKey(3), 20_000, 0)[0])
+  weights = np.asarray(jax.nn.softmax(params['logits']))
+  np.testing.assert_allclose(draws.mean(0), weights @ np.asarray(params['means']), atol=0.05)
+  assert float(jnp.mean(prior.log_prob(params, 1.0)(z))) > float(
+      jnp.mean(model.prior.log_prob({}, 1.0)(z)))  # It fits q(z | X) better than p(z).
+
+
+@pytest.mark.slow
+def test_main_says_what_fit_prior_needs_in_one_line(trained, tmp_path):
+  _, workdir = trained
+  args = [sys.executable, 'main.py', '--config=configs/smoke.py:mmvaeplus,synthetic_mixture',
+          '--config.data.num_train=512', '--config.data.num_test=256']
+  none = subprocess.run(args + [f'--workdir={workdir}', '--mode=fit_prior'],
+                        capture_output=True, text=True, cwd=ROOT, timeout=600)
+  assert none.returncode == 1
+  assert "--mode=fit_prior needs --config.posthoc.prior=<one of ['gmm']>" in none.stderr
+  empty = subprocess.run(args + [f'--workdir={tmp_path / "empty"}', '--mode=fit_prior',
+                                 '--config.posthoc.prior=gmm'],
+                         capture_output=True, text=True, cwd=ROOT, timeout=600)
+  assert empty.returncode == 1 and 'train first' in empty.stderr
+  assert 'Traceback' not in none.stderr + empty.stderr
