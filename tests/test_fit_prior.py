@@ -89,6 +89,20 @@ def test_fit_prior_saves_the_fit_beside_its_checkpoint_and_evaluates_with_it(tra
 
 
 @pytest.mark.slow
+def test_a_flow_is_fitted_and_evaluated_the_same_way(trained):
+  config, workdir = trained
+  config = config.copy_and_resolve_references()
+  config.posthoc.prior, config.posthoc.flow_steps, config.posthoc.flow_hidden = 'flow', 100, (16,)
+  metrics = fit_prior.fit(config, workdir)
+  assert 'coupling flow' in metrics['prior'] and metrics['posthoc']['fit']['steps'] == 100
+  model, _ = workdir_lib.restore_latest(config, workdir)
+  prior, params, meta = fit_prior.load(config, workdir, 30, model.vae.latent_z)
+  assert prior.hidden == (16,) and hash(prior)  # Rebuilt from meta.json, static under jit.
+  assert np.isfinite(meta['fit']['held_out_nll'])
+  assert json.load(open(os.path.join(workdir, 'eval_posthoc_flow', 'metrics.json')))['complete']
+
+
+@pytest.mark.slow
 def test_main_says_what_fit_prior_needs_in_one_line(trained, tmp_path):
   _, workdir = trained
   args = [sys.executable, 'main.py', '--config=configs/smoke.py:mmvaeplus,synthetic_mixture',
@@ -96,7 +110,7 @@ def test_main_says_what_fit_prior_needs_in_one_line(trained, tmp_path):
   none = subprocess.run(args + [f'--workdir={workdir}', '--mode=fit_prior'],
                         capture_output=True, text=True, cwd=ROOT, timeout=600)
   assert none.returncode == 1
-  assert "--mode=fit_prior needs --config.posthoc.prior=<one of ['gmm']>" in none.stderr
+  assert "--mode=fit_prior needs --config.posthoc.prior=<one of ['flow', 'gmm']>" in none.stderr
   empty = subprocess.run(args + [f'--workdir={tmp_path / "empty"}', '--mode=fit_prior',
                                  '--config.posthoc.prior=gmm'],
                          capture_output=True, text=True, cwd=ROOT, timeout=600)

@@ -6,7 +6,8 @@ priors.py's interface. config.posthoc selects and sets them (fit_prior.py runs t
   posthoc.register('name', fit_name, MyPrior, config=..., validate=...)
 
 The prior class is rebuilt from its dataclass fields when a fitted prior is loaded.
-Registered: 'gmm' (a Gaussian mixture by EM, mixture.py).
+Registered: 'gmm' (a Gaussian mixture by EM, mixture.py), 'flow' (a coupling flow fitted by
+maximum likelihood, flow.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Callable
 from ml_collections import config_dict
 
 from moe_ebm_jax import registry
+from moe_ebm_jax.latent import flow
 from moe_ebm_jax.latent import mixture
 
 FITTERS: registry.Registry = registry.Registry('post-hoc prior')
@@ -89,3 +91,33 @@ def fit_gmm(settings, z, key):
 
 
 register('gmm', fit_gmm, mixture.GaussianMixturePrior, config=_gmm_config, validate=_validate_gmm)
+
+
+def _flow_config() -> dict:
+  return {'posthoc': {
+      'flow_layers': 6,  # Coupling layers.
+      'flow_hidden': (64, 64),  # Each layer's MLP.
+      'flow_steps': 2000,  # Adam steps on minibatches of the latents.
+      'flow_batch_size': 256,
+      'flow_learning_rate': 1e-3,
+  }}
+
+
+def _validate_flow(config) -> None:
+  p, check = config.posthoc, registry.check
+  check(p.flow_layers >= 1 and all(int(w) >= 1 for w in p.flow_hidden),
+        f'posthoc.flow_layers={p.flow_layers}, flow_hidden={p.flow_hidden!r}: positive counts')
+  check(p.flow_steps >= 1 and p.flow_batch_size >= 1 and p.flow_learning_rate > 0,
+        'posthoc.flow_steps, flow_batch_size and flow_learning_rate must be positive')
+
+
+def fit_flow(settings, z, key):
+  """A coupling flow fitted by maximum likelihood (10% of z held out to report its NLL)."""
+  prior = flow.FlowPrior(settings.flow_layers, tuple(settings.flow_hidden))
+  params, info = flow.fit(z, key, prior, steps=settings.flow_steps,
+                          batch_size=settings.flow_batch_size,
+                          learning_rate=settings.flow_learning_rate)
+  return prior, params, info
+
+
+register('flow', fit_flow, flow.FlowPrior, config=_flow_config, validate=_validate_flow)
