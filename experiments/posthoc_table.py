@@ -1,0 +1,117 @@
+r"""Post-hoc priors against each run's own prior, on the runs of an experiments/table.py folder.
+
+  python experiments/table.py --config=configs/synthetic_mixture.py --variant=z2 \
+      --models=mmvaeplus,ebm_mmvaeplus --seeds=0,1,2 --set=num_train_steps=9000 --out=/tmp/mix
+  python experiments/posthoc_table.py --table=/tmp/mix \
+      --fits='gmm:num_components=4' --fits='gmm:component_choices=(1,2,4,8,16)' --fits=flow
+
+For every run <table>/<model>_s<seed> and every --fits entry (a posthoc prior with
+config.posthoc overrides), `main.py --mode=fit_prior` fits it to the run's final checkpoint and
+evaluates with it (<run>/eval_posthoc_<prior>, moved to <run>/posthoc_evals/<entry>/ so entries
+of one prior do not overwrite each other). Writes <out>/posthoc.json (every number, the fit's
+time and likelihood) and <out>/posthoc.md: per model and prior the joint coherence and its class
+balance (mean, sd, 95% t-interval over seeds), and each post-hoc prior minus the run's own prior
+at the same seed (paired). A finished entry is not redone.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from moe_ebm_jax.evaluators import coherence  # noqa: E402
+from moe_ebm_jax.evaluators import comparison  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_TABLE = flags.DEFINE_string('table', None, 'An experiments/table.py output folder.',
+                             required=True)
+_FITS = flags.DEFINE_multi_string('fits', ['gmm', 'flow'],
+                                  "'<prior>[:key=value;...]': posthoc overrides per entry.")
+_OUT = flags.DEFINE_string('out', None, 'Where posthoc.json/.md go (default: --table).')
+
+
+def entry_args(entry: str) -> tuple[str, list[str]]:
+  """'gmm:num_components=4;covariance=diag' -> ('gmm', ['--config.posthoc.prior=gmm', ...])."""
+  prior, _, rest = entry.partition(':')
+  args = [f'--config.posthoc.prior={prior}']
+  for item in filter(None, rest.split(';')):
+    args.append(f'--config.posthoc.{item}')
+  return prior, args
+
+
+def numbers(metrics: dict, num_classes: int) -> dict:
+  c = metrics['coherence']
+  return {'joint_coherence': c.get('joint_coherence'),
+          'class_balance': coherence.class_balance(c.get('joint_class_share'), num_classes),
+          'cross_coherence': c[next(t for t in ('q', 'pre_ld') if t in c)]['cross_coherence']}
+
+
+def main(argv):
+  del argv
+  table, out = _TABLE.value, _OUT.value or _TABLE.value
+  os.makedirs(out, exist_ok=True)
+  results = json.load(open(os.path.join(table, 'results.json')))
+  record_path = os.path.join(out, 'posthoc.json')
+  record = json.load(open(record_path)) if os.path.exists(record_path) else {'runs': {}}
+  for name, run in sorted(results.items()):
+    workdir = os.path.join(table, name)
+    model = run['model']
+    entry_record = record['runs'].setdefault(name, {'model': model, 'seed': run['seed']})
+    num_classes = run.get('num_classes', 0)
+    entry_record['own'] = numbers(run, num_classes)
+    for entry in _FITS.value:
+      if entry in entry_record:
+        continue
+      prior, args = entry_args(entry)
+      command = [sys.executable, os.path.join(ROOT, 'main.py'), f'--config={run["config"]}',
+                 f'--workdir={workdir}', '--mode=fit_prior', f'--config.seed={run["seed"]}',
+                 *[f'--config.{k}={v}' for k, v in run['overrides'].items()], *args]
+      start = time.time()
+      done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+      if done.returncode:
+        raise SystemExit(f'{name} {entry}: failed:\n{done.stderr[-3000:]}')
+      folder = os.path.join(workdir, 'posthoc_evals', entry.replace('/', '_'))
+      shutil.rmtree(folder, ignore_errors=True)
+      os.makedirs(os.path.dirname(folder), exist_ok=True)
+      shutil.move(os.path.join(workdir, f'eval_posthoc_{prior}'), folder)
+      metrics = json.load(open(os.path.join(folder, 'metrics.json')))
+      entry_record[entry] = {**numbers(metrics, num_classes), 'fit': metrics['posthoc']['fit'],
+                             'seconds': round(time.time() - start, 1)}
+      print(f'{name} {entry}: {entry_record[entry]}', flush=True)
+      with open(record_path, 'w') as f:
+        json.dump(record, f, indent=1)
+  with open(os.path.join(out, 'posthoc.md'), 'w') as f:
+    f.write(markdown(record, ['own'] + list(_FITS.value)))
+  print(open(os.path.join(out, 'posthoc.md')).read())
+
+
+def markdown(record: dict, entries: list[str]) -> str:
+  fmt = lambda v: '{:.3f}, {:.3f} [{:.3f}, {:.3f}]'.format(*v)
+  runs = record['runs'].values()
+  models = sorted({r['model'] for r in runs})
+  lines = ['| model | prior | joint coherence | joint class balance | minus own prior (joint '
+           'coherence, paired) | seeds |', '|---|---|---|---|---|---|']
+  for model in models:
+    mine = [r for r in runs if r['model'] == model]
+    for entry in entries:
+      have = [r for r in mine if entry in r]
+      if not have:
+        continue
+      joint = [r[entry]['joint_coherence'] for r in have]
+      balance = [r[entry]['class_balance'] for r in have if r[entry]['class_balance'] is not None]
+      paired = [r[entry]['joint_coherence'] - r['own']['joint_coherence'] for r in have]
+      lines.append(f'| {model} | {entry} | {fmt(comparison.interval(joint))} | '
+                   f'{fmt(comparison.interval(balance)) if balance else "n/a"} | '
+                   f'{"-" if entry == "own" else fmt(comparison.interval(paired))} | '
+                   f'{len(have)} |')
+  return '\n'.join(lines) + '\n'
+
+
+if __name__ == '__main__':
+  app.run(main)
