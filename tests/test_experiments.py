@@ -253,6 +253,22 @@ def test_table_runs_every_seed_then_resumes_without_retraining(tmp_path):
   row = json.loads(bounds.read_text().splitlines()[-1])
   assert row['step'] == 6 and row['num_test'] > 0 and np.isfinite(row['log_z_monte_carlo'])
   assert row['iwae'] >= row['elbo'] and row['iwae_p0'] >= row['elbo_p0']
+  # Post-hoc priors on the table's runs (experiments/posthoc_table.py): fitted, evaluated apart,
+  # paired with each run's own prior.
+  fitted = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'experiments', 'posthoc_table.py'), f'--table={out}',
+       '--fits=gmm:num_components=2;covariance=diag'], capture_output=True, text=True,
+      timeout=900, cwd=ROOT)
+  assert fitted.returncode == 0, fitted.stderr[-3000:]
+  record = json.loads((out / 'posthoc.json').read_text())['runs']
+  results = json.loads((out / 'results.json').read_text())
+  for name in ('moe_ebm_s0', 'moe_ebm_s1'):
+    own, gmm = record[name]['own'], record[name]['gmm:num_components=2;covariance=diag']
+    assert own['joint_coherence'] == results[name]['coherence']['joint_coherence']
+    assert 0 <= gmm['joint_coherence'] <= 1 and gmm['fit']['num_components'] == 2
+    assert (out / name / 'posthoc_evals' / 'gmm:num_components=2;covariance=diag' /
+            'report.md').exists()
+  assert '| moe_ebm | gmm:num_components=2;covariance=diag |' in (out / 'posthoc.md').read_text()
 
 
 @pytest.mark.slow
