@@ -15,7 +15,8 @@ Appends one JSON line per run: log Z (grid, Monte Carlo), the ELBO and the IWAE 
 samples per source) of the model's own objective at beta = 1, and log p(X) by importance
 sampling with an estimator written apart from the objectives (log_px; marginal_likelihood.py,
 1,000 draws), per test example (nats, mean over the test set); for EBM models also each of them
-with p0 alone as the prior (elbo_p0, iwae_p0, log_px_p0): what f_a adds.
+with p0 alone as the prior (elbo_p0, iwae_p0, log_px_p0): what f_a adds; with --posthoc, each
+with a post-hoc prior fitted to the run (--mode=fit_prior; normalised densities): suffix _<prior>.
 """
 
 import dataclasses
@@ -27,6 +28,7 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
+from moe_ebm_jax import fit_prior
 from moe_ebm_jax import input_pipeline
 from moe_ebm_jax import log_setup
 from moe_ebm_jax import workdir as workdir_lib
@@ -40,6 +42,8 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'The trained run.', required=Tru
 _JSON = flags.DEFINE_string('json_out', None, 'A .jsonl file: one line per run appended.',
                             required=True)
 _K = flags.DEFINE_integer('num_samples', 64, 'Samples per source for the bounds.')
+_POSTHOC = flags.DEFINE_list('posthoc', [], 'Post-hoc priors fitted to the run\'s last step '
+                             '(--mode=fit_prior) whose bounds are computed too.')
 _K_IS = flags.DEFINE_integer('importance_samples', 1000,
                              'Proposal draws for log p(X) (marginal_likelihood.py).')
 
@@ -70,6 +74,11 @@ def main(argv):
   log_priors = {'': log_prior}
   if isinstance(model.prior, priors.EnergyPrior):  # p0 alone: what f_a adds to the bound.
     log_priors['_p0'] = model.prior.p0.log_prob
+  for name in _POSTHOC.value:  # Fitted to q(z | X) after training: what a learned prior adds.
+    fitted = config.copy_and_resolve_references()
+    fitted.posthoc.prior = name
+    prior, params, _ = fit_prior.load(fitted, _WORKDIR.value, int(state.step), model.vae.latent_z)
+    log_priors[f'_{name}'] = prior.log_prob(params, 1.0)
 
   @jax.jit
   def bounds(x, key):  # Per-example bound sums of one batch: ELBO and IWAE at beta = 1.
