@@ -212,9 +212,10 @@ class Checkpointer:
       if not empty and not renamed:
         raise
       names = [f.name for f in dataclasses.fields(target)]
-      for old_names, skip in ((True, set()), (True, empty), (False, empty)):
-        if not (old_names and renamed) and not skip:
-          continue
+      # (the fields under their old names?, the empty fields left out) to try, in turn.
+      attempts = ([(True, set()), (True, empty)] if renamed else []) + (
+          [(False, empty)] if empty else [])
+      for old_names, skip in attempts:
         as_saved = {n: renamed.get(n, n) if old_names else n for n in names if n not in skip}
         try:
           restored = self._restore(step, {as_saved[n]: getattr(target, n) for n in as_saved})

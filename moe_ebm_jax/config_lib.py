@@ -295,6 +295,9 @@ def summary(config: ml_collections.ConfigDict) -> str:
   return text
 
 
+check = registry.check
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the bad field; call before building data or compiling. Each
   component's section is checked by its owner (registry.py: registered validators, optimizers),
@@ -313,8 +316,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
       validator(config)
   _validate_run(config, dataset)
 
-
-check = registry.check
 
 
 def _validate_data(config) -> datasets.Dataset:

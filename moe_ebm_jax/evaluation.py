@@ -3,7 +3,7 @@
 `evaluate_run(config, workdir)` (--mode=eval) restores the latest checkpoint and writes
 <workdir>/eval/metrics.json and report.md with figures; `evaluate_state` does the same for a
 state already in memory (train.train_and_evaluate at the end of training). The protocols are in
-evaluators/coherence.py and evaluators/inception.py.
+evaluators/coherence.py and evaluators/fid.py.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from moe_ebm_jax.evaluators import coherence as coherence_lib
 from moe_ebm_jax.evaluators import common
 from moe_ebm_jax.evaluators import fid as fid_eval
 from moe_ebm_jax.evaluators import figures as figures_eval
+from moe_ebm_jax.evaluators import inception
 from moe_ebm_jax.evaluators import report
 
 
@@ -62,7 +63,6 @@ def _fid_evaluator(config, gen: common.Generators, features) -> tuple[Any, str]:
   names = gen.model.vae.names
   network, fid_cache = 'injected by the caller', None
   if features is None:
-    from moe_ebm_jax.evaluators import inception  # pylint: disable=g-import-not-at-top  (loads torch-free params)
     fid_cache = config.eval.fid_cache_dir or inception.default_cache_dir()
     features = inception.make_feature_fn(inception.load_params(fid_cache))
     network = fid_eval.NETWORK

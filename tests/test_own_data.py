@@ -6,6 +6,7 @@ name, tiles of two sizes, a weak coherence classifier, a builder run many times,
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -142,7 +143,7 @@ def test_main_reports_a_data_error_in_one_line_before_any_work(tmp_path, brk, me
   proc = run_main(f'--config=configs/smoke.py:mmvaeplus,{path}:hetero', f'--workdir={workdir}')
   assert proc.returncode == 1, proc.stderr[-3000:]
   last = proc.stderr.strip().splitlines()[-1]
-  assert __import__('re').match(message, last), last
+  assert re.match(message, last), last
   assert 'Traceback' not in proc.stderr and 'Flags parsing error' not in proc.stderr
   assert not workdir.exists()  # Nothing written: it failed before any work.
 

@@ -1,6 +1,6 @@
 """FID of generated images (method.md section 5): statistics, their cache, FidEvaluator.
 
-The feature network (the standard Inception, moe_ebm_jax/evaluators/inception.py) is handed in as a function, so
+The feature network (the standard Inception, inception.py) is handed in as a function, so
 tests inject cheaper ones.
 """
 
