@@ -34,12 +34,30 @@ def component_log_probs(params, z: jax.Array) -> jax.Array:
   tril = params['scale_tril']  # (K, D, D)
   d = z.shape[-1]
   diff = z[..., None, :] - params['means']  # (..., K, D)
-  flat = jnp.moveaxis(diff.reshape(-1, *diff.shape[-2:]), 0, -1)  # (K, D, N)
-  white = jax.scipy.linalg.solve_triangular(tril, flat, lower=True)  # L_k^-1 (z - mu_k)
-  mahalanobis = jnp.moveaxis(jnp.square(white).sum(axis=-2), -1, 0).reshape(diff.shape[:-1])
+  white = jnp.einsum('kij,...kj->...ki', tril_inverse(tril), diff)  # L_k^-1 (z - mu_k)
+  mahalanobis = jnp.square(white).sum(-1)  # (..., K)
   log_det = jnp.log(jnp.abs(jnp.diagonal(tril, axis1=-2, axis2=-1))).sum(-1)  # (K,)
   log_normal = -0.5 * mahalanobis - log_det - 0.5 * d * math.log(2 * math.pi)
   return jax.nn.log_softmax(params['logits']) + log_normal
+
+
+def tril_inverse(tril: jax.Array) -> jax.Array:
+  """L^-1 of lower-triangular L (..., D, D) by forward substitution, row by row.
+
+  Plain XLA ops on purpose, not solve_triangular: on CPU that is a LAPACK custom call that
+  splits its batch over XLA's intra-op thread pool and waits, and two such calls running at
+  once in one program (this density beside another prior's, experiments/true_bound.py) can
+  occupy every worker of a 2-core machine's pool and wait on each other forever (jaxlib 0.10).
+  """
+  d = tril.shape[-1]
+  eye = jnp.eye(d, dtype=tril.dtype)
+  strict = jnp.tril(tril, -1)
+
+  def row(i, inv):  # Rows >= i of inv are still zero: strict[i] @ inv sums over j < i.
+    r = (eye[i] - jnp.einsum('...j,...jk->...k', strict[..., i, :], inv)) / tril[..., i, i, None]
+    return inv.at[..., i, :].set(r)
+
+  return jax.lax.fori_loop(0, d, row, jnp.zeros_like(tril))
 
 
 def sample(params, key: jax.Array, num: int) -> jax.Array:
