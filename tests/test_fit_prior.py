@@ -48,6 +48,9 @@ def trained(tmp_path_factory):
   config.data.train_subset = None  # Every train tuple is fitted (the smoke config keeps 64).
   config.eval.num_test_examples, config.eval.num_joint_samples = 64, 64
   config.posthoc.prior, config.posthoc.num_components = 'gmm', 4
+  # The post-hoc EBM's network is the run's config.ebm (a fixed-prior run's config has one too;
+  # its shape-setting keys must match the run's, as for a resume).
+  config.ebm.hidden, config.ebm.persistent_chains = (16,), 100
   workdir = str(tmp_path_factory.mktemp('posthoc') / 'run')
   train.train_and_evaluate(config, workdir)
   return config, workdir
@@ -68,8 +71,8 @@ def test_fit_prior_saves_the_fit_beside_its_checkpoint_and_evaluates_with_it(tra
   z = fit_prior.encode_train(config, model, state, jax.random.fold_in(key, 0))
   assert z.shape == (512, model.vae.latent_z)
   again, _ = mixture.fit(z, 4, jax.random.fold_in(key, 1))
-  prior, params, _ = fit_prior.load(config, workdir, 30, model.vae.latent_z)
-  assert prior.num_components == 4
+  prior, params, prior_state, _ = fit_prior.load(config, workdir, 30, model.vae.latent_z)
+  assert prior.num_components == 4 and prior_state == {}
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # Evaluated with it: its own folder, its joint samples from the mixture.
@@ -96,10 +99,35 @@ def test_a_flow_is_fitted_and_evaluated_the_same_way(trained):
   metrics = fit_prior.fit(config, workdir)
   assert 'coupling flow' in metrics['prior'] and metrics['posthoc']['fit']['steps'] == 100
   model, _ = workdir_lib.restore_latest(config, workdir)
-  prior, params, meta = fit_prior.load(config, workdir, 30, model.vae.latent_z)
+  prior, params, _, meta = fit_prior.load(config, workdir, 30, model.vae.latent_z)
   assert prior.hidden == (16,) and hash(prior)  # Rebuilt from meta.json, static under jit.
   assert np.isfinite(meta['fit']['held_out_nll'])
   assert json.load(open(os.path.join(workdir, 'eval_posthoc_flow', 'metrics.json')))['complete']
+
+
+@pytest.mark.slow
+def test_a_post_hoc_ebm_keeps_its_chains_and_refines_the_posterior_at_evaluation(trained):
+  config, workdir = trained
+  config = config.copy_and_resolve_references()
+  config.posthoc.prior, config.posthoc.ebm_steps = 'ebm', 20
+  config.ebm.prior_steps, config.ebm.posterior_steps = 5, 3
+  metrics = fit_prior.fit(config, workdir)
+  folder = os.path.join(workdir, 'posthoc', 'ebm', 'step_30')
+  meta = json.load(open(os.path.join(folder, 'meta.json')))
+  assert meta['fit']['steps'] == 20 and meta['prior_fields']['hidden'] == [16]
+  # Rebuilt from what was saved, not from the config it is loaded with.
+  other = config.copy_and_resolve_references()
+  other.ebm.hidden, other.ebm.persistent_chains = (200, 200), 0
+  model, _ = workdir_lib.restore_latest(config, workdir)
+  prior, params, prior_state, _ = fit_prior.load(other, workdir, 30, model.vae.latent_z)
+  assert prior.energy.hidden == (16,) and prior.persistent_chains == 100
+  saved = np.load(os.path.join(folder, 'params.npz'))
+  np.testing.assert_array_equal(prior_state['chains'], saved['state/chains'])
+  assert prior_state['chains'].shape == (100, model.vae.latent_z)
+  # The fixed-prior run, evaluated with the EBM, gets its posterior refinement too.
+  coherence = metrics['coherence']
+  assert 'pre_ld' in coherence and 'post_ld' in coherence
+  assert '5-step prior Langevin from persistent chains' in metrics['prior']
 
 
 @pytest.mark.slow
@@ -110,7 +138,7 @@ def test_main_says_what_fit_prior_needs_in_one_line(trained, tmp_path):
   none = subprocess.run(args + [f'--workdir={workdir}', '--mode=fit_prior'],
                         capture_output=True, text=True, cwd=ROOT, timeout=600)
   assert none.returncode == 1
-  assert "--mode=fit_prior needs --config.posthoc.prior=<one of ['flow', 'gmm']>" in none.stderr
+  assert "--mode=fit_prior needs --config.posthoc.prior=<one of ['ebm', 'flow', 'gmm']>" in none.stderr
   empty = subprocess.run(args + [f'--workdir={tmp_path / "empty"}', '--mode=fit_prior',
                                  '--config.posthoc.prior=gmm'],
                          capture_output=True, text=True, cwd=ROOT, timeout=600)

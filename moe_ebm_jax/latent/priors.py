@@ -232,11 +232,8 @@ class EnergyPrior(Prior):
   def learn(self, params, state, keys, vae, vae_params, x, aux):
     k_prior, k_pick, k_post = keys
     metrics = {}
-    batch = aux.post.z_loc.shape[1]
-    if self.persistent_chains:
-      z_prior, prior_diag, state = self._persistent_prior(params, state, k_prior, batch)
-    else:
-      z_prior, prior_diag = self.sample(params, k_prior, batch, vae.latent_z)
+    z_prior, prior_diag, state = self._prior_samples(params, state, k_prior,
+                                                     aux.post.z_loc.shape[1], vae.latent_z)
     z_q = aux.latents.z[:, 0]  # (M, B, Dz): the first of K samples per source.
     post = self.posterior_chain
     if self.posterior_sampler == 'langevin':
@@ -252,6 +249,24 @@ class EnergyPrior(Prior):
       metrics['posterior_log_prob'] = post_diag['log_prob'][-1] if post.num_steps else 0.
     else:
       z_post = z_q  # Every expert's sample: the mixture's expectation without picking.
+    return self._contrast(params, state, z_prior, prior_diag, z_post, metrics)
+
+  def learn_from_samples(self, params, state, key, z_post) -> PriorUpdate:
+    """The same update from given posterior samples z_post (..., B, D), e.g. a frozen VAE's
+    latents (a post-hoc EBM, posthoc.py): B prior samples (the prior chain, from p0 or the
+    persistent chains in `state`) against them."""
+    z_prior, prior_diag, state = self._prior_samples(params, state, key, z_post.shape[-2],
+                                                     z_post.shape[-1])
+    return self._contrast(params, state, z_prior, prior_diag, z_post, {})
+
+  def _prior_samples(self, params, state, key, batch: int, latent_dim: int):
+    """(z (batch, D), diagnostics, new state): persistent chains continued, or fresh ones."""
+    if self.persistent_chains:
+      return self._persistent_prior(params, state, key, batch)
+    return (*self.sample(params, key, batch, latent_dim), state)
+
+  def _contrast(self, params, state, z_prior, prior_diag, z_post, metrics) -> PriorUpdate:
+    """The maximum-likelihood gradient of f_a from prior and posterior samples."""
     (loss, ebm_metrics), grads = jax.value_and_grad(
         lambda p: ebm_lib.ebm_loss(self.energy, p, z_prior, z_post, self.energy_l2),
         has_aux=True)(params)
