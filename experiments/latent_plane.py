@@ -10,12 +10,19 @@ for EBM models (3) samples of p0 (the chain's start) and (4) of the EBM prior af
 chain. Samples are coloured by the class their decodes are classified as when every scored
 modality agrees, grey when they disagree (what joint coherence counts). (5) EBM models: the
 unnormalised log density f_a(z) + log p0(z) of the prior over the plane, with the posterior means.
-The .json beside the figure adds whether the prior chain samples the density exp(f_a) p0 / Z
-(total variation against it, next to that of as many exact draws).
+With --posthoc=gmm,flow,ebm, one more panel per post-hoc prior fitted to the run
+(--mode=fit_prior): its samples, coloured the same way. Prior panels show the aggregate
+posterior in light grey beneath. The .json beside the figure adds whether the prior chain
+samples the density exp(f_a) p0 / Z (total variation against it, next to that of as many exact
+draws).
+
+  python experiments/latent_plane.py --config=configs/synthetic_mixture.py:mmvaeplus,z2 \
+      --workdir=W --posthoc=gmm,flow,ebm --out=/tmp/plane_posthoc.png
 """
 
 import json
 import os
+import textwrap
 
 from absl import app
 from absl import flags
@@ -23,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
+from moe_ebm_jax import fit_prior
 from moe_ebm_jax import generation
 from moe_ebm_jax import input_pipeline
 from moe_ebm_jax import log_setup
@@ -39,6 +47,8 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'The trained run.', required=Tru
 _OUT = flags.DEFINE_string('out', None, 'The figure (.png); a .json of its numbers beside it.',
                            required=True)
 _NUM = flags.DEFINE_integer('num_samples', 2000, 'Samples per prior panel.')
+_POSTHOC = flags.DEFINE_list('posthoc', [], 'Post-hoc priors fitted to the run\'s last step '
+                             '(--mode=fit_prior), a panel each.')
 
 
 def agreed_class(predictions: np.ndarray) -> np.ndarray:
@@ -92,6 +102,16 @@ def main(argv):
         lambda z: model.prior.energy.apply(state.prior_params, z), base, np.asarray(z),
         k_ebm)
 
+  for i, name in enumerate(_POSTHOC.value):
+    fitted = config.copy_and_resolve_references()
+    fitted.posthoc.prior = name
+    prior, params, prior_state, _ = fit_prior.load(fitted, _WORKDIR.value, int(state.step), 2)
+    z, _ = prior.sample(params, jax.random.fold_in(key, 100 + i), _NUM.value, 2,
+                        state=prior_state)
+    text = prior.describe().removeprefix('z ~ ')
+    panels.append((textwrap.fill(f'post-hoc {name}: {text}', 44), np.asarray(z),
+                   decode_classes(z, k_dec)))
+
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -101,13 +121,15 @@ def main(argv):
   cmap = plt.get_cmap('tab10')
   numbers = {}
   for ax, (title, z, cls) in zip(axes, panels):
+    if not title.startswith('aggregate'):  # Where the prior should put its mass, beneath.
+      ax.scatter(*means.reshape(-1, 2).T, s=2, c=[(0.88, 0.88, 0.88)], linewidths=0)
     colours = np.where(cls[:, None] >= 0, cmap(np.maximum(cls, 0) % 10), (0.6, 0.6, 0.6, 1.0))
     ax.scatter(z[:, 0], z[:, 1], s=3, c=colours, alpha=0.6, linewidths=0)
     agree = float(np.mean(cls >= 0))
     if not title.startswith('aggregate'):
-      title += f'\nclasses agree: {agree:.2f}'
-      numbers[title.split('\n')[0]] = {'agree': agree, 'class_share': np.bincount(
+      numbers[title.replace('\n', ' ')] = {'agree': agree, 'class_share': np.bincount(
           cls[cls >= 0], minlength=num_classes).tolist()}
+      title += f'\nclasses agree: {agree:.2f}'
     ax.set(title=title, xlim=(-lim, lim), ylim=(-lim, lim), xlabel='z1', ylabel='z2')
     ax.title.set_fontsize(9)
   if isinstance(model.prior, priors.EnergyPrior):

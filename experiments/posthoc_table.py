@@ -10,8 +10,10 @@ config.posthoc overrides), `main.py --mode=fit_prior` fits it to the run's final
 evaluates with it (<run>/eval_posthoc_<prior>, moved to <run>/posthoc_evals/<entry>/ so entries
 of one prior do not overwrite each other). Writes <out>/posthoc.json (every number, the fit's
 time and likelihood) and <out>/posthoc.md: per model and prior the joint coherence and its class
-balance (mean, sd, 95% t-interval over seeds), and each post-hoc prior minus the run's own prior
-at the same seed (paired). A finished entry is not redone.
+balance (mean, sd, 95% t-interval over seeds), each post-hoc prior minus the run's own prior at
+the same seed (paired), the cross coherence after the prior's posterior refinement (an EBM's),
+and medians over seeds of the fit's seconds and of the seconds to draw the joint samples' z
+(fit_prior.sampling_seconds, both priors timed in one process). A finished entry is not redone.
 """
 
 import json
@@ -47,9 +49,12 @@ def entry_args(entry: str) -> tuple[str, list[str]]:
 
 def numbers(metrics: dict, num_classes: int) -> dict:
   c = metrics['coherence']
-  return {'joint_coherence': c.get('joint_coherence'),
-          'class_balance': coherence.class_balance(c.get('joint_class_share'), num_classes),
-          'cross_coherence': c[next(t for t in ('q', 'pre_ld') if t in c)]['cross_coherence']}
+  out = {'joint_coherence': c.get('joint_coherence'),
+         'class_balance': coherence.class_balance(c.get('joint_class_share'), num_classes),
+         'cross_coherence': c[next(t for t in ('q', 'pre_ld') if t in c)]['cross_coherence']}
+  if 'post_ld' in c:  # The prior refines the posterior (an EBM): cross coherence after it.
+    out['cross_coherence_post_ld'] = c['post_ld']['cross_coherence']
+  return out
 
 
 def main(argv):
@@ -64,7 +69,9 @@ def main(argv):
     model = run['model']
     entry_record = record['runs'].setdefault(name, {'model': model, 'seed': run['seed']})
     num_classes = run.get('num_classes', 0)
-    entry_record['own'] = numbers(run, num_classes)
+    entry_record['own'] = {**numbers(run, num_classes),
+                           **{k: v for k, v in entry_record.get('own', {}).items()
+                              if k == 'sample_seconds'}}
     for entry in _FITS.value:
       if entry in entry_record:
         continue
@@ -83,6 +90,9 @@ def main(argv):
       metrics = json.load(open(os.path.join(folder, 'metrics.json')))
       entry_record[entry] = {**numbers(metrics, num_classes), 'fit': metrics['posthoc']['fit'],
                              'seconds': round(time.time() - start, 1)}
+      if 'sampling' in metrics:  # Drawing N z, timed in the same process for both priors.
+        entry_record[entry]['sample_seconds'] = metrics['sampling']['seconds']
+        entry_record['own'].setdefault('sample_seconds', metrics['sampling']['own_seconds'])
       print(f'{name} {entry}: {entry_record[entry]}', flush=True)
       with open(record_path, 'w') as f:
         json.dump(record, f, indent=1)
@@ -96,7 +106,9 @@ def markdown(record: dict, entries: list[str]) -> str:
   runs = record['runs'].values()
   models = sorted({r['model'] for r in runs})
   lines = ['| model | prior | joint coherence | joint class balance | minus own prior (joint '
-           'coherence, paired) | seeds |', '|---|---|---|---|---|---|']
+           'coherence, paired) | cross coherence after its refinement | fit, s | drawing the '
+           'joint samples\' z, s | seeds |', '|---|---|---|---|---|---|---|---|---|']
+  median = lambda values: f'{sorted(values)[len(values) // 2]:.3g}' if values else 'n/a'
   for model in models:
     mine = [r for r in runs if r['model'] == model]
     for entry in entries:
@@ -106,10 +118,15 @@ def markdown(record: dict, entries: list[str]) -> str:
       joint = [r[entry]['joint_coherence'] for r in have]
       balance = [r[entry]['class_balance'] for r in have if r[entry]['class_balance'] is not None]
       paired = [r[entry]['joint_coherence'] - r['own']['joint_coherence'] for r in have]
+      refined = [r[entry]['cross_coherence_post_ld'] for r in have
+                 if 'cross_coherence_post_ld' in r[entry]]
+      fit = [r[entry]['fit']['seconds'] for r in have if 'fit' in r[entry]]
+      draw = [r[entry]['sample_seconds'] for r in have if 'sample_seconds' in r[entry]]
       lines.append(f'| {model} | {entry} | {fmt(comparison.interval(joint))} | '
                    f'{fmt(comparison.interval(balance)) if balance else "n/a"} | '
                    f'{"-" if entry == "own" else fmt(comparison.interval(paired))} | '
-                   f'{len(have)} |')
+                   f'{fmt(comparison.interval(refined)) if len(refined) > 1 else "-"} | '
+                   f'{median(fit) if fit else "-"} | {median(draw)} | {len(have)} |')
   return '\n'.join(lines) + '\n'
 
 

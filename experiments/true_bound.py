@@ -48,11 +48,12 @@ _K_IS = flags.DEFINE_integer('importance_samples', 1000,
                              'Proposal draws for log p(X) (marginal_likelihood.py).')
 
 
-def normalised_log_prior(model, prior_params, latent_dim: int):
-  """(z (..., D) -> log p(z) normalised, log Z by grid or None, log Z by Monte Carlo or None)."""
-  if not isinstance(model.prior, priors.EnergyPrior):
-    return model.log_prior_z(prior_params, 1.0), None, None
-  energy, base = model.prior.energy, model.prior.p0
+def normalised_log_prior(prior, prior_params, latent_dim: int):
+  """(z (..., D) -> log p(z) normalised, log Z by grid or None, log Z by Monte Carlo or None):
+  an EBM's f_a + log p0 less its log Z; other priors' densities are normalised already."""
+  if not isinstance(prior, priors.EnergyPrior):
+    return prior.log_prob(prior_params, 1.0), None, None
+  energy, base = prior.energy, prior.p0
   f = lambda z: energy.apply(prior_params, z)
   log_z = float(ebm.log_partition_grid(f, base, latent_dim)) if latent_dim <= 2 else None
   log_z_mc = float(ebm.log_partition_monte_carlo(f, base, latent_dim, jax.random.PRNGKey(1)))
@@ -65,20 +66,24 @@ def main(argv):
   log_setup.setup(debug=False)
   config = _CONFIG.value
   model, state = workdir_lib.restore_latest(config, _WORKDIR.value)
-  log_prior, log_z, log_z_mc = normalised_log_prior(model, state.prior_params, model.vae.latent_z)
+  log_prior, log_z, log_z_mc = normalised_log_prior(model.prior, state.prior_params,
+                                                    model.vae.latent_z)
   fn = objectives.get(model.objective).fn
   # Bounds of log p(X) need the model's own likelihood: a run trained with likelihood_weights is
   # scored unweighted, as marginal_likelihood.py scores it.
   vae = dataclasses.replace(model.vae, likelihood_weights=())
 
-  log_priors = {'': log_prior}
+  log_priors, log_zs = {'': log_prior}, {}
   if isinstance(model.prior, priors.EnergyPrior):  # p0 alone: what f_a adds to the bound.
     log_priors['_p0'] = model.prior.p0.log_prob
   for name in _POSTHOC.value:  # Fitted to q(z | X) after training: what a learned prior adds.
     fitted = config.copy_and_resolve_references()
     fitted.posthoc.prior = name
-    prior, params, _ = fit_prior.load(fitted, _WORKDIR.value, int(state.step), model.vae.latent_z)
-    log_priors[f'_{name}'] = prior.log_prob(params, 1.0)
+    prior, params, _, _ = fit_prior.load(fitted, _WORKDIR.value, int(state.step),
+                                         model.vae.latent_z)
+    log_priors[f'_{name}'], *zs = normalised_log_prior(prior, params, model.vae.latent_z)
+    if isinstance(prior, priors.EnergyPrior):
+      log_zs.update({f'log_z_grid_{name}': zs[0], f'log_z_monte_carlo_{name}': zs[1]})
 
   @jax.jit
   def bounds(x, key):  # Per-example bound sums of one batch: ELBO and IWAE at beta = 1.
@@ -101,7 +106,7 @@ def main(argv):
     count += len(batch['label'])
   row = {'workdir': os.path.abspath(_WORKDIR.value), 'model': config.model.name,
          'seed': config.seed, 'step': int(state.step), 'num_test': count,
-         'num_samples': _K.value, 'log_z_grid': log_z, 'log_z_monte_carlo': log_z_mc,
+         'num_samples': _K.value, 'log_z_grid': log_z, 'log_z_monte_carlo': log_z_mc, **log_zs,
          **{name: total / count for name, total in totals.items()}}
   print(json.dumps(row))
   with open(_JSON.value, 'a') as f:

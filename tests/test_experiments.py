@@ -244,8 +244,8 @@ def test_table_runs_every_seed_then_resumes_without_retraining(tmp_path):
   # paired with each run's own prior.
   fitted = subprocess.run(
       [sys.executable, os.path.join(ROOT, 'experiments', 'posthoc_table.py'), f'--table={out}',
-       '--fits=gmm:num_components=2;covariance=diag'], capture_output=True, text=True,
-      timeout=900, cwd=ROOT)
+       '--fits=gmm:num_components=2;covariance=diag', '--fits=ebm:ebm_steps=3'],
+      capture_output=True, text=True, timeout=900, cwd=ROOT)
   assert fitted.returncode == 0, fitted.stderr[-3000:]
   record = json.loads((out / 'posthoc.json').read_text())['runs']
   results = json.loads((out / 'results.json').read_text())
@@ -253,6 +253,11 @@ def test_table_runs_every_seed_then_resumes_without_retraining(tmp_path):
     own, gmm = record[name]['own'], record[name]['gmm:num_components=2;covariance=diag']
     assert own['joint_coherence'] == results[name]['coherence']['joint_coherence']
     assert 0 <= gmm['joint_coherence'] <= 1 and gmm['fit']['num_components'] == 2
+    # Timed: drawing the joint samples' z from each prior, the run's own too.
+    assert gmm['sample_seconds'] > 0 and own['sample_seconds'] > 0
+    # The post-hoc EBM (3 updates here) refines the posterior at evaluation, as MOE-EBM's does.
+    ebm = record[name]['ebm:ebm_steps=3']
+    assert ebm['fit']['steps'] == 3 and 0 <= ebm['cross_coherence_post_ld'] <= 1
     assert (out / name / 'posthoc_evals' / 'gmm:num_components=2;covariance=diag' /
             'report.md').exists()
   assert '| moe_ebm | gmm:num_components=2;covariance=diag |' in (out / 'posthoc.md').read_text()
@@ -263,7 +268,7 @@ def test_table_runs_every_seed_then_resumes_without_retraining(tmp_path):
       [sys.executable, os.path.join(ROOT, 'experiments', 'true_bound.py'),
        '--config=configs/smoke.py:moe_ebm,synthetic_mixture', f'--workdir={out / "moe_ebm_s0"}',
        f'--config.data.data_dir={tmp_path / "data"}', '--config.num_train_steps=6',
-       '--num_samples=4', '--posthoc=gmm', f'--json_out={bounds}'],
+       '--num_samples=4', '--posthoc=gmm,ebm', f'--json_out={bounds}'],
       capture_output=True, text=True, timeout=900, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]
   row = json.loads(bounds.read_text().splitlines()[-1])
@@ -271,6 +276,8 @@ def test_table_runs_every_seed_then_resumes_without_retraining(tmp_path):
   assert row['iwae'] >= row['elbo'] and row['iwae_p0'] >= row['elbo_p0']
   # With the post-hoc mixture fitted above as the prior: its own bounds beside the run's.
   assert row['iwae_gmm'] >= row['elbo_gmm'] and np.isfinite(row['log_px_gmm'])
+  # And with the post-hoc EBM, normalised by its own log Z.
+  assert np.isfinite(row['log_z_monte_carlo_ebm']) and row['iwae_ebm'] >= row['elbo_ebm']
 
 
 @pytest.mark.slow
