@@ -91,3 +91,24 @@ def test_dataset_module_trains_and_evaluates_through_main(mnist_npz, tmp_path):
   assert readings['grey']['test_accuracy'] > 0.9 and readings['colour']['test_accuracy'] > 0.9
   assert {'cross_from_grey.png', 'cross_from_colour.png', 'joint_samples.png'} <= set(
       os.listdir(workdir / 'eval'))
+
+
+@pytest.mark.slow
+def test_new_posthoc_prior_is_fitted_saved_and_evaluated_and_its_density_is_a_kde():
+  out = run_example('new_posthoc_prior.py')
+  own, kde, bandwidth, workdir = re.search(
+      r'own prior (\S+), KDE (\S+); bandwidth (\S+); fitted in (\S+)', out).groups()
+  assert 0 <= float(own) <= 1 and 0 <= float(kde) <= 1 and float(bandwidth) > 0
+  assert os.path.exists(os.path.join(workdir, 'posthoc', 'kde', 'step_300', 'params.npz'))
+  # Its density against the formula, in numpy: the mean of N(z; z_i, h^2 I) over the points.
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      'new_posthoc_prior', os.path.join(ROOT, 'examples', 'new_posthoc_prior.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  rng = np.random.default_rng(0)
+  points, z, h = rng.normal(size=(7, 3)), rng.normal(size=(5, 3)), 0.4
+  expected = np.log(np.mean(np.exp(-0.5 * ((z[:, None] - points) ** 2).sum(-1) / h ** 2), 1)) - (
+      3 * np.log(h * np.sqrt(2 * np.pi)))
+  log_p = module.KdePrior(7).log_prob({'points': points, 'bandwidth': h}, 1.0)(z)
+  np.testing.assert_allclose(np.asarray(log_p), expected, rtol=1e-5)
