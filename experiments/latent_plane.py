@@ -102,12 +102,17 @@ def main(argv):
         lambda z: model.prior.energy.apply(state.prior_params, z), base, np.asarray(z),
         k_ebm)
 
+  posthoc_chains = {}
   for i, name in enumerate(_POSTHOC.value):
     fitted = config.copy_and_resolve_references()
     fitted.posthoc.prior = name
     prior, params, prior_state, _ = fit_prior.load(fitted, _WORKDIR.value, int(state.step), 2)
     z, _ = prior.sample(params, jax.random.fold_in(key, 100 + i), _NUM.value, 2,
                         state=prior_state)
+    if isinstance(prior, priors.EnergyPrior):  # Does its chain sample its own density?
+      posthoc_chains[name] = ebm.chain_against_density(
+          lambda v, prior=prior, params=params: prior.energy.apply(params, v), prior.p0,
+          np.asarray(z), jax.random.fold_in(key, 200 + i))
     text = prior.describe().removeprefix('z ~ ')
     panels.append((textwrap.fill(f'post-hoc {name}: {text}', 44), np.asarray(z),
                    decode_classes(z, k_dec)))
@@ -150,6 +155,8 @@ def main(argv):
   fig.savefig(_OUT.value, dpi=110)
   if isinstance(model.prior, priors.EnergyPrior):
     numbers['prior chain against exp(f_a) p0 / Z'] = chain_vs_density
+  for name, against in posthoc_chains.items():
+    numbers[f'post-hoc {name}: its chain against its exp(f_a) p0 / Z'] = against
   with open(os.path.splitext(_OUT.value)[0] + '.json', 'w') as f:
     json.dump(numbers, f, indent=1)
   print(numbers)
