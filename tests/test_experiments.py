@@ -348,3 +348,33 @@ def test_paired_table_differences_runs_at_the_same_seed():
   # Latent accuracy by tag: the baseline's 'q' probe (0.9) against pre- (0.9) and post-LD (0.8).
   assert pre[5].startswith('+0.000') and post[5].startswith('-0.100, 0.000')
   assert comparison.paired_table(results, ['ebm'], 'none') == ''
+
+
+@pytest.mark.slow
+def test_latent_plane_draws_each_post_hoc_priors_samples(tmp_path):
+  """A 2-D shared latent: the aggregate posterior, the run's priors and two post-hoc priors
+  fitted to it, each panel with the share of samples whose decodes agree."""
+  workdir = tmp_path / 'run'
+  common = [sys.executable, os.path.join(ROOT, 'main.py'),
+            '--config=configs/smoke.py:ebm_mmvaeplus,synthetic_mixture',
+            f'--workdir={workdir}', '--config.model.latent_z=2', '--config.num_train_steps=4',
+            f'--config.data.data_dir={tmp_path / "data"}', '--config.ebm.posterior_steps=2']
+  for extra in ([], ['--mode=fit_prior', '--config.posthoc.prior=gmm',
+                     '--config.posthoc.num_components=2'],
+                ['--mode=fit_prior', '--config.posthoc.prior=ebm', '--config.posthoc.ebm_steps=2']):
+    done = subprocess.run(common + extra, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+  out = tmp_path / 'plane.png'
+  plane = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'experiments', 'latent_plane.py'),
+       *[a for a in common[2:] if not a.startswith('--config.ebm')], '--posthoc=gmm,ebm',
+       '--num_samples=64', f'--out={out}'], capture_output=True, text=True, timeout=900,
+      cwd=ROOT)
+  assert plane.returncode == 0, plane.stderr[-3000:]
+  numbers = json.loads(out.with_suffix('.json').read_text())
+  panels = [k for k in numbers if k.startswith('post-hoc')]
+  assert any(k.startswith('post-hoc gmm: a 2-component') for k in panels), panels
+  assert all(0 <= numbers[k]['agree'] <= 1 for k in panels if 'against' not in k)
+  chain = numbers['post-hoc ebm: its chain against its exp(f_a) p0 / Z']
+  assert 0 <= chain['tv_chain'] <= 1 and np.isfinite(chain['log_z'])
+  assert out.stat().st_size > 10_000
