@@ -36,6 +36,8 @@ _TABLE = flags.DEFINE_string('table', None, 'An experiments/table.py output fold
 _FITS = flags.DEFINE_multi_string('fits', ['gmm', 'flow'],
                                   "'<prior>[:key=value;...]': posthoc overrides per entry.")
 _OUT = flags.DEFINE_string('out', None, 'Where posthoc.json/.md go (default: --table).')
+_BOUNDS = flags.DEFINE_string('bounds', None, 'A .jsonl of experiments/true_bound.py rows '
+                              '(--posthoc=...) for these runs: adds the log p(X) table.')
 
 
 def entry_args(entry: str) -> tuple[str, list[str]]:
@@ -96,8 +98,12 @@ def main(argv):
       print(f'{name} {entry}: {entry_record[entry]}', flush=True)
       with open(record_path, 'w') as f:
         json.dump(record, f, indent=1)
+  text = markdown(record, ['own'] + list(_FITS.value))
+  if _BOUNDS.value:
+    rows = [json.loads(line) for line in open(_BOUNDS.value) if line.strip()]
+    text += '\n' + bounds_markdown(rows, table, results)
   with open(os.path.join(out, 'posthoc.md'), 'w') as f:
-    f.write(markdown(record, ['own'] + list(_FITS.value)))
+    f.write(text)
   print(open(os.path.join(out, 'posthoc.md')).read())
 
 
@@ -127,6 +133,44 @@ def markdown(record: dict, entries: list[str]) -> str:
                    f'{"-" if entry == "own" else fmt(comparison.interval(paired))} | '
                    f'{fmt(comparison.interval(refined)) if len(refined) > 1 else "-"} | '
                    f'{median(fit) if fit else "-"} | {median(draw)} | {len(have)} |')
+  return '\n'.join(lines) + '\n'
+
+
+def _fitted_label(workdir: str, prior: str, step: int) -> str:
+  """What the post-hoc prior true_bound read was: the last fit of that name to the step."""
+  meta = json.load(open(os.path.join(workdir, 'posthoc', prior, f'step_{step}', 'meta.json')))
+  if prior == 'gmm':
+    return f"gmm, K = {meta['fit']['num_components']}, {meta['source']}"
+  return f"{prior}, {meta['source']}"
+
+
+def bounds_markdown(rows: list[dict], table: str, results: dict) -> str:
+  """log p(X) (nats per test tuple, true_bound.py's importance sampling with normalised
+  priors) per model and prior, over seeds, and each prior minus the run's own (paired): the
+  last row of each run in `rows` counts."""
+  fmt = lambda v: '{:.2f}, {:.2f} [{:.2f}, {:.2f}]'.format(*v)
+  by_run = {}
+  for row in rows:
+    by_run[os.path.basename(row['workdir'].rstrip('/'))] = row
+  lines = ['| model | prior | log p(X): mean, sd [95% interval] | minus own prior (paired) | '
+           'seeds |', '|---|---|---|---|---|']
+  for model in sorted({results[n]['model'] for n in by_run if n in results}):
+    mine = {n: r for n, r in by_run.items() if n in results and results[n]['model'] == model}
+    suffixes = [k[len('log_px'):] for k in next(iter(mine.values())) if k.startswith('log_px')]
+    for suffix in suffixes:
+      have = {n: r for n, r in mine.items() if 'log_px' + suffix in r}
+      values = [r['log_px' + suffix] for r in have.values()]
+      paired = [r['log_px' + suffix] - r['log_px'] for r in have.values()]
+      if not suffix:
+        label = 'own'
+      elif suffix == '_p0':
+        label = 'p0 alone (the EBM without f_a)'
+      else:
+        labels = {_fitted_label(os.path.join(table, n), suffix[1:], r['step'])
+                  for n, r in have.items()}
+        label = ' / '.join(sorted(labels))
+      lines.append(f'| {model} | {label} | {fmt(comparison.interval(values))} | '
+                   f'{"-" if not suffix else fmt(comparison.interval(paired))} | {len(have)} |')
   return '\n'.join(lines) + '\n'
 
 

@@ -278,6 +278,16 @@ def test_table_runs_every_seed_then_resumes_without_retraining(tmp_path):
   assert row['iwae_gmm'] >= row['elbo_gmm'] and np.isfinite(row['log_px_gmm'])
   # And with the post-hoc EBM, normalised by its own log Z.
   assert np.isfinite(row['log_z_monte_carlo_ebm']) and row['iwae_ebm'] >= row['elbo_ebm']
+  # The log p(X) table from those rows: each prior paired with the run's own at its seed.
+  again = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'experiments', 'posthoc_table.py'), f'--table={out}',
+       '--fits=gmm:num_components=2;covariance=diag', '--fits=ebm:ebm_steps=3',
+       f'--bounds={bounds}'], capture_output=True, text=True, timeout=900, cwd=ROOT)
+  assert again.returncode == 0, again.stderr[-3000:]
+  lines = (out / 'posthoc.md').read_text().splitlines()
+  gmm_line = next(line for line in lines if line.startswith('| moe_ebm | gmm, K = 2, samples |'))
+  paired = row['log_px_gmm'] - row['log_px']  # One seed: the interval is the value.
+  assert f'{paired:.2f}, 0.00 [{paired:.2f}, {paired:.2f}]' in gmm_line
 
 
 @pytest.mark.slow
