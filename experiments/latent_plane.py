@@ -114,7 +114,7 @@ def main(argv):
           lambda v, prior=prior, params=params: prior.energy.apply(params, v), prior.p0,
           np.asarray(z), jax.random.fold_in(key, 200 + i))
     text = prior.describe().removeprefix('z ~ ')
-    panels.append((textwrap.fill(f'post-hoc {name}: {text}', 44), np.asarray(z),
+    panels.append((textwrap.fill(f'post-hoc {name}: {text}', 52), np.asarray(z),
                    decode_classes(z, k_dec)))
 
   import matplotlib  # pylint: disable=g-import-not-at-top
