@@ -71,9 +71,10 @@ def main(argv):
     model = run['model']
     entry_record = record['runs'].setdefault(name, {'model': model, 'seed': run['seed']})
     num_classes = run.get('num_classes', 0)
-    entry_record['own'] = {**numbers(run, num_classes),
-                           **{k: v for k, v in entry_record.get('own', {}).items()
-                              if k == 'sample_seconds'}}
+    timed = entry_record.get('own', {}).get('sample_seconds')  # Kept from an earlier call.
+    entry_record['own'] = numbers(run, num_classes)
+    if timed is not None:
+      entry_record['own']['sample_seconds'] = timed
     for entry in _FITS.value:
       if entry in entry_record:
         continue
@@ -114,7 +115,7 @@ def markdown(record: dict, entries: list[str]) -> str:
   lines = ['| model | prior | joint coherence | joint class balance | minus own prior (joint '
            'coherence, paired) | cross coherence after its refinement | fit, s | drawing the '
            'joint samples\' z, s | seeds |', '|---|---|---|---|---|---|---|---|---|']
-  median = lambda values: f'{sorted(values)[len(values) // 2]:.3g}' if values else 'n/a'
+  median = lambda values: f'{sorted(values)[len(values) // 2]:.3g}' if values else '-'
   for model in models:
     mine = [r for r in runs if r['model'] == model]
     for entry in entries:
@@ -131,8 +132,8 @@ def markdown(record: dict, entries: list[str]) -> str:
       lines.append(f'| {model} | {entry} | {fmt(comparison.interval(joint))} | '
                    f'{fmt(comparison.interval(balance)) if balance else "n/a"} | '
                    f'{"-" if entry == "own" else fmt(comparison.interval(paired))} | '
-                   f'{fmt(comparison.interval(refined)) if len(refined) > 1 else "-"} | '
-                   f'{median(fit) if fit else "-"} | {median(draw)} | {len(have)} |')
+                   f'{fmt(comparison.interval(refined)) if refined else "-"} | '
+                   f'{median(fit)} | {median(draw)} | {len(have)} |')
   return '\n'.join(lines) + '\n'
 
 

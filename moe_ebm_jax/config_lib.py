@@ -317,7 +317,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _validate_run(config, dataset)
 
 
-
 def _validate_data(config) -> datasets.Dataset:
   """config.data, and the dataset's specs (nothing is loaded)."""
   image_networks = sorted(set(modalities_lib.ENCODERS) & set(modalities_lib.DECODERS))
