@@ -17,6 +17,7 @@ from ml_collections import config_dict
 from moe_ebm_jax import optimizers
 from moe_ebm_jax import registry
 from moe_ebm_jax.data import datasets
+from moe_ebm_jax.data import missing
 from moe_ebm_jax.latent import posthoc
 from moe_ebm_jax.latent import priors
 from moe_ebm_jax.vae import conv
@@ -107,6 +108,13 @@ def _data_section(module: str, dataset: str) -> ml_collections.ConfigDict:
   # The image modalities' encoder and decoder family (modalities.py): 'resnet' (MMVAE+'s conv
   # towers, model.widths) or 'mlp' (flattened images, model.mlp_hidden: fast on a CPU).
   d.image_network = 'resnet'
+  # Incomplete data (data/missing.py): masks drawn from the whole split by missing_seed.
+  # missing_ratio: every modality but the first missing at random with this probability;
+  # missing_by_class: {modality name: one probability per class} (missing not at random).
+  d.missing_ratio = 0.0
+  d.missing_by_class = config_dict.placeholder(dict)
+  d.missing_seed = 0
+  d.missing_in_test = False  # The test split stays complete unless asked.
   d.train_subset = config_dict.placeholder(int)  # First N train tuples; None: all.
   d.test_subset = config_dict.placeholder(int)
   d.num_threads = 2  # grain reader threads (per worker process, if any).
@@ -339,6 +347,10 @@ def _validate_data(config) -> datasets.Dataset:
   for key in ('train_subset', 'test_subset'):
     value = config.data[key]
     check(value is None or value > 0, f'data.{key}={value!r} must be > 0 or None')
+  try:
+    missing.validate(config.data, dataset.names, dataset.num_classes)
+  except ValueError as e:
+    raise ValueError(f'invalid config: {e}') from None
   return dataset
 
 
@@ -373,6 +385,11 @@ def _validate_model(config, dataset: datasets.Dataset) -> None:
   check(m.objective in objectives.OBJECTIVES,
         f'model.objective={m.objective!r} is not one of {sorted(objectives.OBJECTIVES)}')
   objectives.validate(m, dataset)
+  check(not missing.configured(config.data) or objectives.get(m.objective).supports_incomplete,
+        f'model.objective={m.objective!r} cannot train on incomplete data yet '
+        f'(data.missing_ratio={config.data.missing_ratio}, data.missing_by_class='
+        f'{config.data.missing_by_class}); objectives that can: '
+        f'{sorted(n for n in objectives.OBJECTIVES if objectives.get(n).supports_incomplete)}')
   check(m.prior in priors.PRIORS, f'model.prior={m.prior!r} is not one of '
         f'{sorted(priors.PRIORS)}')
   check(m.prior == 'fixed' or objectives.get(m.objective).supports_ebm_prior,

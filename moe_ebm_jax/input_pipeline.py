@@ -4,6 +4,8 @@ Batches are dicts of numpy arrays:
   'x':      {modality name: (B, *shape)}, float32 (stored uint8 images scaled to [0, 1]) or
             int32 (categorical modalities), as the dataset's modality specs say
   'label':  int32 (B,), when the examples carry one
+  'observed': {modality name: (B,) bool}, only for incomplete data (data/missing.py): False
+            where the example lacks the modality (its 'x' entry is then zeros)
   and any other per-example field of the source (PolyMNIST: 'mnist_index' int32 (B, M)),
 where B is the per-process batch (config.batch_size // jax.process_count()).
 
@@ -21,8 +23,10 @@ import jax
 import ml_collections
 import numpy as np
 from absl import flags
+from absl import logging
 
 from moe_ebm_jax.data import datasets
+from moe_ebm_jax.data import missing
 from moe_ebm_jax.vae import modalities as modalities_lib
 
 
@@ -39,8 +43,10 @@ class ToExample(grain.transforms.Map):
 
   def map(self, example: dict[str, Any]) -> dict[str, Any]:
     out = {k: _int32_if_integer(np.asarray(v)) for k, v in example.items()
-           if k not in self._names}
+           if k not in self._names and k != 'observed'}
     out['x'] = {n: np.asarray(example[n]) for n in self._names}
+    if 'observed' in example:  # Incomplete data (data/missing.py): a bool per modality.
+      out['observed'] = {n: np.bool_(example['observed'][n]) for n in self._names}
     return out
 
 
@@ -123,9 +129,14 @@ def make_dataset(source,
 
 
 def _source(config: ml_collections.ConfigDict, split: str):
+  """The split's source, with the observation masks config.data asks for (data/missing.py)."""
   dataset = datasets.get(config.data)
   source = dataset.source(split)
   modalities_lib.check_source(source, dataset.modalities, f'{dataset.name} {split} split')
+  masks = missing.masks_for(config.data, split, source, dataset.names)
+  if masks is not None:
+    source = missing.IncompleteSource(source, masks)
+    logging.info('%s %s: incomplete, observed %s.', dataset.name, split, missing.summary(masks))
   return dataset, source
 
 

@@ -161,6 +161,8 @@ class ObjectiveSpec:
   # Added to every posterior and auxiliary-prior scale, as the family's reference does (None:
   # MMVAE's 1e-6 for Laplace, nothing for the Gaussian references' exp(logvar / 2)).
   scale_eps: float | None = None
+  # Trains on batches with an 'observed' mask (data/missing.py); others refuse incomplete data.
+  supports_incomplete: bool = False
 
   def model_defaults(self) -> dict:
     """The config.model fields this objective sets: its posterior family, the latent split

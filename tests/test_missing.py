@@ -1,0 +1,166 @@
+"""Incomplete data's masks (data/missing.py) and their way through the input pipeline."""
+
+import json
+
+import numpy as np
+import pytest
+
+from moe_ebm_jax import checkpointing
+from moe_ebm_jax import config_lib
+from moe_ebm_jax import input_pipeline
+from moe_ebm_jax import model_state
+from moe_ebm_jax.data import datasets
+from moe_ebm_jax.data import missing
+
+NAMES = ('a', 'b', 'c')
+
+
+def binomial_bound(n, p):  # 5 standard deviations of a rate from n draws.
+  return 5 * np.sqrt(p * (1 - p) / n) + 1e-12
+
+
+def test_missing_completely_at_random_keeps_the_first_and_drops_the_rest_at_the_ratio():
+  n, ratio = 20_000, 0.3
+  masks = missing.missing_completely_at_random(n, NAMES, ratio, seed=4)
+  assert masks['a'].all()  # MultiVae's rule: no example is left empty.
+  for name in ('b', 'c'):
+    assert masks[name].dtype == bool and masks[name].shape == (n,)
+    assert abs((~masks[name]).mean() - ratio) < binomial_bound(n, ratio)
+  # Independent across modalities: both missing as often as the product says.
+  both = (~masks['b'] & ~masks['c']).mean()
+  assert abs(both - ratio ** 2) < binomial_bound(n, ratio ** 2)
+  again = missing.missing_completely_at_random(n, NAMES, ratio, seed=4)
+  other = missing.missing_completely_at_random(n, NAMES, ratio, seed=5)
+  assert all(np.array_equal(masks[k], again[k]) for k in NAMES)
+  assert not np.array_equal(masks['b'], other['b'])
+  # The test split draws from its own stream.
+  test = missing.missing_completely_at_random(n, NAMES, ratio, seed=4, split='test')
+  assert not np.array_equal(masks['b'], test['b'])
+  assert all(missing.missing_completely_at_random(50, NAMES, 0.0, 4)[k].all() for k in NAMES)
+
+
+def test_missing_by_class_follows_each_class_probability():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 3, 30_000)
+  p = (0.9, 0.0, 0.5)
+  masks = missing.missing_by_class(labels, NAMES, {'c': p}, seed=1)
+  assert masks['a'].all() and masks['b'].all()
+  for cls, prob in enumerate(p):
+    rate = (~masks['c'][labels == cls]).mean()
+    assert abs(rate - prob) < binomial_bound((labels == cls).sum(), prob)
+  assert masks['c'][labels == 1].all()  # Probability 0: never missing.
+
+
+@pytest.mark.parametrize('by_class, message', [
+    ({'z': (0.5,) * 3}, 'not one of the modalities'),
+    ({'a': (0.5,) * 3}, 'the first modality'),
+    ({'b': (0.5, 1.5, 0.0)}, 'one probability in'),
+    ({'b': (0.5,) * 2}, 'has 2 probabilities'),
+])
+def test_missing_by_class_refuses_bad_probabilities(by_class, message):
+  with pytest.raises(ValueError, match=message):
+    missing.missing_by_class(np.array([0, 1, 2]), NAMES, by_class, seed=0)
+
+
+def test_incomplete_source_zeroes_missing_entries_and_refuses_empty_examples():
+  source = datasets.ArraySource({'a': np.arange(8.).reshape(4, 2), 'b': np.arange(4) + 1},
+                                np.zeros(4, np.int32))
+  masks = {'a': np.array([True, True, False, True]), 'b': np.array([True, False, True, True])}
+  incomplete = missing.IncompleteSource(source, masks)
+  assert len(incomplete) == 4
+  ex = incomplete[1]
+  assert ex['observed'] == {'a': True, 'b': False}
+  np.testing.assert_array_equal(ex['a'], [2., 3.])
+  assert ex['b'] == 0 and np.asarray(ex['b']).dtype == np.asarray(source[1]['b']).dtype
+  np.testing.assert_array_equal(incomplete[2]['a'], [0., 0.])
+  with pytest.raises(missing.DataError, match='1 examples have no observed modality'):
+    missing.IncompleteSource(source, {'a': masks['a'], 'b': np.array([True, True, False, True])})
+  with pytest.raises(missing.DataError, match='masks of lengths'):
+    missing.IncompleteSource(source, {'a': masks['a'][:3], 'b': masks['b']})
+
+
+def mixture_config(**data):
+  c = config_lib.base_config('mmvaeplus', 'synthetic_mixture')
+  c.data.num_train, c.data.num_test = 256, 64
+  c.batch_size = c.eval_batch_size = 32
+  for k, v in data.items():
+    c.data[k] = v
+  return c
+
+
+def test_batches_carry_the_masks_with_zeros_where_missing_and_the_data_elsewhere():
+  complete = input_pipeline.train_iterator(mixture_config())
+  config = mixture_config(missing_ratio=0.5, missing_seed=3)
+  incomplete = input_pipeline.train_iterator(config)
+  names = datasets.get(config.data).names
+  source = datasets.get(config.data).source('train')
+  masks = missing.masks_for(config.data, 'train', source, names)
+  seen_missing = 0
+  for _ in range(12):  # Past one epoch of 8 batches: the masks follow their examples.
+    full, part = next(complete), next(incomplete)
+    assert set(part['observed']) == set(names) and 'observed' not in full
+    for name in names:
+      obs = part['observed'][name]
+      assert obs.dtype == bool and obs.shape == (32,)
+      np.testing.assert_array_equal(part['x'][name][obs], full['x'][name][obs])
+      assert not part['x'][name][~obs].any()
+      seen_missing += (~obs).sum()
+    # Each row's mask is its example's, whatever batch or epoch it falls in.
+    rows = [np.flatnonzero((source.columns()['v0'] == v).all(axis=1))[0]
+            for v in full['x']['v0']]
+    for name in names:
+      np.testing.assert_array_equal(part['observed'][name], masks[name][rows])
+  assert seen_missing > 0
+  assert all(next(incomplete)['observed'][names[0]].all() for _ in range(3))
+
+
+def test_masks_do_not_depend_on_the_process_count():
+  config = mixture_config(missing_ratio=0.4)
+  single = input_pipeline.train_iterator(config)
+  halves = [input_pipeline.train_iterator(config, process_index=p, process_count=2)
+            for p in range(2)]
+  for _ in range(5):
+    batch, rows = next(single), [next(h) for h in halves]
+    for name in batch['observed']:
+      np.testing.assert_array_equal(
+          np.concatenate([r['observed'][name] for r in rows]), batch['observed'][name])
+
+
+def test_the_test_split_stays_complete_unless_asked():
+  config = mixture_config(missing_ratio=0.5)
+  assert all('observed' not in b for b in input_pipeline.eval_dataset(config, 'test'))
+  config.data.missing_in_test = True
+  batches = list(input_pipeline.eval_dataset(config, 'test'))
+  assert sum((~b['observed']['v1']).sum() for b in batches) > 0
+
+
+@pytest.mark.parametrize('data, message', [
+    (dict(missing_ratio=1.0), r'data.missing_ratio=1.0 must be a number in \[0, 1\)'),
+    (dict(missing_ratio=0.2, missing_by_class={'v1': (0.5,) * 4}), 'both set'),
+    (dict(missing_by_class={'v0': (0.5,) * 4}), 'first modality is always kept'),
+    (dict(missing_by_class={'v9': (0.5,) * 4}), r"must be one of \['v1', 'v2'\]"),
+    (dict(missing_by_class={'v1': (0.5,) * 3}), 'must be 4 probabilities'),
+    # Until the objectives read the masks (issue 48), training refuses before any work.
+    (dict(missing_ratio=0.2), "model.objective='mmvaeplus' cannot train on incomplete data"),
+])
+def test_config_errors_are_one_line_and_name_the_field(data, message):
+  config = mixture_config(**data)
+  with pytest.raises(ValueError, match=message) as e:
+    config_lib.validate(config)
+  assert '\n' not in str(e.value)
+
+
+def test_a_run_resumes_only_with_its_own_masks(tmp_path):
+  keys, added = model_state.COMPATIBLE_KEYS, model_state.ADDED_KEY_DEFAULTS
+  assert checkpointing.check_or_write_run_config(tmp_path, mixture_config(), keys, added)
+  with pytest.raises(checkpointing.IncompatibleRunError, match='data.missing_ratio: 0.0 in the run'):
+    checkpointing.check_or_write_run_config(tmp_path, mixture_config(missing_ratio=0.5), keys,
+                                            added)
+  with pytest.raises(checkpointing.IncompatibleRunError, match='data.missing_seed'):
+    checkpointing.check_or_write_run_config(tmp_path, mixture_config(missing_seed=1), keys, added)
+  # A run written before these keys existed had complete data: it resumes with the defaults.
+  stored = json.loads((tmp_path / 'config.json').read_text())
+  for key in ('missing_ratio', 'missing_by_class', 'missing_seed', 'missing_in_test'):
+    del stored['data'][key]
+  (tmp_path / 'config.json').write_text(json.dumps(stored))
+  assert not checkpointing.check_or_write_run_config(tmp_path, mixture_config(), keys, added)
