@@ -385,10 +385,13 @@ def _validate_model(config, dataset: datasets.Dataset) -> None:
   check(m.objective in objectives.OBJECTIVES,
         f'model.objective={m.objective!r} is not one of {sorted(objectives.OBJECTIVES)}')
   objectives.validate(m, dataset)
-  check(not missing.configured(config.data) or objectives.get(m.objective).supports_incomplete,
-        f'model.objective={m.objective!r} cannot train on incomplete data yet '
-        f'(data.missing_ratio={config.data.missing_ratio}, data.missing_by_class='
-        f'{config.data.missing_by_class}); objectives that can: '
+  incomplete = missing.configured(config.data) or dataset.incomplete
+  check(not incomplete or objectives.get(m.objective).supports_incomplete,
+        f'model.objective={m.objective!r} cannot train on incomplete data yet ('
+        + (f'data.missing_ratio={config.data.missing_ratio}, data.missing_by_class='
+           f'{config.data.missing_by_class}' if missing.configured(config.data) else
+           f'dataset {dataset.name!r} has missing entries')
+        + '); objectives that can: '
         f'{sorted(n for n in objectives.OBJECTIVES if objectives.get(n).supports_incomplete)}')
   check(m.prior in priors.PRIORS, f'model.prior={m.prior!r} is not one of '
         f'{sorted(priors.PRIORS)}')

@@ -135,8 +135,12 @@ def _source(config: ml_collections.ConfigDict, split: str):
   modalities_lib.check_source(source, dataset.modalities, f'{dataset.name} {split} split')
   masks = missing.masks_for(config.data, split, source, dataset.names)
   if masks is not None:
+    if isinstance(source, missing.IncompleteSource):  # The user's own gaps, and the config's.
+      masks, source = missing.combine(source.masks, masks), source.base
     source = missing.IncompleteSource(source, masks)
-    logging.info('%s %s: incomplete, observed %s.', dataset.name, split, missing.summary(masks))
+  if isinstance(source, missing.IncompleteSource):
+    logging.info('%s %s: incomplete, observed %s.', dataset.name, split,
+                 missing.summary(source.masks))
   return dataset, source
 
 

@@ -9,8 +9,10 @@ from moe_ebm_jax import checkpointing
 from moe_ebm_jax import config_lib
 from moe_ebm_jax import input_pipeline
 from moe_ebm_jax import model_state
+from moe_ebm_jax.data import coherence_scorers
 from moe_ebm_jax.data import datasets
 from moe_ebm_jax.data import missing
+from moe_ebm_jax.vae import modalities
 
 NAMES = ('a', 'b', 'c')
 
@@ -164,3 +166,102 @@ def test_a_run_resumes_only_with_its_own_masks(tmp_path):
     del stored['data'][key]
   (tmp_path / 'config.json').write_text(json.dumps(stored))
   assert not checkpointing.check_or_write_run_config(tmp_path, mixture_config(), keys, added)
+
+
+# ----------------------------------------------------------------------------- the user's gaps
+
+SPECS = (modalities.vector_spec('v', 3), modalities.label_spec('tag', 4))
+
+
+def user_arrays(n=12, seed=0):
+  rng = np.random.default_rng(seed)
+  return {'v': rng.normal(size=(n, 3)).astype(np.float32), 'tag': rng.integers(0, 4, n)}
+
+
+def test_every_way_of_declaring_missing_rows_gives_the_same_dataset():
+  arrays = user_arrays()
+  gone_v, gone_tag = np.array([1, 4, 7]), np.array([2, 4])  # Example 4 lacks both.
+  observed = {'v': ~np.isin(np.arange(12), gone_v), 'tag': ~np.isin(np.arange(12), gone_tag)}
+  expected = {k: np.where(observed[k].reshape((-1,) + (1,) * (a.ndim - 1)), a, 0)
+              for k, a in arrays.items()}
+  as_mask = missing.from_user(arrays, SPECS, observed)
+  v_masked = np.ma.masked_array(arrays['v'], np.repeat(~observed['v'][:, None], 3, axis=1))
+  v_nan = arrays['v'].copy()
+  v_nan[gone_v] = np.nan
+  tag_none = [None if i in gone_tag else t for i, t in enumerate(arrays['tag'])]
+  as_masked = missing.from_user({'v': v_masked, 'tag': tag_none}, SPECS)
+  as_nan = missing.from_user({'v': v_nan, 'tag': tag_none}, SPECS, nan_rows_missing=True)
+  for filled, masks in (as_mask, as_masked, as_nan):
+    for k in arrays:
+      np.testing.assert_array_equal(masks[k], observed[k])
+      np.testing.assert_array_equal(filled[k], expected[k])
+  assert missing.empty(as_mask[1]).tolist() == [i == 4 for i in range(12)]
+  assert missing.from_user(arrays, SPECS)[1] is None  # Nothing missing: complete.
+
+
+def test_undeclared_or_partial_gaps_are_errors():
+  arrays = user_arrays()
+  v = arrays['v'].copy()
+  v[3] = np.nan
+  with pytest.raises(modalities.DataError, match='hold NaN or infinite values'):  # NaN rows, not declared.
+    datasets.from_arrays('n', {**arrays, 'v': v}, arrays, SPECS)
+  v[5, 0] = np.nan  # A partly NaN row stays an error even when NaN rows are declared missing.
+  v[3] = 0.0
+  with pytest.raises(modalities.DataError, match='hold NaN or infinite values'):
+    datasets.from_arrays('n', {**arrays, 'v': v}, arrays, SPECS, nan_rows_missing=True)
+  mask = np.zeros((12, 3), bool)
+  mask[2, 1] = True
+  with pytest.raises(modalities.DataError, match='1 rows of the train data are partly masked'):
+    datasets.from_arrays('n', {**arrays, 'v': np.ma.masked_array(arrays['v'], mask)}, arrays,
+                         SPECS)
+  with pytest.raises(modalities.DataError, match=r'observation mask must be bool \(12,\)'):
+    datasets.from_arrays('n', arrays, arrays, SPECS, train_observed={'v': np.ones(12)})
+
+
+def test_examples_with_nothing_left_are_an_error_or_skipped_and_counted():
+  arrays = user_arrays()
+  observed = {'v': np.arange(12) != 4, 'tag': np.arange(12) % 4 != 0}  # 4 lacks both.
+  with pytest.raises(modalities.DataError, match=r'1 train examples have no modality \(the '
+                     'first: 4\\)'):
+    datasets.from_arrays('e', arrays, arrays, SPECS, train_observed=observed)
+  dataset = datasets.from_arrays('e', arrays, arrays, SPECS, train_labels=arrays['tag'],
+                                 num_classes=4, train_observed=observed, empty_examples='skip')
+  train = dataset.source('train')
+  assert dataset.incomplete and len(train) == 11 and len(dataset.source('test')) == 12
+  kept = np.arange(12) != 4
+  np.testing.assert_array_equal([train[i]['observed']['tag'] for i in range(11)],
+                                observed['tag'][kept])
+  np.testing.assert_array_equal([train[i]['label'] for i in range(11)], arrays['tag'][kept])
+
+
+def test_a_users_gaps_and_the_configs_combine_and_coherence_readers_see_only_observed_rows():
+  rng = np.random.default_rng(1)
+  n = 64
+  arrays = {'v': rng.normal(size=(n, 3)).astype(np.float32), 'w': rng.normal(size=(n, 2)),
+            'tag': rng.integers(0, 4, n)}
+  specs = SPECS[:1] + (modalities.vector_spec('w', 2), SPECS[1])
+  arrays['w'] = arrays['w'].astype(np.float32)
+  own = {'w': np.arange(n) % 3 != 0}
+  name = 'users_gaps_for_test_missing'
+  datasets.register(name)(lambda c: datasets.from_arrays(
+      name, arrays, arrays, specs, train_labels=arrays['tag'], num_classes=4,
+      train_observed=own))
+  config = config_lib.base_config('mmvaeplus', name)
+  config.batch_size = config.eval_batch_size = 16
+  dataset = datasets.get(config.data)
+  assert dataset.incomplete and isinstance(dataset.source('test'), datasets.ArraySource)
+  with pytest.raises(ValueError, match=f"dataset '{name}' has missing entries"):
+    config_lib.validate(config)
+  config.data.missing_ratio = 0.5
+  _, source = input_pipeline._source(config, 'train')  # pylint: disable=protected-access
+  drawn = missing.missing_completely_at_random(n, dataset.names, 0.5, 0)
+  for k in dataset.names:
+    np.testing.assert_array_equal(source.masks[k], own.get(k, True) & drawn[k])
+  x, labels = coherence_scorers._all(source, 'w', specs[1])  # pylint: disable=protected-access
+  seen = source.masks['w']
+  np.testing.assert_array_equal(x, arrays['w'][seen])
+  np.testing.assert_array_equal(labels, arrays['tag'][seen])
+  # The data's key for caches tells the gaps apart, the same each time.
+  complete = datasets.from_arrays('c', arrays, arrays, specs)
+  digest = datasets._digest  # pylint: disable=protected-access
+  assert digest(dataset) == digest(dataset) != digest(complete)

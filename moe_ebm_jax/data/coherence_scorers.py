@@ -163,8 +163,10 @@ class MlpClassifier(nn.Module):
 
 
 def _all(source, name: str, spec) -> tuple[np.ndarray, np.ndarray]:
-  """One modality of a whole split as the model reads it (N, *shape), and the labels (N,)."""
+  """One modality of a whole split as the model reads it (N, *shape), and the labels (N,): the
+  examples that have it (incomplete data: data/missing.py)."""
   rows = [source[i] for i in range(len(source))]
+  rows = [r for r in rows if r.get('observed', {}).get(name, True)]
   data = np.stack([np.asarray(r[name]) for r in rows])
   labels = np.asarray([r['label'] for r in rows], np.int32)
   return modalities_lib.to_model_input(spec, data), labels

@@ -38,6 +38,7 @@ from absl import logging
 
 from moe_ebm_jax import cache
 from moe_ebm_jax import registry
+from moe_ebm_jax.data import missing
 from moe_ebm_jax.vae import modalities as modalities_lib
 
 SPLITS = ('train', 'test')
@@ -59,6 +60,7 @@ class Dataset:
     make_scorer: (config, dataset) -> coherence_scorers.Scorer, how coherence reads decodes of
       this dataset as classes; None: coherence_scorers.default_scorer (each spec's
       `coherence`: label, MLP classifier, a reader of one's own, or none).
+    incomplete: the training split's examples carry 'observed' masks (missing modalities).
   """
   name: str
   modalities: tuple[modalities_lib.ModalitySpec, ...]
@@ -67,6 +69,7 @@ class Dataset:
   description: str = ''
   fingerprint: Callable[[], str] | None = None
   make_scorer: Callable[[ml_collections.ConfigDict, 'Dataset'], Any] | None = None
+  incomplete: bool = False  # Its training examples lack modalities (data/missing.py).
 
   @property
   def names(self) -> tuple[str, ...]:
@@ -210,7 +213,7 @@ def _digest(dataset: Dataset) -> str:
   h = hashlib.sha256(repr(dataset.modalities).encode())
   for split in SPLITS:
     source = dataset.source(split)
-    if isinstance(source, ArraySource):  # The arrays at once, not example by example.
+    if hasattr(source, 'columns'):  # The arrays at once, not example by example.
       columns = source.columns()
     else:
       rows = [source[i] for i in range(len(source))]
@@ -240,17 +243,30 @@ def prepare(data_config: ml_collections.ConfigDict) -> Dataset:
 
 
 def from_arrays(name: str, train: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray],
-                modalities, train_labels=None, test_labels=None, num_classes: int = 0
-                ) -> Dataset:
+                modalities, train_labels=None, test_labels=None, num_classes: int = 0, *,
+                train_observed: Mapping[str, np.ndarray] | None = None,
+                test_observed: Mapping[str, np.ndarray] | None = None,
+                nan_rows_missing: bool = False, empty_examples: str = 'error') -> Dataset:
   """A Dataset over in-memory arrays {modality name: (N, *shape)} per split, checked against the
-  specs before any work (shapes, dtypes, label ranges)."""
+  specs before any work (shapes, dtypes, label ranges).
+
+  Missing entries, as the user declares them (missing.from_user): `*_observed` {name: (N,)
+  bool}, masked arrays (whole rows masked), None rows, or all-NaN rows with
+  nan_rows_missing=True. An example with no modality left: an error, or with
+  empty_examples='skip' left out (and counted in the log)."""
+  if empty_examples not in ('error', 'skip'):
+    raise ValueError(f"empty_examples={empty_examples!r}, expected 'error' or 'skip'.")
   modalities = tuple(modalities)
   modalities_lib.check_specs(modalities)
-  for split, arrays, labels in (('train', train, train_labels), ('test', test, test_labels)):
+  sources = {}
+  for split, arrays, labels, observed in (('train', train, train_labels, train_observed),
+                                          ('test', test, test_labels, test_observed)):
     names = [s.name for s in modalities]
     if set(arrays) != set(names):
       raise DataError(f'the {split} arrays have modalities {sorted(arrays)}, the specs '
                        f'{sorted(names)}.')
+    arrays, masks = missing.from_user(arrays, modalities, observed, nan_rows_missing,
+                                      f'{split} data')
     for spec in modalities:
       modalities_lib.check_data(spec, arrays[spec.name], f'{split} data')
     if labels is not None:
@@ -259,9 +275,22 @@ def from_arrays(name: str, train: Mapping[str, np.ndarray], test: Mapping[str, n
           num_classes and labels.size and (labels.min() < 0 or labels.max() >= num_classes)):
         raise DataError(f'{split} labels: integers in [0, {num_classes}) expected, got '
                          f'{labels.dtype} in [{labels.min()}, {labels.max()}].')
-  sources = {'train': ArraySource(train, train_labels), 'test': ArraySource(test, test_labels)}
+    if masks is not None and missing.empty(masks).any():
+      none = missing.empty(masks)
+      if empty_examples == 'error':
+        raise DataError(f'{int(none.sum())} {split} examples have no modality (the first: '
+                        f"{int(np.argmax(none))}); leave them out, or empty_examples='skip'.")
+      logging.info('%s %s: %d examples without any modality left out.', name, split,
+                   int(none.sum()))
+      keep = ~none
+      arrays = {k: v[keep] for k, v in arrays.items()}
+      masks = {k: v[keep] for k, v in masks.items()}
+      labels = labels[keep] if labels is not None else None
+    source = ArraySource(arrays, labels)
+    sources[split] = missing.IncompleteSource(source, masks) if masks is not None else source
   return Dataset(name, modalities, sources.__getitem__,
-                 num_classes if train_labels is not None else 0)
+                 num_classes if train_labels is not None else 0,
+                 incomplete=isinstance(sources['train'], missing.IncompleteSource))
 
 
 # ----------------------------------------------------------------------------- MNIST + label

@@ -76,6 +76,71 @@ def missing_by_class(labels: np.ndarray, names: Sequence[str],
   return masks
 
 
+def from_user(arrays: Mapping[str, Any], specs, observed: Mapping[str, Any] | None = None,
+              nan_rows_missing: bool = False, what: str = 'data'
+              ) -> tuple[dict[str, np.ndarray], Masks | None]:
+  """A user's arrays with missing entries -> (arrays with zeros there, masks or None if every
+  entry is present). Missing is what the user declares, never guessed:
+    observed[name]: (N,) bool, False where the example lacks the modality;
+    a numpy masked array: a row whose entries are all masked (a partly masked row: an error);
+    None in place of a row (a list or an object array of rows);
+    a row of NaN, only with nan_rows_missing=True (any other non-finite value stays an error).
+  """
+  observed = dict(observed or {})
+  unknown = set(observed) - {s.name for s in specs}
+  if unknown:
+    raise DataError(f'observation masks for {sorted(unknown)}, which are not modalities.')
+  filled, masks, any_missing = {}, {}, False
+  for spec in specs:
+    a = arrays[spec.name]
+    if isinstance(a, np.ma.MaskedArray):
+      row_masks = np.ma.getmaskarray(a).reshape(len(a), -1)
+      partly = row_masks.any(axis=1) & ~row_masks.all(axis=1)
+      if partly.any():
+        raise DataError(f'modality {spec.name!r}: {int(partly.sum())} rows of the {what} are '
+                        f'partly masked (the first: {int(np.argmax(partly))}); a missing '
+                        'modality is a whole masked row (values missing inside one are not '
+                        'modelled).')
+      present = ~row_masks.all(axis=1)
+      a = np.ma.getdata(a)
+    elif isinstance(a, (list, tuple)) or (isinstance(a, np.ndarray) and a.dtype == object):
+      present = np.array([row is not None for row in a], bool)
+      if not present.any():
+        raise DataError(f'modality {spec.name!r}: every row of the {what} is None.')
+      rows = [np.asarray(row) for row in a if row is not None]
+      template = np.zeros_like(rows[0])
+      a = np.stack([np.asarray(row) if row is not None else template for row in a])
+    else:
+      a = np.asarray(a)
+      present = np.ones(len(a), bool)
+      if nan_rows_missing and np.issubdtype(a.dtype, np.floating) and a.size:
+        present = ~np.isnan(a.reshape(len(a), -1)).all(axis=1)
+    if spec.name in observed:
+      given = np.asarray(observed[spec.name])
+      if given.dtype != bool or given.shape != (len(a),):
+        raise DataError(f'modality {spec.name!r}: the {what}\'s observation mask must be bool '
+                        f'({len(a)},), got {given.dtype} {given.shape}.')
+      present = present & given
+    if not present.all():
+      a = a.copy()
+      a[~present] = 0  # Never read by a model; zeros keep the checks and the shapes.
+      any_missing = True
+    filled[spec.name], masks[spec.name] = a, present
+  return filled, (masks if any_missing else None)
+
+
+def empty(masks: Masks) -> np.ndarray:
+  """(N,) bool: the examples that have no observed modality."""
+  return ~np.any(np.stack(list(masks.values())), axis=0)
+
+
+def combine(a: Masks | None, b: Masks | None) -> Masks | None:
+  """Observed in both (None: complete)."""
+  if a is None or b is None:
+    return a if b is None else b
+  return {n: a[n] & b[n] for n in a}
+
+
 def configured(data_config) -> bool:
   """Whether config.data asks for generated masks."""
   return bool(data_config.get('missing_ratio')) or bool(data_config.get('missing_by_class'))
@@ -136,10 +201,10 @@ class IncompleteSource:
     lengths = {n: len(m) for n, m in masks.items()}
     if set(lengths.values()) != {len(source)}:
       raise DataError(f'masks of lengths {lengths} for a source of {len(source)} examples.')
-    empty = ~np.any(np.stack(list(masks.values())), axis=0)
-    if empty.any():
-      raise DataError(f'{int(empty.sum())} examples have no observed modality (the first: '
-                      f'{int(np.argmax(empty))}).')
+    none = empty(masks)
+    if none.any():
+      raise DataError(f'{int(none.sum())} examples have no observed modality (the first: '
+                      f'{int(np.argmax(none))}).')
     self._source = source
     self._masks = {n: np.asarray(m, bool) for n, m in masks.items()}
 
@@ -158,3 +223,24 @@ class IncompleteSource:
   @property
   def masks(self) -> Masks:
     return dict(self._masks)
+
+  @property
+  def base(self):
+    """The source it masks."""
+    return self._source
+
+  def columns(self) -> dict[str, np.ndarray]:
+    """Every example at once, as __getitem__ gives them: the modalities (zeros where missing),
+    'label', and 'observed:<name>' (N,) bool."""
+    base = getattr(self._source, 'columns', None)
+    if base is not None:
+      columns = dict(base())
+    else:
+      rows = [self._source[i] for i in range(len(self._source))]
+      columns = {k: np.stack([np.asarray(r[k]) for r in rows]) for k in (rows[0] if rows else {})}
+    for name, m in self._masks.items():
+      if not m.all():
+        columns[name] = np.where(m.reshape((-1,) + (1,) * (columns[name].ndim - 1)),
+                                 columns[name], 0).astype(columns[name].dtype)
+      columns[f'observed:{name}'] = m
+    return columns

@@ -386,8 +386,8 @@ def check_data(spec: ModalitySpec, array: Any, what: str = 'data') -> None:
   a mask would be dropped, and missing values are not modelled."""
   if isinstance(array, np.ma.MaskedArray):
     raise DataError(f'modality {spec.name!r}: the {what} is a masked array; its mask would be '
-                    'dropped (missing values are not modelled yet): fill the masked entries, or '
-                    'leave out the examples that hold them.')
+                    'dropped here: declare missing rows to datasets.from_arrays (a masked array '
+                    'there, None rows or observation masks).')
   array = np.asarray(array)
   if array.shape[1:] != tuple(spec.shape):
     raise DataError(f'modality {spec.name!r}: shape {array.shape[1:]} of the {what} differs '
@@ -408,7 +408,8 @@ def check_data(spec: ModalitySpec, array: Any, what: str = 'data') -> None:
     if bad.any():
       raise DataError(f'modality {spec.name!r}: {int(bad.sum())} of {len(array)} examples of the '
                       f'{what} hold NaN or infinite values (the first at index '
-                      f'{int(np.argmax(bad))}): fill them, or leave those examples out.')
+                      f'{int(np.argmax(bad))}): fill them, leave those examples out, or declare '
+                      'whole missing rows (datasets.from_arrays, docs/usage.md).')
     if spec.likelihood == 'bernoulli' and (array.min() < 0 or array.max() > 1):
       raise DataError(f'modality {spec.name!r}: a bernoulli likelihood needs data in [0, 1]; '
                       f'the {what} spans [{array.min()}, {array.max()}].')
