@@ -165,7 +165,7 @@ def validate(data_config, names: Sequence[str], num_classes: int) -> None:
       if p.shape != (num_classes,) or not np.all((p >= 0) & (p <= 1)):
         raise ValueError(f'data.missing_by_class[{name!r}] must be {num_classes} '
                          'probabilities in [0, 1], one per class.')
-  if d.get('missing_seed', 0) is None or not isinstance(d.get('missing_seed', 0), int):
+  if not isinstance(d.get('missing_seed', 0), int):
     raise ValueError(f'data.missing_seed={d.get("missing_seed")!r} must be an integer.')
 
 
