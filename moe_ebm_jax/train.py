@@ -54,20 +54,36 @@ Params = Any
 BAD_VAE, BAD_PRIOR, BAD_BOUNDS = 1, 2, 4
 
 
-def train_step(state: model_state.TrainState, x, *, model: model_state.Model,
+def observed_matrix(vae, observed) -> jax.Array | None:
+  """A batch's observation mask {name: (B,) bool} -> (M, B) bool in the model's modality order;
+  None (a complete batch) stays None."""
+  if observed is None:
+    return None
+  return jnp.stack([jnp.asarray(observed[n], bool) for n in vae.names])
+
+
+def _objective_kwargs(observed) -> dict:
+  """Only incomplete batches pass `observed`: objectives without it (supports_incomplete=False,
+  refused on incomplete data by the config check) keep working on complete ones."""
+  return {} if observed is None else {'observed': observed}
+
+
+def train_step(state: model_state.TrainState, x, observed=None, *, model: model_state.Model,
                vae_tx, prior_tx) -> tuple[model_state.TrainState, dict[str, jax.Array]]:
-  """One update of the VAE and the prior. x: the batch's modalities {name: (B, *shape)}."""
+  """One update of the VAE and the prior. x: the batch's modalities {name: (B, *shape)};
+  observed: incomplete data's mask {name: (B,) bool} (data/missing.py), or None."""
   key, k_vae, k_prior, k_pick, k_post = jax.random.split(jax.random.fold_in(state.key, state.step),
                                                         5)
   del key  # Keys derive from (state.key, step): resuming reproduces them exactly.
 
   beta = model.beta_at(state.step)
   prior = model.prior  # priors.py: the fixed prior, the EBM, or any registered one.
+  extra = _objective_kwargs(observed_matrix(model.vae, observed))
 
   def vae_loss_fn(vae_params):
     return objectives.get(model.objective).fn(
         model.vae, vae_params, x, k_vae, beta=beta, num_samples=model.num_samples,
-        estimator=model.estimator, log_prior_z=prior.log_prob(state.prior_params, beta))
+        estimator=model.estimator, log_prior_z=prior.log_prob(state.prior_params, beta), **extra)
 
   (vae_loss, aux), vae_grads = jax.value_and_grad(vae_loss_fn, has_aux=True)(state.vae_params)
   metrics = dict(aux.metrics)
@@ -105,14 +121,15 @@ def train_step(state: model_state.TrainState, x, *, model: model_state.Model,
   return new_state, metrics
 
 
-def eval_step(state: model_state.TrainState, x, key: jax.Array, *,
+def eval_step(state: model_state.TrainState, x, key: jax.Array, observed=None, *,
               model: model_state.Model) -> dict[str, jax.Array]:
   """Test loss of one batch (the model's own training objective, no update, the full beta):
-  sums for averaging."""
+  sums for averaging. observed: incomplete test data's mask {name: (B,) bool}, or None."""
   loss, aux = objectives.get(model.objective).fn(
       model.vae, state.vae_params, x, key, beta=model.beta, num_samples=model.num_samples,
       estimator='iwae' if model.estimator == 'dreg' else model.estimator,
-      log_prior_z=model.log_prior_z(state.prior_params, model.beta))
+      log_prior_z=model.log_prior_z(state.prior_params, model.beta),
+      **_objective_kwargs(observed_matrix(model.vae, observed)))
   b = aux.post.z_loc.shape[1]
   return {'loss_sum': loss * b, 'recon_sum': aux.metrics['recon'] * b, 'count': jnp.float32(b)}
 
@@ -135,7 +152,11 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
 
 def compile_steps(config: ml_collections.ConfigDict, model: model_state.Model,
                   mesh) -> dict[str, Any]:
-  """jit-compiled step functions with their shardings (params replicated, batch split)."""
+  """jit-compiled step functions with their shardings (params replicated, batch split).
+
+  'train_incomplete' and 'eval_incomplete' take the batch's observation mask as one more
+  argument (split like the batch); jit compiles them only when incomplete data calls them, and
+  the mask's pattern changing from batch to batch changes values, not the program."""
   vae_tx, prior_tx = optimizers.make_optimizers(config)
   replicated = NamedSharding(mesh, P())
   batch = NamedSharding(mesh, P('data'))
@@ -146,11 +167,29 @@ def compile_steps(config: ml_collections.ConfigDict, model: model_state.Model,
                  donate_argnums=0)
   evaluate = jax.jit(functools.partial(eval_step, model=model),
                      in_shardings=(replicated, batch, replicated), out_shardings=replicated)
+  step_incomplete = jax.jit(
+      functools.partial(train_step, model=model, vae_tx=vae_tx, prior_tx=prior_tx),
+      in_shardings=(replicated, batch, batch), out_shardings=(replicated, replicated),
+      donate_argnums=0)
+  evaluate_incomplete = jax.jit(functools.partial(eval_step, model=model),
+                                in_shardings=(replicated, batch, replicated, batch),
+                                out_shardings=replicated)
   gen = jax.jit(functools.partial(generation.sample_grids, model=model,
                                   num_samples=config.num_image_samples),
                 in_shardings=(replicated, replicated, replicated), out_shardings=replicated)
   return {'init': init, 'train': step, 'eval': evaluate, 'generate': gen,
+          'train_incomplete': step_incomplete, 'eval_incomplete': evaluate_incomplete,
           'replicated': replicated, 'batch': batch}
+
+
+def run_train_step(steps, state, batch):
+  """One compiled training step on a host batch {'x': ...[, 'observed': ...]}: the incomplete
+  data's step where the batch carries a mask, the complete data's (unchanged) otherwise."""
+  x = parallel.global_batch(batch['x'], steps['batch'])
+  if 'observed' not in batch:
+    return steps['train'](state, x)
+  return steps['train_incomplete'](state, x,
+                                   parallel.global_batch(batch['observed'], steps['batch']))
 
 
 def evaluate(config, state, steps, key) -> dict[str, float]:
@@ -164,8 +203,13 @@ def evaluate(config, state, steps, key) -> dict[str, float]:
     x = batch['x']
     if len(next(iter(x.values()))) * jax.process_count() % n_devices:
       continue  # The last partial batch does not split over devices; skip it.
-    out = steps['eval'](state, parallel.global_batch(x, steps['batch']),
-                        parallel.replicate(jax.random.fold_in(key, i), steps['replicated']))
+    args = (state, parallel.global_batch(x, steps['batch']),
+            parallel.replicate(jax.random.fold_in(key, i), steps['replicated']))
+    if 'observed' in batch:
+      out = steps['eval_incomplete'](*args, parallel.global_batch(batch['observed'],
+                                                                  steps['batch']))
+    else:
+      out = steps['eval'](*args)
     for k, v in out.items():
       totals[k] = totals.get(k, 0.0) + float(v)
   count = totals.get('count', 0.0)
@@ -274,7 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, class
       logging.info('Compiling the training step (the first step runs it; timed below) ...')
     while step < config.num_train_steps:
       batch = next(data_iter)
-      state, metrics = steps['train'](state, parallel.global_batch(batch['x'], steps['batch']))
+      state, metrics = run_train_step(steps, state, batch)
       step += 1
       if not compiled:  # The first step compiles: time it apart from training.
         compiled = True

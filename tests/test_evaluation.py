@@ -233,6 +233,31 @@ def test_coherence_classifies_raw_means_as_the_reference_unless_told_to_clip(tra
   assert inside.all() if clip else not inside.all()  # Untrained decoders overshoot [0, 1].
 
 
+@pytest.mark.slow
+def test_coherence_on_incomplete_test_data_counts_the_examples_that_have_the_inputs(trained):
+  """Per source, the accuracy over the examples that have it: a classifier right on rows 0-2
+  only, m1 missing from rows 0-1, m2 from rows 3-5."""
+  config, _, state = trained
+  model = model_state.make_model(config)
+  right = np.array([True, True, True, False, False, False])
+  classify = lambda decodes: np.where(right[:, None], 0, 1) * np.ones((1, 5), int)
+  images = np.random.default_rng(2).random((6, 5, 28, 28, 3), np.float32)
+  observed = {f'm{m}': np.ones(6, bool) for m in range(5)}
+  observed['m1'][:2] = False
+  observed['m2'][3:] = False
+  batch = {'x': {f'm{m}': images[:, m] for m in range(5)}, 'label': np.zeros(6, int),
+           'observed': observed}
+  gen = common.Generators(model, config.eval_batch_size, False)
+  out = coherence.CoherenceEvaluator(gen, classify, [batch], cross_only=True).run(
+      state, jax.random.PRNGKey(0))
+  assert out['num_examples_per_source'] == {'m0': 6, 'm1': 4, 'm2': 3, 'm3': 6, 'm4': 6}
+  expected = {0: 3 / 6, 1: 1 / 4, 2: 3 / 3, 3: 3 / 6, 4: 3 / 6}  # Right among the counted.
+  for mode in gen.modes:  # pre- and post-LD
+    pairs = np.asarray(out[mode.value]['cross_coherence_matrix'])
+    for src, value in expected.items():
+      np.testing.assert_allclose(np.delete(pairs[src], src), value, atol=1e-4)
+
+
 class FakeBank:
   """Stands in for classifiers.load_or_train's bank: fixed accuracies, always predicts 7."""
   architecture = 'fake'

@@ -13,6 +13,7 @@ from moe_ebm_jax.data import coherence_scorers
 from moe_ebm_jax.data import datasets
 from moe_ebm_jax.data import missing
 from moe_ebm_jax.vae import modalities
+from moe_ebm_jax.vae import objectives
 
 NAMES = ('a', 'b', 'c')
 
@@ -136,17 +137,34 @@ def test_the_test_split_stays_complete_unless_asked():
   assert sum((~b['observed']['v1']).sum() for b in batches) > 0
 
 
+# A user's objective written for complete batches (supports_incomplete left False).
+COMPLETE_ONLY = 'complete_only_for_test_missing'
+if COMPLETE_ONLY not in objectives.OBJECTIVES:
+  objectives.register(COMPLETE_ONLY, aggregation='moe', distribution='laplace',
+                      private_latents=True)(objectives.mmvaeplus_objective)
+
+
+@pytest.mark.parametrize('model', config_lib.MODELS)
+def test_every_built_in_model_accepts_incomplete_data(model):
+  config = config_lib.base_config(model, 'synthetic_mixture')
+  config.data.missing_ratio = 0.3
+  config_lib.validate(config)  # Raises for an objective that cannot train on it.
+
+
 @pytest.mark.parametrize('data, message', [
     (dict(missing_ratio=1.0), r'data.missing_ratio=1.0 must be a number in \[0, 1\)'),
     (dict(missing_ratio=0.2, missing_by_class={'v1': (0.5,) * 4}), 'both set'),
     (dict(missing_by_class={'v0': (0.5,) * 4}), 'first modality is always kept'),
     (dict(missing_by_class={'v9': (0.5,) * 4}), r"must be one of \['v1', 'v2'\]"),
     (dict(missing_by_class={'v1': (0.5,) * 3}), 'must be 4 probabilities'),
-    # Until the objectives read the masks (issue 48), training refuses before any work.
-    (dict(missing_ratio=0.2), "model.objective='mmvaeplus' cannot train on incomplete data"),
+    # An objective registered without supports_incomplete refuses before any work.
+    (dict(missing_ratio=0.2), f"model.objective='{COMPLETE_ONLY}' cannot train on incomplete "
+     r"data yet \(data.missing_ratio=0.2.*objectives that can: \['mmjsd', 'mmvae', "
+     r"'mmvaeplus', 'mopoe', 'mvae'"),
 ])
 def test_config_errors_are_one_line_and_name_the_field(data, message):
   config = mixture_config(**data)
+  config.model.objective = COMPLETE_ONLY
   with pytest.raises(ValueError, match=message) as e:
     config_lib.validate(config)
   assert '\n' not in str(e.value)
@@ -250,6 +268,8 @@ def test_a_users_gaps_and_the_configs_combine_and_coherence_readers_see_only_obs
   config.batch_size = config.eval_batch_size = 16
   dataset = datasets.get(config.data)
   assert dataset.incomplete and isinstance(dataset.source('test'), datasets.ArraySource)
+  config_lib.validate(config)  # MMVAE+ trains on the user's gaps; a complete-only objective:
+  config.model.objective = COMPLETE_ONLY
   with pytest.raises(ValueError, match=f"dataset '{name}' has missing entries"):
     config_lib.validate(config)
   config.data.missing_ratio = 0.5

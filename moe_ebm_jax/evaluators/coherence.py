@@ -115,33 +115,47 @@ class CoherenceEvaluator:
     m = self.gen.model.vae.num_modalities
     all_subsets = [(s,) for s in range(m)] if self.cross_only else subsets(m)
     modes = self.gen.modes
-    # hits[mode][subset] = number correct per target modality.
+    # hits[mode][subset] = number correct per target modality, over counts[subset] examples:
+    # with incomplete test data (batches with 'observed') the examples that have every input of
+    # the subset (cross coherence from what is there); all of them otherwise.
     hits = {mode: {s: np.zeros(m) for s in all_subsets} for mode in modes}
+    counts = {s: 0 for s in all_subsets}
     count = 0
     start = time.time()
+    names = self.gen.model.vae.names
     for i, batch in enumerate(self.batches):
       x, labels = jax.tree.map(jnp.asarray, batch['x']), np.asarray(batch['label'])
-      for mode in modes:
-        for j, s in enumerate(all_subsets):
+      observed = (np.stack([np.asarray(batch['observed'][n], bool) for n in names])
+                  if 'observed' in batch else np.ones((m, len(labels)), bool))
+      for j, s in enumerate(all_subsets):
+        has_inputs = observed[list(s)].all(axis=0)  # (B,)
+        counts[s] += int(has_inputs.sum())
+        for mode in modes:
           mask = jnp.asarray(np.isin(np.arange(m), s))
           k = jax.random.fold_in(jax.random.fold_in(key, i), j * 2 + int(mode.post_ld))
           decodes, _, _ = self.gen.coherence_conditional[mode](state, x, mask, k)
           predicted = np.asarray(self.classify(decodes))
-          hits[mode][s] += (predicted == labels[:, None]).sum(axis=0)
+          hits[mode][s] += ((predicted == labels[:, None]) & has_inputs[:, None]).sum(axis=0)
       count += len(labels)
       elapsed = time.time() - start
       logging.info('coherence: batch %d/%d, %.1f s, ETA %s', i + 1, len(self.batches), elapsed,
                    metric_logging.format_duration(
                        elapsed / (i + 1) * (len(self.batches) - i - 1)))
     results: dict[str, Any] = {'num_test_examples': count}
+    if any(c != count for c in counts.values()):
+      results['num_examples_per_source'] = {'+'.join(names[i] for i in s): c
+                                            for s, c in counts.items()}
+    if not all(counts.values()):
+      raise ValueError('coherence: no test example has every input of subset(s) '
+                       f'{[s for s, c in counts.items() if not c]} (incomplete test data).')
     scored = np.asarray(self.scored)
     for mode in modes:
-      accuracy = {s: float(np.mean([hits[mode][s][d] / count for d in range(m)
+      accuracy = {s: float(np.mean([hits[mode][s][d] / counts[s] for d in range(m)
                                     if d not in s and scored[d]]))
                   for s in all_subsets if any(scored[d] for d in range(m) if d not in s)}
       pairs = np.zeros((m, m))
       for src in range(m):
-        pairs[src] = hits[mode][(src,)] / count
+        pairs[src] = hits[mode][(src,)] / counts[(src,)]
       results[mode.value] = {
           'cross_coherence': cross_coherence(pairs, scored),
           'cross_coherence_matrix': pairs.round(4).tolist(),  # [source][target]

@@ -54,5 +54,9 @@ class Generators:
 
 
 def batch_images(batch, names) -> np.ndarray:
-  """A batch's image modalities stacked: (B, M, H, W, C) in the order of `names`."""
-  return np.stack([np.asarray(batch['x'][n]) for n in names], axis=1)
+  """A batch's image modalities stacked: (B, M, H, W, C) in the order of `names`; of incomplete
+  test data (a batch with 'observed'), only the examples that have every modality."""
+  images = np.stack([np.asarray(batch['x'][n]) for n in names], axis=1)
+  if 'observed' not in batch:
+    return images
+  return images[np.all([np.asarray(batch['observed'][n], bool) for n in names], axis=0)]

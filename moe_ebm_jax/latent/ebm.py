@@ -97,6 +97,14 @@ def pick_expert(key: jax.Array, samples: jax.Array) -> jax.Array:
   return samples[expert, jnp.arange(b)]
 
 
+def pick_observed_expert(key: jax.Array, samples: jax.Array, observed: jax.Array) -> jax.Array:
+  """One draw from the uniform mixture of each example's observed experts: samples (M, B, D),
+  observed bool (M, B) (at least one per example) -> (B, D)."""
+  b = samples.shape[1]
+  expert = jax.random.categorical(key, jnp.where(observed.T, 0.0, -jnp.inf), axis=-1)
+  return samples[expert, jnp.arange(b)]
+
+
 def posterior_log_prob(vae: models.MultimodalVAE, vae_params: Params,
                        energy: networks.EnergyMLP, ebm_params: Params, x: models.Data,
                        observed: jax.Array, w: jax.Array | None = None,
@@ -105,8 +113,8 @@ def posterior_log_prob(vae: models.MultimodalVAE, vae_params: Params,
 
   x: the batch's modalities {name: (B, *shape)} (models.py), each scored by its own likelihood;
   observed: bool (M,) which modalities enter the likelihood (all for training, the source(s)
-  for conditional generation); w (M, B, Dw) fixed private latents, used when the state has no
-  'w'.
+  for conditional generation), or (M, B) per example (incomplete data: the observed ones); w
+  (M, B, Dw) fixed private latents, used when the state has no 'w'.
   """
 
   def log_prob(state):
@@ -114,7 +122,8 @@ def posterior_log_prob(vae: models.MultimodalVAE, vae_params: Params,
     w_m = jnp.moveaxis(state['w'], 1, 0) if 'w' in state else w  # (M, B, Dw)
     z_m = jnp.broadcast_to(z[None], (w_m.shape[0],) + z.shape)
     log_px = vae.log_likelihood(vae_params, jnp.concatenate([w_m, z_m], axis=-1), x)  # (M, B)
-    lp = jnp.where(observed[:, None], log_px, 0.0).sum(axis=0)
+    mask = observed if observed.ndim == 2 else observed[:, None]
+    lp = jnp.where(mask, log_px, 0.0).sum(axis=0)
     lp += energy.apply(ebm_params, z) + base_log_prob(base, z)
     if 'w' in state:
       lp += models.standard_laplace_log_prob(state['w']).sum(axis=-1)
@@ -146,9 +155,13 @@ def sample_posterior(vae: models.MultimodalVAE, vae_params: Params,
 
 
 def ebm_loss(energy: networks.EnergyMLP, ebm_params: Params, z_prior: jax.Array,
-             z_posterior: jax.Array, energy_l2: float = 0.0
+             z_posterior: jax.Array, energy_l2: float = 0.0,
+             posterior_weights: jax.Array | None = None
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """mean f_a(prior) - mean f_a(posterior) over (..., D) samples, with energy diagnostics.
+
+  posterior_weights (...) summing to 1 (incomplete data: each example's observed experts)
+  replace the posterior samples' uniform mean by a weighted one.
 
   energy_l2 > 0 adds energy_l2 * (mean f_a(prior)^2 + mean f_a(posterior)^2) (as Du & Mordatch
   2019): it keeps f_a from growing without bound at posterior samples the short-run prior
@@ -156,11 +169,15 @@ def ebm_loss(energy: networks.EnergyMLP, ebm_params: Params, z_prior: jax.Array,
   """
   f_prior = energy.apply(ebm_params, jax.lax.stop_gradient(z_prior))
   f_post = energy.apply(ebm_params, jax.lax.stop_gradient(z_posterior))
-  contrastive = f_prior.mean() - f_post.mean()
-  loss = contrastive + energy_l2 * (jnp.square(f_prior).mean() + jnp.square(f_post).mean())
+  if posterior_weights is None:
+    post_mean = lambda a: a.mean()
+  else:
+    post_mean = lambda a: (posterior_weights * a).sum()
+  contrastive = f_prior.mean() - post_mean(f_post)
+  loss = contrastive + energy_l2 * (jnp.square(f_prior).mean() + post_mean(jnp.square(f_post)))
   # Energies are -f_a: report them as such.
   return loss, {'ebm_loss': contrastive, 'energy_prior': -f_prior.mean(),
-                'energy_posterior': -f_post.mean()}
+                'energy_posterior': -post_mean(f_post)}
 
 
 def log_partition_grid(f: Callable[[jax.Array], jax.Array], base: str | Base, latent_dim: int,

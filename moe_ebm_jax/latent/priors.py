@@ -44,6 +44,7 @@ import jax.numpy as jnp
 from moe_ebm_jax import registry
 from moe_ebm_jax.latent import ebm as ebm_lib
 from moe_ebm_jax.latent import samplers
+from moe_ebm_jax.vae import aggregation
 from moe_ebm_jax.vae import distributions as dists
 from moe_ebm_jax.vae import networks
 
@@ -230,15 +231,23 @@ class EnergyPrior(Prior):
     return final['z'], w, (diag['trajectory']['z'] if keep_trajectory else None)
 
   def learn(self, params, state, keys, vae, vae_params, x, aux):
+    """Incomplete data (aux.observed (M, B)): the posterior chain starts from an observed
+    expert's z and scores the observed modalities only; with posterior samples from q, each
+    example's observed experts share its weight."""
     k_prior, k_pick, k_post = keys
     metrics = {}
     z_prior, prior_diag, state = self._prior_samples(params, state, k_prior,
                                                      aux.post.z_loc.shape[1], vae.latent_z)
     z_q = aux.latents.z[:, 0]  # (M, B, Dz): the first of K samples per source.
     post = self.posterior_chain
+    weights, incomplete = None, getattr(aux, 'observed', None)  # VaeAux.observed, or absent.
     if self.posterior_sampler == 'langevin':
-      z0 = ebm_lib.pick_expert(k_pick, z_q)
-      observed = jnp.ones((z_q.shape[0],), bool)
+      if incomplete is None:
+        z0 = ebm_lib.pick_expert(k_pick, z_q)
+        observed = jnp.ones((z_q.shape[0],), bool)
+      else:
+        z0 = ebm_lib.pick_observed_expert(k_pick, z_q, incomplete)
+        observed = incomplete
       post_state, post_diag = self._run_posterior_chain(
           params, vae, jax.lax.stop_gradient(vae_params), x, z0, aux.latents.w[:, 0], observed,
           k_post)
@@ -249,7 +258,9 @@ class EnergyPrior(Prior):
       metrics['posterior_log_prob'] = post_diag['log_prob'][-1] if post.num_steps else 0.
     else:
       z_post = z_q  # Every expert's sample: the mixture's expectation without picking.
-    return self._contrast(params, state, z_prior, prior_diag, z_post, metrics)
+      if incomplete is not None:
+        weights = aggregation.observed_weights(incomplete)
+    return self._contrast(params, state, z_prior, prior_diag, z_post, metrics, weights)
 
   def learn_from_samples(self, params, state, key, z_post) -> PriorUpdate:
     """The same update from given posterior samples z_post (..., B, D), e.g. a frozen VAE's
@@ -265,10 +276,12 @@ class EnergyPrior(Prior):
       return self._persistent_prior(params, state, key, batch)
     return (*self.sample(params, key, batch, latent_dim), state)
 
-  def _contrast(self, params, state, z_prior, prior_diag, z_post, metrics) -> PriorUpdate:
+  def _contrast(self, params, state, z_prior, prior_diag, z_post, metrics,
+                posterior_weights=None) -> PriorUpdate:
     """The maximum-likelihood gradient of f_a from prior and posterior samples."""
     (loss, ebm_metrics), grads = jax.value_and_grad(
-        lambda p: ebm_lib.ebm_loss(self.energy, p, z_prior, z_post, self.energy_l2),
+        lambda p: ebm_lib.ebm_loss(self.energy, p, z_prior, z_post, self.energy_l2,
+                                   posterior_weights),
         has_aux=True)(params)
     metrics.update(ebm_metrics)
     if self.prior_chain.num_steps:

@@ -47,6 +47,14 @@ def product_of_experts(loc: jax.Array, scale: jax.Array, mask: jax.Array,
   return (precision * loc).sum(axis=0) / total, jax.lax.rsqrt(total)
 
 
+def observed_weights(observed: jax.Array) -> jax.Array:
+  """Each example's uniform weights over its observed experts, then the batch's mean: observed
+  bool (M, B) -> (M, B) float, 1 / (n_observed_b * B) where observed, 0 elsewhere (summing to
+  1). Incomplete data's mixture of the observed experts, as an average over (expert, example)."""
+  obs = observed.astype(jnp.float32)
+  return obs / (obs.sum(axis=0, keepdims=True) * obs.shape[1])
+
+
 def uniform_choice(key: jax.Array, allowed: jax.Array) -> jax.Array:
   """Per example an index drawn uniformly from the allowed ones: allowed bool (B, K) -> (B,)."""
   return jax.random.categorical(key, jnp.where(allowed, 0.0, -jnp.inf), axis=-1)

@@ -2,7 +2,7 @@
 
 Every objective has the signature
 
-  objective(vae, params, x, key, *, beta, num_samples, estimator, log_prior_z)
+  objective(vae, params, x, key, *, beta, num_samples, estimator, log_prior_z[, observed])
       -> (loss to minimise, VaeAux)
 
 with x the batch's modalities {name: (B, *shape)} (models.py), and is registered with `register(name, aggregation=...,
@@ -13,6 +13,14 @@ tables is an objective plus how its unimodal posteriors combine for conditional 
 Registered: 'mmvaeplus' (Palumbo et al. 2023), 'mmvae' (Shi et al. 2019: the same log-weights
 with one shared latent), 'mvae' (Wu & Goodman 2018), 'mmjsd' (Sutter et al. 2020), 'mopoe'
 (Sutter et al. 2021).
+
+Incomplete data (data/missing.py): objectives registered with supports_incomplete=True take
+`observed`, bool (M, B) (row m: which examples have modality m; at least one per example), and
+drop what is missing per example, as MultiVae's masked losses do: a missing modality's posterior
+leaves the mixture or product (its weight renormalised over the observed ones), its
+reconstruction term is dropped, subsets are drawn among the observed modalities. A missing
+modality's encoder and decoder get no gradient from that example. observed=None (complete
+batches, which carry no mask) runs the complete-data code unchanged.
 
 The MMVAE(+) objectives are importance-weighted estimators
 
@@ -56,24 +64,34 @@ def logmeanexp(x: jax.Array, axis: int) -> jax.Array:
   return jax.nn.logsumexp(x, axis=axis) - jnp.log(x.shape[axis])
 
 
-def importance_weighted_loss(log_weights_fn: LogWeightsFn,
-                             estimator: str) -> tuple[jax.Array, jax.Array, Any]:
-  """Returns (loss to minimise, bound per (S, B), aux of the evaluation used for the loss)."""
+def importance_weighted_loss(log_weights_fn: LogWeightsFn, estimator: str,
+                             strata_weights: jax.Array | None = None
+                             ) -> tuple[jax.Array, jax.Array, Any]:
+  """Returns (loss to minimise, bound per (S, B), aux of the evaluation used for the loss).
+
+  The loss averages the per-(S, B) bounds uniformly, or with `strata_weights` (S, B) (summing
+  to 1: incomplete data's observed strata, 1 / (n_observed * B) each) as their weighted sum.
+  """
+  def average(per_stratum):  # (S, B) -> ()
+    if strata_weights is None:
+      return per_stratum.mean()
+    return (strata_weights * per_stratum).sum()
+
   if estimator == 'elbo':
     lw, aux = log_weights_fn(None, False)
     bound = lw.mean(axis=1)
-    return -bound.mean(), bound, aux
+    return -average(bound), bound, aux
   if estimator == 'iwae':
     lw, aux = log_weights_fn(None, False)
     bound = logmeanexp(lw, axis=1)
-    return -bound.mean(), bound, aux
+    return -average(bound), bound, aux
   if estimator == 'dreg':
     # First pass for the normalised weights (constants); the same key gives the same samples.
     lw0, _ = log_weights_fn(None, False)
     lw0 = jax.lax.stop_gradient(lw0)
     weights = jax.nn.softmax(lw0, axis=1)
     lw, aux = log_weights_fn(weights, True)
-    loss = -(weights * lw).sum(axis=1).mean()
+    loss = -average((weights * lw).sum(axis=1))
     return loss, logmeanexp(lw0, axis=1), aux
   raise ValueError(f'unknown estimator {estimator!r}; choose one of {ESTIMATORS}.')
 
@@ -109,13 +127,18 @@ def sample_latents(key: jax.Array, post: models.Posteriors, aux_scale: jax.Array
 
 def mmvaeplus_log_weights(vae: models.MultimodalVAE, params, x: models.Data,
                           post: models.Posteriors, latents: Latents,
-                          log_prior_z: Callable[[jax.Array], jax.Array], beta: float):
+                          log_prior_z: Callable[[jax.Array], jax.Array], beta: float,
+                          observed: jax.Array | None = None):
   """MMVAE+ log-weights per source r, sample k, example b: (M, K, B), and their terms.
 
   lw_r = sum_d log p(x_d | w, z_r) + beta * (log p(z_r) + log p(w_r) - log q_mix(z_r | X)
                                              - log q(w_r | x_r)),
   decoding x_r from (w_r, z_r) and every other x_d from (w_d ~ r_d, z_r); q_mix is the uniform
   mixture of the M unimodal z-posteriors. x: the batch's modalities.
+
+  observed bool (M, B) (incomplete data): d and the mixture's components run over the example's
+  observed modalities only, and a missing source's lw_r is 0 (its stratum takes no part: the
+  caller weights strata by aggregation.observed_weights).
   """
   w, z = latents.w, latents.z
   m = w.shape[0]
@@ -129,12 +152,21 @@ def mmvaeplus_log_weights(vae: models.MultimodalVAE, params, x: models.Data,
   log_qw = dists.laplace_log_prob(w, post.w_loc[:, None], post.w_scale[:, None])
   log_qz_each = dists.laplace_log_prob(z[:, None], post.z_loc[None, :, None],
                                        post.z_scale[None, :, None])  # (Mr, Mm, K, B)
-  log_qz = dists.mixture_log_prob(log_qz_each, axis=1)
+  if observed is None:
+    log_qz = dists.mixture_log_prob(log_qz_each, axis=1)
+  else:  # The mixture of the observed experts: (1 / n_b) sum_{m observed} q_m.
+    present = observed[None, :, None, :]  # (1, Mm, 1, B)
+    log_qz = (jax.nn.logsumexp(jnp.where(present, log_qz_each, -jnp.inf), axis=1)
+              - jnp.log(observed.sum(axis=0).astype(log_qz_each.dtype)))
+    log_px = jnp.where(observed[:, None, None, :], log_px, 0.0)  # Drop missing targets d.
   log_pz = log_prior_z(z)
   log_pw = models.standard_laplace_log_prob(w)
   recon = log_px.sum(axis=0)
   kl = log_qz + log_qw - log_pz - log_pw  # Single-sample estimate of the KL terms.
   lw = recon + beta * -kl
+  if observed is not None:  # A missing source's stratum: 0 (finite, no gradient).
+    source = observed[:, None, :]  # (Mr, 1, B)
+    lw, recon, kl = (jnp.where(source, a, 0.0) for a in (lw, recon, kl))
   terms = {'recon': recon, 'kl': kl, 'log_px_self': jnp.einsum('rrkb->rkb', log_px),
            'log_prior_z': log_pz}
   return lw, terms
@@ -145,6 +177,8 @@ class VaeAux(NamedTuple):
   post: models.Posteriors  # (M, B, .)
   latents: Latents | None  # The MoE objectives' samples (the EBM's posterior chains start there).
   metrics: dict[str, jax.Array]  # At least 'vae_loss', 'bound' and 'recon' (batch means).
+  # Incomplete data: bool (M, B), which modalities each example has; None for complete batches.
+  observed: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,9 +213,11 @@ OBJECTIVES: registry.Registry = registry.Registry('objective')
 
 def register(name: str, *, aggregation: str, distribution: str, private_latents: bool,
              estimators: tuple[str, ...] = ('elbo',), supports_ebm_prior: bool = False,
-             identical_modalities: bool = False, scale_eps: float | None = None):
+             identical_modalities: bool = False, scale_eps: float | None = None,
+             supports_incomplete: bool = False):
   """Decorator: registers `fn` as objective `name` (config.model.objective, and a model name:
-  config_lib.model_spec). Names are unique."""
+  config_lib.model_spec). Names are unique. supports_incomplete: `fn` takes `observed` (bool
+  (M, B)) and trains on incomplete data (module docstring)."""
   if aggregation not in agg.AGGREGATIONS:
     raise ValueError(f'aggregation {aggregation!r} is not one of {agg.AGGREGATIONS}.')
   if distribution not in dists.FAMILIES:
@@ -190,7 +226,7 @@ def register(name: str, *, aggregation: str, distribution: str, private_latents:
   def decorate(fn):
     OBJECTIVES.add(name, ObjectiveSpec(fn, aggregation, distribution, private_latents,
                                        tuple(estimators), supports_ebm_prior,
-                                       identical_modalities, scale_eps))
+                                       identical_modalities, scale_eps, supports_incomplete))
     return fn
 
   return decorate
@@ -229,15 +265,19 @@ def validate(model_config, dataset) -> None:
 
 
 @register('mmvae', aggregation='moe', distribution='laplace', private_latents=False,
-          estimators=ESTIMATORS, supports_ebm_prior=True)
+          estimators=ESTIMATORS, supports_ebm_prior=True, supports_incomplete=True)
 @register('mmvaeplus', aggregation='moe', distribution='laplace', private_latents=True,
-          estimators=ESTIMATORS, supports_ebm_prior=True, scale_eps=1e-20)  # The reference's eta.
+          estimators=ESTIMATORS, supports_ebm_prior=True, supports_incomplete=True,
+          scale_eps=1e-20)  # The reference's eta.
 def mmvaeplus_objective(vae: models.MultimodalVAE, params, x: models.Data, key: jax.Array, *,
                         beta: float, num_samples: int, estimator: str,
                         log_prior_z: Callable[[jax.Array], jax.Array] = models.standard_laplace_log_prob,
-                        ) -> tuple[jax.Array, VaeAux]:
+                        observed: jax.Array | None = None) -> tuple[jax.Array, VaeAux]:
   """The MMVAE+ loss for a batch x of every modality. `log_prior_z` (..., D) -> (...) is the
   shared latent's prior (Laplace(0, 1), or f_a + log p0 for the EBM prior).
+
+  observed bool (M, B) (incomplete data): each example's bound averages its observed sources'
+  strata (mixture and reconstructions over its observed modalities: mmvaeplus_log_weights).
 
   With latent_w = 0 this is MMVAE's objective (Shi et al. 2019): the stratified MoE bound
   lw_r = sum_d log p(x_d | z_r) + beta * (log p(z_r) - log q_mix(z_r | X)), z_r ~ q(z | x_r).
@@ -251,16 +291,21 @@ def mmvaeplus_objective(vae: models.MultimodalVAE, params, x: models.Data, key: 
       g = grad_weights[..., None]
       latents = latents._replace(w=scale_gradient(latents.w, g), z=scale_gradient(latents.z, g))
     q = jax.tree.map(jax.lax.stop_gradient, post) if stop_posterior else post
-    lw, terms = mmvaeplus_log_weights(vae, params, x, q, latents, log_prior_z, beta)
+    lw, terms = mmvaeplus_log_weights(vae, params, x, q, latents, log_prior_z, beta, observed)
     return lw, (latents, terms)
 
-  loss, bound, (latents, terms) = importance_weighted_loss(log_weights_fn, estimator)
-  metrics = {'vae_loss': loss, 'bound': bound.mean(), 'recon': terms['recon'].mean(),
-             'kl': terms['kl'].mean(), 'log_px_self': terms['log_px_self'].mean(),
+  weights = None if observed is None else agg.observed_weights(observed)
+  loss, bound, (latents, terms) = importance_weighted_loss(log_weights_fn, estimator, weights)
+  if weights is None:
+    average = lambda a: a.mean()
+  else:  # Over observed strata (samples K averaged first).
+    average = lambda a: (weights * (a.mean(axis=1) if a.ndim == 3 else a)).sum()
+  metrics = {'vae_loss': loss, 'bound': average(bound), 'recon': average(terms['recon']),
+             'kl': average(terms['kl']), 'log_px_self': average(terms['log_px_self']),
              'posterior_log_scale_z': jnp.log(post.z_scale).mean()}
   stop = jax.lax.stop_gradient
   return loss, VaeAux(jax.tree.map(stop, post), jax.tree.map(stop, latents),
-                      jax.tree.map(stop, metrics))
+                      jax.tree.map(stop, metrics), observed)
 
 
 # ----------------------------------------------------------------------------- PoE family
@@ -282,69 +327,96 @@ def _poe_metrics(loss, bound, recon, kl, post) -> dict[str, jax.Array]:
           'posterior_log_scale_z': jnp.log(post.z_scale).mean()}
 
 
-def _aux(post, metrics) -> VaeAux:
+def _aux(post, metrics, observed=None) -> VaeAux:
   stop = jax.lax.stop_gradient
-  return VaeAux(jax.tree.map(stop, post), None, jax.tree.map(stop, metrics))
+  return VaeAux(jax.tree.map(stop, post), None, jax.tree.map(stop, metrics), observed)
 
 
-@register('mvae', aggregation='poe', distribution='gaussian', private_latents=False)
+def _observed_rows(observed: jax.Array | None, m: int, b: int) -> jax.Array:
+  """observed (M, B), or every modality of every example when None (complete batches)."""
+  return jnp.ones((m, b), bool) if observed is None else observed
+
+
+@register('mvae', aggregation='poe', distribution='gaussian', private_latents=False,
+          supports_incomplete=True)
 def mvae_objective(vae: models.MultimodalVAE, params, x: models.Data, key: jax.Array, *,
                    beta: float, num_samples: int = 1, estimator: str = 'elbo',
-                   log_prior_z=None) -> tuple[jax.Array, VaeAux]:
+                   log_prior_z=None, observed: jax.Array | None = None
+                   ) -> tuple[jax.Array, VaeAux]:
   """MVAE (Wu & Goodman 2018) with sub-sampled training: the joint ELBO plus every unimodal one.
 
   q_S = PoE({q(z | x_m)}_{m in S} and the prior N(0, I)); ELBO_S = E_{q_S}[sum_{d in S}
   log p(x_d | z)] - beta KL(q_S || N(0, I)); bound = ELBO_{all} + sum_m ELBO_{m}.
+  observed bool (M, B): 'all' is the example's observed modalities, m runs over them.
   """
   del num_samples, estimator, log_prior_z  # One sample, closed-form KL (checked by config).
   post = vae.encode(params, x)
   m = vae.num_modalities
   k_joint, k_uni = jax.random.split(key)
-  loc, scale = agg.product_of_experts(post.z_loc, post.z_scale, jnp.ones((m,), bool),
-                                      prior_expert=True)
+  experts = jnp.ones((m,), bool) if observed is None else observed
+  loc, scale = agg.product_of_experts(post.z_loc, post.z_scale, experts, prior_expert=True)
   z = dists.normal_sample(k_joint, loc, scale)  # (B, D)
-  recon_joint = _log_px(vae, params, x, _broadcast_to_decoders(z, m)).sum(axis=0)
+  log_px_joint = _log_px(vae, params, x, _broadcast_to_decoders(z, m))  # (M, B)
   kl_joint = dists.kl_normal(loc, scale)
   # Unimodal: expert m times the prior; decoder m reads its own modality's sample.
   precision = 1.0 / jnp.square(post.z_scale)
   loc_m, scale_m = post.z_loc * precision / (precision + 1.0), jax.lax.rsqrt(precision + 1.0)
   z_m = dists.normal_sample(k_uni, loc_m, scale_m)  # (M, B, D)
-  recon_uni = _log_px(vae, params, x, z_m)  # (M, B)
-  kl_uni = dists.kl_normal(loc_m, scale_m)
-  bound = recon_joint - beta * kl_joint + (recon_uni - beta * kl_uni).sum(axis=0)
+  elbo_uni = _log_px(vae, params, x, z_m) - beta * dists.kl_normal(loc_m, scale_m)  # (M, B)
+  if observed is None:
+    recon_joint = log_px_joint.sum(axis=0)
+    bound = recon_joint - beta * kl_joint + elbo_uni.sum(axis=0)
+  else:
+    recon_joint = jnp.where(observed, log_px_joint, 0.0).sum(axis=0)
+    bound = recon_joint - beta * kl_joint + jnp.where(observed, elbo_uni, 0.0).sum(axis=0)
   loss = -bound.mean()
-  return loss, _aux(post, _poe_metrics(loss, bound, recon_joint, kl_joint, post))
+  return loss, _aux(post, _poe_metrics(loss, bound, recon_joint, kl_joint, post), observed)
 
 
-def jensen_shannon_dynamic_prior(loc: jax.Array, scale: jax.Array) -> jax.Array:
+def jensen_shannon_dynamic_prior(loc: jax.Array, scale: jax.Array,
+                                 observed: jax.Array | None = None) -> jax.Array:
   """mmJSD's regulariser: sum_j pi_j KL(q_j || f) over the M unimodal posteriors and the prior
   q_0 = N(0, I), pi uniform (1 / (M + 1)), f = PoE of all of them (the dynamic prior).
 
-  loc, scale (M, B, D) -> (B,).
+  loc, scale (M, B, D) -> (B,). observed bool (M, B): the experts are the example's observed
+  posteriors and the prior (pi = 1 / (n_observed + 1)).
   """
   m = loc.shape[0]
-  loc_f, scale_f = agg.product_of_experts(loc, scale, jnp.ones((m,), bool), prior_expert=True)
-  kl_experts = dists.kl_normal(loc, scale, loc_f[None], scale_f[None]).sum(axis=0)
+  experts = jnp.ones((m,), bool) if observed is None else observed
+  loc_f, scale_f = agg.product_of_experts(loc, scale, experts, prior_expert=True)
+  kl_each = dists.kl_normal(loc, scale, loc_f[None], scale_f[None])  # (M, B)
   kl_prior = dists.kl_normal(jnp.zeros_like(loc_f), jnp.ones_like(scale_f), loc_f, scale_f)
-  return (kl_experts + kl_prior) / (m + 1)
+  if observed is None:
+    return (kl_each.sum(axis=0) + kl_prior) / (m + 1)
+  n = observed.sum(axis=0).astype(loc.dtype)
+  return (jnp.where(observed, kl_each, 0.0).sum(axis=0) + kl_prior) / (n + 1)
 
 
-@register('mmjsd', aggregation='moe', distribution='gaussian', private_latents=False)
+@register('mmjsd', aggregation='moe', distribution='gaussian', private_latents=False,
+          supports_incomplete=True)
 def mmjsd_objective(vae: models.MultimodalVAE, params, x: models.Data, key: jax.Array, *,
                     beta: float, num_samples: int = 1, estimator: str = 'elbo',
-                    log_prior_z=None) -> tuple[jax.Array, VaeAux]:
+                    log_prior_z=None, observed: jax.Array | None = None
+                    ) -> tuple[jax.Array, VaeAux]:
   """mmJSD (Sutter et al. 2020): E_{q(z|X)}[log p(X | z)] - beta JS, q(z | X) the uniform
   mixture of the unimodal posteriors (stratified: one sample per source, every modality
-  decoded from it), JS with the dynamic prior (jensen_shannon_dynamic_prior)."""
+  decoded from it), JS with the dynamic prior (jensen_shannon_dynamic_prior).
+  observed bool (M, B): sources, targets and experts are the example's observed modalities."""
   del num_samples, estimator, log_prior_z
   post = vae.encode(params, x)
   m = vae.num_modalities
   z = dists.normal_sample(key, post.z_loc, post.z_scale)  # (M_src, B, D)
-  recon = _log_px(vae, params, x, _broadcast_to_decoders(z, m)).sum(axis=0).mean(axis=0)
-  js = jensen_shannon_dynamic_prior(post.z_loc, post.z_scale)
+  log_px = _log_px(vae, params, x, _broadcast_to_decoders(z, m))  # (M_dec, M_src, B)
+  if observed is None:
+    recon = log_px.sum(axis=0).mean(axis=0)
+  else:
+    per_source = jnp.where(observed[:, None], log_px, 0.0).sum(axis=0)  # (M_src, B)
+    recon = (jnp.where(observed, per_source, 0.0).sum(axis=0)
+             / observed.sum(axis=0).astype(per_source.dtype))
+  js = jensen_shannon_dynamic_prior(post.z_loc, post.z_scale, observed)
   bound = recon - beta * js
   loss = -bound.mean()
-  return loss, _aux(post, _poe_metrics(loss, bound, recon, js, post))
+  return loss, _aux(post, _poe_metrics(loss, bound, recon, js, post), observed)
 
 
 def subset_posteriors(loc: jax.Array, scale: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -354,26 +426,39 @@ def subset_posteriors(loc: jax.Array, scale: jax.Array) -> tuple[jax.Array, jax.
   return jax.vmap(lambda s: agg.product_of_experts(loc, scale, s))(subsets)
 
 
-@register('mopoe', aggregation='mopoe', distribution='gaussian', private_latents=False)
+@register('mopoe', aggregation='mopoe', distribution='gaussian', private_latents=False,
+          supports_incomplete=True)
 def mopoe_objective(vae: models.MultimodalVAE, params, x: models.Data, key: jax.Array, *,
                     beta: float, num_samples: int = 1, estimator: str = 'elbo',
-                    log_prior_z=None) -> tuple[jax.Array, VaeAux]:
+                    log_prior_z=None, observed: jax.Array | None = None
+                    ) -> tuple[jax.Array, VaeAux]:
   """MoPoE (Sutter et al. 2021): q(z | X) = mean over the 2^M - 1 subsets S of PoE(q_S).
 
   bound = E_{q(z|X)}[sum_d log p(x_d | z)] - beta mean_S KL(q_S || N(0, I)): the reconstruction
   from one subset drawn uniformly per example (a draw of the mixture), the KL of the mixture
   replaced by the mean of its components' KLs (an upper bound, as in the MoPoE code).
+  observed bool (M, B): the mixture is over the subsets of the example's observed modalities
+  (MultiVae's availabilities), d runs over them.
   """
   del num_samples, estimator, log_prior_z
   post = vae.encode(params, x)
   m, b = post.z_loc.shape[:2]
   k_pick, k_z = jax.random.split(key)
   locs, scales = subset_posteriors(post.z_loc, post.z_scale)  # (S, B, D)
-  kl = dists.kl_normal(locs, scales).mean(axis=0)
-  pick = jax.random.randint(k_pick, (b,), 0, locs.shape[0])
+  kl_each = dists.kl_normal(locs, scales)  # (S, B)
   rows = jnp.arange(b)
+  if observed is None:
+    kl = kl_each.mean(axis=0)
+    pick = jax.random.randint(k_pick, (b,), 0, locs.shape[0])
+  else:
+    subsets = jnp.asarray(agg.nonempty_subsets(m))  # (S, M)
+    inside = ~jnp.any(subsets[:, :, None] & ~observed[None], axis=1)  # (S, B)
+    kl = (jnp.where(inside, kl_each, 0.0).sum(axis=0)
+          / inside.sum(axis=0).astype(kl_each.dtype))
+    pick = agg.uniform_choice(k_pick, inside.T)
   z = dists.normal_sample(k_z, locs[pick, rows], scales[pick, rows])
-  recon = _log_px(vae, params, x, _broadcast_to_decoders(z, m)).sum(axis=0)
+  log_px = _log_px(vae, params, x, _broadcast_to_decoders(z, m))  # (M, B)
+  recon = (log_px if observed is None else jnp.where(observed, log_px, 0.0)).sum(axis=0)
   bound = recon - beta * kl
   loss = -bound.mean()
-  return loss, _aux(post, _poe_metrics(loss, bound, recon, kl, post))
+  return loss, _aux(post, _poe_metrics(loss, bound, recon, kl, post), observed)
