@@ -115,6 +115,9 @@ def _data_section(module: str, dataset: str) -> ml_collections.ConfigDict:
   d.missing_by_class = config_dict.placeholder(dict)
   d.missing_seed = 0
   d.missing_in_test = False  # The test split stays complete unless asked.
+  # 'masked': train on every example, the objectives dropping what is missing; 'dropped': keep
+  # only the examples that have every modality (the usual workaround, and its baseline).
+  d.incomplete_examples = 'masked'
   d.train_subset = config_dict.placeholder(int)  # First N train tuples; None: all.
   d.test_subset = config_dict.placeholder(int)
   d.num_threads = 2  # grain reader threads (per worker process, if any).
@@ -385,7 +388,8 @@ def _validate_model(config, dataset: datasets.Dataset) -> None:
   check(m.objective in objectives.OBJECTIVES,
         f'model.objective={m.objective!r} is not one of {sorted(objectives.OBJECTIVES)}')
   objectives.validate(m, dataset)
-  incomplete = missing.configured(config.data) or dataset.incomplete
+  incomplete = ((missing.configured(config.data) or dataset.incomplete) and
+                config.data.get('incomplete_examples', 'masked') == 'masked')
   check(not incomplete or objectives.get(m.objective).supports_incomplete,
         f'model.objective={m.objective!r} cannot train on incomplete data yet ('
         + (f'data.missing_ratio={config.data.missing_ratio}, data.missing_by_class='

@@ -141,6 +141,10 @@ def _source(config: ml_collections.ConfigDict, split: str):
   if isinstance(source, missing.IncompleteSource):
     logging.info('%s %s: incomplete, observed %s.', dataset.name, split,
                  missing.summary(source.masks))
+    if config.data.get('incomplete_examples', 'masked') == 'dropped':
+      full, source = len(source), missing.CompleteRows(source)
+      logging.info('%s %s: %d of %d examples have every modality; the others are dropped '
+                   '(data.incomplete_examples).', dataset.name, split, len(source), full)
   return dataset, source
 
 

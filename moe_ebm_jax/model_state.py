@@ -31,11 +31,11 @@ COMPATIBLE_KEYS = ('model.name', 'model.widths', 'model.latent_w', 'model.latent
                    'data.seed', 'data.backgrounds', 'optim.amsgrad', 'optim.implementation',
                    'optim.grad_clip_norm', 'model.posterior_scale_multiplier',
                    'ebm.persistent_chains', 'data.image_network', 'data.missing_ratio',
-                   'data.missing_by_class', 'data.missing_seed')
+                   'data.missing_by_class', 'data.missing_seed', 'data.incomplete_examples')
 # Compatible keys added after runs existed, with the value those runs had: they stay resumable.
 ADDED_KEY_DEFAULTS = {'ebm.persistent_chains': 0, 'data.image_network': 'resnet',
                       'data.missing_ratio': 0.0, 'data.missing_by_class': None,
-                      'data.missing_seed': 0}
+                      'data.missing_seed': 0, 'data.incomplete_examples': 'masked'}
 
 
 @flax.struct.dataclass

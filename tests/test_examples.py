@@ -112,3 +112,13 @@ def test_new_posthoc_prior_is_fitted_saved_and_evaluated_and_its_density_is_a_kd
       3 * np.log(h * np.sqrt(2 * np.pi)))
   log_p = module.KdePrior(7).log_prob({'points': points, 'bandwidth': h}, 1.0)(z)
   np.testing.assert_allclose(np.asarray(log_p), expected, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_incomplete_data_trains_masked_and_dropped_above_chance():
+  out = run_example('incomplete_data.py')
+  got = re.search(r'masked \(every example\) (\S+), dropped \(complete examples only\) (\S+)', out)
+  assert got, out
+  masked, dropped = float(got.group(1)), float(got.group(2))
+  # 300 steps on views that share one of 3 classes, 30% of the codes present: above chance.
+  assert masked > 0.5 and dropped > 0.5, out

@@ -285,3 +285,28 @@ def test_a_users_gaps_and_the_configs_combine_and_coherence_readers_see_only_obs
   complete = datasets.from_arrays('c', arrays, arrays, specs)
   digest = datasets._digest  # pylint: disable=protected-access
   assert digest(dataset) == digest(dataset) != digest(complete)
+
+
+def test_dropped_incomplete_examples_leave_the_complete_ones_as_complete_data():
+  """data.incomplete_examples='dropped' (the baseline): the examples with every modality, no
+  masks, any objective."""
+  config = mixture_config(missing_ratio=0.5, missing_seed=2, incomplete_examples='dropped')
+  _, source = input_pipeline._source(config, 'train')  # pylint: disable=protected-access
+  masks = missing.masks_for(config.data, 'train', datasets.get(config.data).source('train'),
+                            ('v0', 'v1', 'v2'))
+  keep = np.flatnonzero(np.all(list(masks.values()), axis=0))
+  assert 0.15 < len(keep) / 256 < 0.35  # About (1 - 0.5)^2 of them.
+  np.testing.assert_array_equal(source.rows, keep)
+  full = datasets.get(config.data).source('train')
+  for i in (0, len(keep) - 1):
+    example = source[i]
+    assert 'observed' not in example
+    np.testing.assert_array_equal(example['v1'], full[int(keep[i])]['v1'])
+  np.testing.assert_array_equal(source.columns()['v2'], full.columns()['v2'][keep])
+  batch = next(input_pipeline.train_iterator(config))
+  assert 'observed' not in batch
+  config.model.objective = COMPLETE_ONLY
+  config_lib.validate(config)  # No masks reach the objective: any one trains.
+  config.data.incomplete_examples = 'skip'
+  with pytest.raises(ValueError, match=r"data.incomplete_examples='skip' must be one of"):
+    config_lib.validate(config)

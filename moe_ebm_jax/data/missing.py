@@ -165,6 +165,9 @@ def validate(data_config, names: Sequence[str], num_classes: int) -> None:
       if p.shape != (num_classes,) or not np.all((p >= 0) & (p <= 1)):
         raise ValueError(f'data.missing_by_class[{name!r}] must be {num_classes} '
                          'probabilities in [0, 1], one per class.')
+  policy = d.get('incomplete_examples', 'masked')
+  if policy not in INCOMPLETE_EXAMPLES:
+    raise ValueError(f'data.incomplete_examples={policy!r} must be one of {INCOMPLETE_EXAMPLES}.')
   if not isinstance(d.get('missing_seed', 0), int):
     raise ValueError(f'data.missing_seed={d.get("missing_seed")!r} must be an integer.')
 
@@ -186,6 +189,9 @@ def _labels(source) -> np.ndarray:
   if columns is not None:
     return np.asarray(columns()['label'])
   return np.asarray([source[i]['label'] for i in range(len(source))])
+
+
+INCOMPLETE_EXAMPLES = ('masked', 'dropped')
 
 
 def summary(masks: Masks) -> str:
@@ -244,3 +250,34 @@ class IncompleteSource:
                                  columns[name], 0).astype(columns[name].dtype)
       columns[f'observed:{name}'] = m
     return columns
+
+
+class CompleteRows:
+  """The examples of an IncompleteSource that have every modality, as a complete source (no
+  'observed'): data.incomplete_examples = 'dropped', what a user without masked objectives
+  trains on."""
+
+  def __init__(self, source: IncompleteSource):
+    keep = np.all(list(source.masks.values()), axis=0)
+    if not keep.any():
+      raise DataError('no example has every modality: data.incomplete_examples=\'dropped\' '
+                      'leaves nothing to train on.')
+    self._source, self._rows = source.base, np.flatnonzero(keep)
+
+  def __len__(self) -> int:
+    return len(self._rows)
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    return self._source[int(self._rows[i])]
+
+  @property
+  def rows(self) -> np.ndarray:
+    """The kept examples' indices in the full split."""
+    return self._rows.copy()
+
+  def columns(self) -> dict[str, np.ndarray]:
+    base = getattr(self._source, 'columns', None)
+    if base is not None:
+      return {k: np.asarray(v)[self._rows] for k, v in base().items()}
+    rows = [self[i] for i in range(len(self))]
+    return {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}

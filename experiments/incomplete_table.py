@@ -1,0 +1,174 @@
+r"""Incomplete data (issue 48): coherence against the share of missing modalities, each model
+trained on every example with masks ('masked') against on the complete examples only
+('dropped', what a user would otherwise do), paired by seed.
+
+  python experiments/incomplete_table.py --config=configs/synthetic_mixture.py \
+      --models=mmvaeplus,mopoe,moe_ebm --seeds=0,1,2 --ratios=0,0.2,0.5,0.8 --out=/tmp/inc_mix
+  python experiments/incomplete_table.py --config=configs/mnist_label.py --variant=mlp \
+      --mnar='{"label": [0.9, 0.9, 0.9, 0.9, 0.9, 0.1, 0.1, 0.1, 0.1, 0.1]}' --ratios= \
+      --out=/tmp/inc_mnist_mnar
+
+Each setting is one experiments/table.py folder, <out>/<setting>_<policy> (resumable, as
+table.py), with data.missing_ratio (or data.missing_by_class, --mnar: missing not at random)
+and data.incomplete_examples set; the ratio 0 is complete data, trained once. Test data stays
+complete (every model is scored on the same test set). Writes <out>/incomplete.json (every
+run's numbers), <out>/incomplete.md (mean, sd and 95% t-interval over seeds per model, setting
+and policy; then masked minus dropped, paired by seed) and <out>/incomplete.png (coherence
+against the ratio).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from moe_ebm_jax import log_setup
+from moe_ebm_jax.evaluators import comparison
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_CONFIG = flags.DEFINE_string('config', None, 'Config file (its get_config takes the model).',
+                              required=True)
+_VARIANT = flags.DEFINE_string('variant', '', 'Appended to the config argument: <model>,<variant>.')
+_MODELS = flags.DEFINE_list('models', ['mmvaeplus', 'mopoe', 'moe_ebm'], 'Models.')
+_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Training seeds.')
+_RATIOS = flags.DEFINE_list('ratios', ['0', '0.2', '0.5', '0.8'],
+                            'data.missing_ratio values (missing completely at random).')
+_MNAR = flags.DEFINE_string('mnar', '', 'A data.missing_by_class dict as JSON: one more setting, '
+                            'missing not at random.')
+_POLICIES = flags.DEFINE_list('policies', ['masked', 'dropped'], 'data.incomplete_examples.')
+_SET = flags.DEFINE_multi_string('set', [], 'key=value config overrides for every run.')
+_OUT = flags.DEFINE_string('out', None, 'Output folder.', required=True)
+
+
+def settings() -> list[tuple[str, str, list[str]]]:
+  """(setting name, policy, table.py --set items) for every table folder."""
+  out = []
+  for ratio in _RATIOS.value:
+    if float(ratio) == 0:
+      out.append(('r0', 'complete', []))
+      continue
+    for policy in _POLICIES.value:
+      out.append((f'r{ratio}', policy,
+                  [f'data.missing_ratio={ratio}', f'data.incomplete_examples={policy}']))
+  if _MNAR.value:
+    by_class = json.loads(_MNAR.value)
+    for policy in _POLICIES.value:
+      out.append(('mnar', policy, [f'data.missing_by_class={json.dumps(by_class)}',
+                                   f'data.incomplete_examples={policy}']))
+  return out
+
+
+def tag_of(run: dict) -> str:
+  """The coherence the model reports: post-LD where it refines its posterior, else q's."""
+  c = run['coherence']
+  return 'post_ld' if 'post_ld' in c else ('pre_ld' if 'pre_ld' in c else 'q')
+
+
+METRICS = {
+    'cross coherence': lambda r: r['coherence'][tag_of(r)]['cross_coherence'],
+    'joint coherence': lambda r: r['coherence'].get('joint_coherence'),
+}
+
+
+def cell(values: list[float]) -> str:
+  if not values or any(v is None for v in values):
+    return '-'
+  mean, sd, lo, hi = comparison.interval(values)
+  return f'{mean:.3f}, {sd:.3f} [{lo:.3f}, {hi:.3f}]' if len(values) > 1 else f'{mean:.3f}'
+
+
+def tables(record: dict) -> str:
+  """Markdown: per model, setting and policy the metrics over seeds; then masked - dropped."""
+  head = ' | '.join(f'{m}: mean, sd [95% interval]' for m in METRICS)
+  lines = [f'| model | setting | examples | seeds | {head} |', '|---' * (4 + len(METRICS)) + '|']
+  for model in _MODELS.value:
+    for name, policy, _ in settings():
+      runs = record[f'{name}_{policy}'].get(model, [])
+      if runs:
+        lines.append(f'| {model} | {name} | {policy} | {len(runs)} | ' + ' | '.join(
+            cell([get(r) for r in runs]) for get in METRICS.values()) + ' |')
+  lines += ['', 'Masked minus dropped, paired by seed:', '',
+            f'| model | setting | seeds | {head} |', '|---' * (3 + len(METRICS)) + '|']
+  for model in _MODELS.value:
+    for name in dict.fromkeys(n for n, p, _ in settings() if p == 'masked'):
+      masked = {r['seed']: r for r in record.get(f'{name}_masked', {}).get(model, [])}
+      dropped = {r['seed']: r for r in record.get(f'{name}_dropped', {}).get(model, [])}
+      seeds = sorted(set(masked) & set(dropped))
+      if seeds:
+        lines.append(f'| {model} | {name} | {len(seeds)} | ' + ' | '.join(
+            cell([get(masked[s]) - get(dropped[s]) for s in seeds]) for get in METRICS.values())
+                     + ' |')
+  return '\n'.join(lines)
+
+
+def plot(record: dict, path: str) -> None:
+  """Cross and joint coherence against the missing ratio: one panel per metric, a line per
+  model and policy (mean over seeds, 95% interval bars)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 4), squeeze=False)
+  ratios = [r for r in _RATIOS.value]
+  for ax, (metric, get) in zip(axes[0], METRICS.items()):
+    for model in _MODELS.value:
+      for policy, style in (('masked', '-'), ('dropped', '--')):
+        xs, means, errs = [], [], []
+        for ratio in ratios:
+          key = 'r0_complete' if float(ratio) == 0 else f'r{ratio}_{policy}'
+          values = [get(r) for r in record.get(key, {}).get(model, [])]
+          if values and None not in values:
+            mean, _, lo, hi = comparison.interval(values)
+            xs.append(float(ratio)), means.append(mean), errs.append(mean - lo)
+        if xs:
+          ax.errorbar(xs, means, yerr=errs, linestyle=style, marker='o', capsize=3,
+                      label=f'{model}, {policy}')
+    ax.set_xlabel('missing ratio (each modality but the first)')
+    ax.set_ylabel(metric)
+    ax.set_title(f'{metric} (test data complete)')
+    ax.grid(alpha=0.3)
+  axes[0][0].legend(fontsize=7)
+  fig.suptitle(f'Incomplete training data: {os.path.basename(_CONFIG.value)} {_VARIANT.value}')
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv):
+  del argv
+  log_setup.setup(debug=False)
+  os.makedirs(_OUT.value, exist_ok=True)
+  record = {}
+  for name, policy, items in settings():
+    folder = os.path.join(_OUT.value, f'{name}_{policy}')
+    cmd = [sys.executable, os.path.join(ROOT, 'experiments', 'table.py'),
+           f'--config={_CONFIG.value}', f'--variant={_VARIANT.value}',
+           f'--models={",".join(_MODELS.value)}', f'--seeds={",".join(_SEEDS.value)}',
+           f'--out={folder}', *[f'--set={s}' for s in _SET.value + items]]
+    logging.info('%s_%s: %s', name, policy, ' '.join(cmd[1:]))
+    proc = subprocess.run(cmd, cwd=ROOT, check=False, stdout=subprocess.DEVNULL)
+    if proc.returncode:
+      raise SystemExit(f'{name}_{policy} failed: see {folder}/*.log')
+    with open(os.path.join(folder, 'results.json')) as f:
+      results = json.load(f)
+    record[f'{name}_{policy}'] = {
+        model: [r for r in results.values() if r['model'] == model] for model in _MODELS.value}
+    summary = {k: {m: [{'seed': r['seed'], 'seconds': round(r['seconds'], 1),
+                        **{n: g(r) for n, g in METRICS.items()}}
+                       for r in runs] for m, runs in v.items()} for k, v in record.items()}
+    with open(os.path.join(_OUT.value, 'incomplete.json'), 'w') as f:
+      json.dump({'config': _CONFIG.value, 'variant': _VARIANT.value, 'set': _SET.value,
+                 'settings': summary}, f, indent=1)
+  text = tables(record)
+  with open(os.path.join(_OUT.value, 'incomplete.md'), 'w') as f:
+    f.write(text + '\n')
+  plot(record, os.path.join(_OUT.value, 'incomplete.png'))
+  print(text)
+
+
+if __name__ == '__main__':
+  app.run(main)
