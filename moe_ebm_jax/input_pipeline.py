@@ -16,6 +16,7 @@ iterator's position is a small dict (get_state / set_state) that goes into check
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import grain
@@ -128,7 +129,7 @@ def make_dataset(source,
   return ds.map(ToModelInput(modalities))
 
 
-def _source(config: ml_collections.ConfigDict, split: str):
+def _source(config: ml_collections.ConfigDict, split: str, log: bool = True):
   """The split's source, with the observation masks config.data asks for (data/missing.py)."""
   dataset = datasets.get(config.data)
   source = dataset.source(split)
@@ -139,13 +140,40 @@ def _source(config: ml_collections.ConfigDict, split: str):
       masks, source = missing.combine(source.masks, masks), source.base
     source = missing.IncompleteSource(source, masks)
   if isinstance(source, missing.IncompleteSource):
-    logging.info('%s %s: incomplete, observed %s.', dataset.name, split,
-                 missing.summary(source.masks))
+    if log:
+      logging.info('%s %s: incomplete, observed %s.', dataset.name, split,
+                   missing.summary(source.masks))
     if config.data.get('incomplete_examples', 'masked') == 'dropped':
       full, source = len(source), missing.CompleteRows(source)
-      logging.info('%s %s: %d of %d examples have every modality; the others are dropped '
+      if log:
+        logging.info('%s %s: %d of %d examples have every modality; the others are dropped '
                    '(data.incomplete_examples).', dataset.name, split, len(source), full)
   return dataset, source
+
+
+MASKS_FILE = 'observed_train.npz'
+
+
+def record_masks(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Incomplete training data: a new run writes the train split's observation masks
+  {name: (N,) bool} to <workdir>/observed_train.npz; a resume checks they are still those
+  (another dataset's gaps under the same config are refused: ValueError, one line)."""
+  _, source = _source(config, 'train', log=False)
+  masks = getattr(source, 'masks', None)
+  if masks is None:
+    return
+  path = os.path.join(workdir, MASKS_FILE)
+  if not os.path.exists(path):
+    os.makedirs(workdir, exist_ok=True)
+    np.savez_compressed(path, **masks)
+    return
+  with np.load(path) as saved:
+    same = set(saved.files) == set(masks) and all(np.array_equal(saved[n], masks[n])
+                                                  for n in masks)
+  if not same:
+    raise ValueError(f'the train split\'s observation masks differ from those this run trained '
+                     f'with ({path}): the data or its declared gaps changed; use another '
+                     'workdir.')
 
 
 def train_iterator(config: ml_collections.ConfigDict, process_index: int = 0,

@@ -371,6 +371,7 @@ def _prepare(config, workdir: str):
   if jax.process_index() == 0:
     checkpointing.check_or_write_run_config(
         workdir, config, model_state.COMPATIBLE_KEYS, model_state.ADDED_KEY_DEFAULTS)
+    input_pipeline.record_masks(config, workdir)  # Incomplete data: its masks, saved or checked.
   model = model_state.make_model(config)
   mesh = parallel.make_mesh()
   steps = compile_steps(config, model, mesh)

@@ -310,3 +310,22 @@ def test_dropped_incomplete_examples_leave_the_complete_ones_as_complete_data():
   config.data.incomplete_examples = 'skip'
   with pytest.raises(ValueError, match=r"data.incomplete_examples='skip' must be one of"):
     config_lib.validate(config)
+
+
+def test_a_run_saves_its_masks_and_a_resume_with_other_gaps_is_refused(tmp_path):
+  config = mixture_config(missing_ratio=0.5, missing_seed=4)
+  input_pipeline.record_masks(config, str(tmp_path))
+  _, source = input_pipeline._source(config, 'train')  # pylint: disable=protected-access
+  with np.load(tmp_path / input_pipeline.MASKS_FILE) as saved:
+    assert sorted(saved.files) == ['v0', 'v1', 'v2']
+    for name in saved.files:
+      np.testing.assert_array_equal(saved[name], source.masks[name])
+  input_pipeline.record_masks(config, str(tmp_path))  # The same masks: resumes.
+  np.savez_compressed(tmp_path / input_pipeline.MASKS_FILE,
+                      **dict(source.masks, v1=~source.masks['v1']))
+  with pytest.raises(ValueError, match='observation masks differ') as e:
+    input_pipeline.record_masks(config, str(tmp_path))
+  assert '\n' not in str(e.value)
+  complete = tmp_path / 'complete'
+  input_pipeline.record_masks(mixture_config(), str(complete))  # Complete data: nothing saved.
+  assert not complete.exists()

@@ -262,13 +262,18 @@ class CompleteRows:
     if not keep.any():
       raise DataError('no example has every modality: data.incomplete_examples=\'dropped\' '
                       'leaves nothing to train on.')
-    self._source, self._rows = source.base, np.flatnonzero(keep)
+    self._source, self._rows, self._masks = source.base, np.flatnonzero(keep), source.masks
 
   def __len__(self) -> int:
     return len(self._rows)
 
   def __getitem__(self, i: int) -> dict[str, Any]:
     return self._source[int(self._rows[i])]
+
+  @property
+  def masks(self) -> Masks:
+    """The masks of the full split the rows were chosen by."""
+    return dict(self._masks)
 
   @property
   def rows(self) -> np.ndarray:
