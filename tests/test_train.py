@@ -233,6 +233,9 @@ SHARDED_SCRIPT = textwrap.dedent('''
     config = smoke_config({data!r}, {model!r}, **{{'ebm.persistent_chains': 16}})
     model = model_state.make_model(config)
     images = jnp.asarray(np.random.default_rng(0).random((8, 5, 28, 28, 3), np.float32))
+    keep = np.random.default_rng(1).random((5, 8)) < 0.5
+    keep[0] = True
+    observed = {{f'm{{m}}': jnp.asarray(keep[m]) for m in range(5)}}
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
       steps = train.compile_steps(config, model, parallel.make_mesh(devices))
@@ -240,8 +243,13 @@ SHARDED_SCRIPT = textwrap.dedent('''
       for _ in range(2):
         state, metrics = steps['train'](state, jax.device_put(images, steps['batch']))
       assert len(state.vae_params['decoders']['params']['conv_out']['kernel'].sharding.device_set) == len(devices)
+      # Incomplete data's step: the masks split over the devices like the batch.
+      masked, masked_metrics = steps['train_incomplete'](
+          steps['init'](jax.random.PRNGKey(0)), jax.device_put(images, steps['batch']),
+          jax.device_put(observed, steps['batch']))
       results.append(jax.device_get((state.vae_params, state.prior_params, state.prior_state,
-                                     metrics)))
+                                     metrics, masked.vae_params, masked.prior_params,
+                                     masked_metrics)))
     for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
       np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
     print('SHARDED_EQUALS_SINGLE')
