@@ -112,7 +112,7 @@ def _data_section(module: str, dataset: str) -> ml_collections.ConfigDict:
   # missing_ratio: every modality but the first missing at random with this probability;
   # missing_by_class: {modality name: one probability per class} (missing not at random).
   d.missing_ratio = 0.0
-  d.missing_by_class = config_dict.placeholder(dict)
+  d.missing_by_class = config_dict.placeholder(object)  # A dict (object: the command line can set it).
   d.missing_seed = 0
   d.missing_in_test = False  # The test split stays complete unless asked.
   # 'masked': train on every example, the objectives dropping what is missing; 'dropped': keep

@@ -157,6 +157,8 @@ def test_every_built_in_model_accepts_incomplete_data(model):
     (dict(missing_by_class={'v0': (0.5,) * 4}), 'first modality is always kept'),
     (dict(missing_by_class={'v9': (0.5,) * 4}), r"must be one of \['v1', 'v2'\]"),
     (dict(missing_by_class={'v1': (0.5,) * 3}), 'must be 4 probabilities'),
+    (dict(missing_by_class=0.5), r'missing_by_class=0.5 must be a dict \{modality name: one '
+     r'probability per class\}'),
     # An objective registered without supports_incomplete refuses before any work.
     (dict(missing_ratio=0.2), f"model.objective='{COMPLETE_ONLY}' cannot train on incomplete "
      r"data yet \(data.missing_ratio=0.2.*objectives that can: \['mmjsd', 'mmvae', "

@@ -154,6 +154,9 @@ def validate(data_config, names: Sequence[str], num_classes: int) -> None:
     raise ValueError(f'data.missing_ratio={ratio!r} must be a number in [0, 1).')
   if ratio and by_class:
     raise ValueError('data.missing_ratio and data.missing_by_class both set: choose one.')
+  if by_class is not None and not isinstance(by_class, Mapping):
+    raise ValueError(f'data.missing_by_class={by_class!r} must be a dict {{modality name: one '
+                     'probability per class}, e.g. \'{"digit": [0.9, 0.1, ...]}\'.')
   if by_class:
     if not num_classes:
       raise ValueError('data.missing_by_class needs labels; this dataset carries none.')
