@@ -88,7 +88,7 @@ def tables(record: dict) -> str:
   lines = [f'| model | setting | examples | seeds | {head} |', '|---' * (4 + len(METRICS)) + '|']
   for model in _MODELS.value:
     for name, policy, _ in settings():
-      runs = record[f'{name}_{policy}'].get(model, [])
+      runs = record.get(f'{name}_{policy}', {}).get(model, [])
       if runs:
         lines.append(f'| {model} | {name} | {policy} | {len(runs)} | ' + ' | '.join(
             cell([get(r) for r in runs]) for get in METRICS.values()) + ' |')
@@ -97,6 +97,7 @@ def tables(record: dict) -> str:
   for model in _MODELS.value:
     for name in dict.fromkeys(n for n, p, _ in settings() if p == 'masked'):
       masked = {r['seed']: r for r in record.get(f'{name}_masked', {}).get(model, [])}
+      # (settings not run yet are absent from the record)
       dropped = {r['seed']: r for r in record.get(f'{name}_dropped', {}).get(model, [])}
       seeds = sorted(set(masked) & set(dropped))
       if seeds:
@@ -115,7 +116,7 @@ def plot(record: dict, path: str) -> None:
   fig, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 4), squeeze=False)
   ratios = [r for r in _RATIOS.value]
   for ax, (metric, get) in zip(axes[0], METRICS.items()):
-    for model in _MODELS.value:
+    for color, model in enumerate(_MODELS.value):
       for policy, style in (('masked', '-'), ('dropped', '--')):
         xs, means, errs = [], [], []
         for ratio in ratios:
@@ -126,10 +127,10 @@ def plot(record: dict, path: str) -> None:
             xs.append(float(ratio)), means.append(mean), errs.append(mean - lo)
         if xs:
           ax.errorbar(xs, means, yerr=errs, linestyle=style, marker='o', capsize=3,
-                      label=f'{model}, {policy}')
+                      color=f'C{color}', label=f'{model}, {policy}')
     ax.set_xlabel('missing ratio (each modality but the first)')
     ax.set_ylabel(metric)
-    ax.set_title(f'{metric} (test data complete)')
+    ax.set_title(f'{metric} (test data complete; bars: 95% interval over seeds)')
     ax.grid(alpha=0.3)
   axes[0][0].legend(fontsize=7)
   fig.suptitle(f'Incomplete training data: {os.path.basename(_CONFIG.value)} {_VARIANT.value}')
@@ -163,10 +164,10 @@ def main(argv):
     with open(os.path.join(_OUT.value, 'incomplete.json'), 'w') as f:
       json.dump({'config': _CONFIG.value, 'variant': _VARIANT.value, 'set': _SET.value,
                  'settings': summary}, f, indent=1)
-  text = tables(record)
-  with open(os.path.join(_OUT.value, 'incomplete.md'), 'w') as f:
-    f.write(text + '\n')
-  plot(record, os.path.join(_OUT.value, 'incomplete.png'))
+    text = tables(record)  # After every setting: the table so far.
+    with open(os.path.join(_OUT.value, 'incomplete.md'), 'w') as f:
+      f.write(text + '\n')
+    plot(record, os.path.join(_OUT.value, 'incomplete.png'))
   print(text)
 
 
