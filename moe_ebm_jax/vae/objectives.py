@@ -332,11 +332,6 @@ def _aux(post, metrics, observed=None) -> VaeAux:
   return VaeAux(jax.tree.map(stop, post), None, jax.tree.map(stop, metrics), observed)
 
 
-def _observed_rows(observed: jax.Array | None, m: int, b: int) -> jax.Array:
-  """observed (M, B), or every modality of every example when None (complete batches)."""
-  return jnp.ones((m, b), bool) if observed is None else observed
-
-
 @register('mvae', aggregation='poe', distribution='gaussian', private_latents=False,
           supports_incomplete=True)
 def mvae_objective(vae: models.MultimodalVAE, params, x: models.Data, key: jax.Array, *,
