@@ -91,3 +91,26 @@ def test_probe_reports_pre_and_post_ld_for_moe_ebm_and_matches_a_direct_fit():
   classifier = latent_probe.fit_linear_classifier(train_z[1], y(train), 4)
   direct = np.mean(latent_probe.predict(classifier, test_z[1]) == y(test))
   assert result['pre_ld']['per_modality']['v1'] == pytest.approx(direct, abs=1e-9)
+
+
+def test_each_modalitys_probe_fits_and_scores_the_examples_that_have_it():
+  """Incomplete data: the probe of v1 equals a direct fit on v1's observed rows only."""
+  config = smoke_mixture('mmvaeplus')
+  config.data.missing_ratio, config.data.missing_in_test = 0.5, True
+  model = model_state.make_model(config)
+  vae_tx, ebm_tx = optimizers.make_optimizers(config)
+  state = model_state.init_state(model, vae_tx, ebm_tx, jax.random.PRNGKey(0))
+  train = list(input_pipeline.eval_dataset(config, 'train'))
+  test = list(input_pipeline.eval_dataset(config, 'test'))
+  result = latent_probe.probe(model, state, train, test, 4, jax.random.PRNGKey(1))
+  cat = lambda batches, f: np.concatenate([f(b) for b in batches], axis=-1)
+  means = lambda b: np.asarray(latent_probe.unimodal_means(model, state.vae_params, b['x']))
+  seen = lambda b: np.asarray(b['observed']['v1'])
+  train_z, test_z = cat(train, lambda b: np.moveaxis(means(b), -1, 0)), cat(
+      test, lambda b: np.moveaxis(means(b), -1, 0))
+  fit, score = cat(train, seen), cat(test, seen)
+  assert 0.3 < fit.mean() < 0.7 and 0.3 < score.mean() < 0.7
+  train_y, test_y = cat(train, lambda b: b['label']), cat(test, lambda b: b['label'])
+  classifier = latent_probe.fit_linear_classifier(train_z[:, 1][:, fit].T, train_y[fit], 4)
+  direct = np.mean(latent_probe.predict(classifier, test_z[:, 1][:, score].T) == test_y[score])
+  assert result['pre_ld']['per_modality']['v1'] == pytest.approx(direct, abs=1e-9)

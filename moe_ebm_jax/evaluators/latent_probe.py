@@ -90,7 +90,9 @@ def probe(model, state, train_batches: Iterable[dict], test_batches: Iterable[di
   """Linear-probe accuracy of the shared latent from each modality alone.
 
   Args:
-    train_batches, test_batches: dicts with 'x' {name: (B, *shape)} and 'label' (B,).
+    train_batches, test_batches: dicts with 'x' {name: (B, *shape)} and 'label' (B,), and for
+      incomplete data 'observed' {name: (B,) bool}: each modality's probe is fitted and scored
+      on the examples that have it.
   Returns:
     {'pre_ld': {'per_modality': {name: accuracy}, 'mean': float}, and 'post_ld' likewise for
     a prior that refines the posterior (the EBM)}; plus 'num_train', 'num_test'.
@@ -99,24 +101,31 @@ def probe(model, state, train_batches: Iterable[dict], test_batches: Iterable[di
   latents = {ld: jax.jit(lambda s, x, k, ld=ld: source_latents(s, x, k, model=model, post_ld=ld))
              for ld in modes}
 
+  names = model.vae.names
+
   def collect(batches, k):
-    zs, ys = {ld: [] for ld in modes}, []
+    zs, ys, seen = {ld: [] for ld in modes}, [], []
     for i, batch in enumerate(batches):
       x = jax.tree.map(jnp.asarray, batch['x'])
       for ld in modes:
         zs[ld].append(np.asarray(latents[ld](state, x, jax.random.fold_in(k, i))))
       ys.append(np.asarray(batch['label']))
-    return {ld: np.concatenate(z, axis=1) for ld, z in zs.items()}, np.concatenate(ys)
+      observed = batch.get('observed')
+      seen.append(np.ones((len(names), len(ys[-1])), bool) if observed is None else
+                  np.stack([np.asarray(observed[n], bool) for n in names]))
+    return ({ld: np.concatenate(z, axis=1) for ld, z in zs.items()}, np.concatenate(ys),
+            np.concatenate(seen, axis=1))
 
   k_train, k_test = jax.random.split(key)
-  train_z, train_y = collect(train_batches, k_train)
-  test_z, test_y = collect(test_batches, k_test)
+  train_z, train_y, train_seen = collect(train_batches, k_train)
+  test_z, test_y, test_seen = collect(test_batches, k_test)
   out: dict[str, Any] = {'num_train': int(len(train_y)), 'num_test': int(len(test_y))}
   for ld in modes:
     per = {}
-    for m, name in enumerate(model.vae.names):
-      classifier = fit_linear_classifier(train_z[ld][m], train_y, num_classes)
-      per[name] = float(np.mean(predict(classifier, test_z[ld][m]) == test_y))
+    for m, name in enumerate(names):
+      fit, score = train_seen[m], test_seen[m]
+      classifier = fit_linear_classifier(train_z[ld][m][fit], train_y[fit], num_classes)
+      per[name] = float(np.mean(predict(classifier, test_z[ld][m][score]) == test_y[score]))
     out['post_ld' if ld else 'pre_ld'] = {'per_modality': per,
                                           'mean': float(np.mean(list(per.values())))}
   return out
