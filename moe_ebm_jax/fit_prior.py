@@ -36,17 +36,17 @@ from moe_ebm_jax.vae import aggregation
 
 def encode_train(config, model, state, key: jax.Array) -> np.ndarray:
   """The latents a post-hoc prior is fitted to: per train tuple z ~ q(z | X) or its mean
-  (config.posthoc.source), the first posthoc.num_train_examples tuples (None: all): (N, Dz)."""
+  (config.posthoc.source), the first posthoc.num_train_examples tuples (None: all): (N, Dz).
+  Incomplete data: q(z | X) of each tuple's observed modalities."""
   limit = config.posthoc.num_train_examples
   vae = model.vae
 
   @jax.jit
-  def latents(vae_params, x, k):
+  def latents(vae_params, x, observed, k):  # observed (M, B) bool.
     post = vae.encode(vae_params, x)
-    every = jnp.ones((vae.num_modalities,), bool)
     if config.posthoc.source == 'means':
-      return aggregation.mean(model.aggregation, post.z_loc, post.z_scale, every)
-    return aggregation.sample(model.aggregation, post.z_loc, post.z_scale, every, k,
+      return aggregation.mean(model.aggregation, post.z_loc, post.z_scale, observed)
+    return aggregation.sample(model.aggregation, post.z_loc, post.z_scale, observed, k,
                               vae.distribution)
 
   out, seen = [], 0
@@ -54,7 +54,10 @@ def encode_train(config, model, state, key: jax.Array) -> np.ndarray:
     if limit is not None and seen >= limit:
       break
     x = jax.tree.map(jnp.asarray, batch['x'])
-    out.append(np.asarray(latents(state.vae_params, x, jax.random.fold_in(key, i))))
+    b = len(next(iter(batch['x'].values())))
+    observed = (np.stack([np.asarray(batch['observed'][n], bool) for n in vae.names])
+                if 'observed' in batch else np.ones((vae.num_modalities, b), bool))
+    out.append(np.asarray(latents(state.vae_params, x, observed, jax.random.fold_in(key, i))))
     seen += len(out[-1])
   z = np.concatenate(out)
   return z[:limit] if limit is not None else z

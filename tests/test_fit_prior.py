@@ -39,6 +39,27 @@ def test_means_of_the_aggregate_posterior_against_their_formulas():
                              rtol=1e-5)
 
 
+def test_the_latents_of_incomplete_tuples_come_from_their_observed_modalities():
+  """posthoc.source='means' on half-missing data: each tuple's z is the mean of its observed
+  experts' means (MMVAE+'s mixture), by hand."""
+  from moe_ebm_jax import input_pipeline, model_state, optimizers  # pylint: disable=g-import-not-at-top
+  config = config_lib.from_file(os.path.join(ROOT, 'configs', 'smoke.py'),
+                                'mmvaeplus,synthetic_mixture')
+  config.data.missing_ratio, config.posthoc.source = 0.5, 'means'
+  model = model_state.make_model(config)
+  state = model_state.init_state(model, *optimizers.make_optimizers(config),
+                                 jax.random.PRNGKey(0))
+  z = fit_prior.encode_train(config, model, state, jax.random.PRNGKey(1))
+  expected = []
+  for batch in input_pipeline.eval_dataset(config, split='train'):
+    post = model.vae.encode(state.vae_params, jax.tree.map(jnp.asarray, batch['x']))
+    seen = np.stack([batch['observed'][n] for n in model.vae.names])  # (M, B)
+    assert not seen.all()
+    loc = np.asarray(post.z_loc)
+    expected.append((seen[..., None] * loc).sum(0) / seen.sum(0)[:, None])
+  np.testing.assert_allclose(z, np.concatenate(expected)[:len(z)], rtol=1e-5, atol=1e-6)
+
+
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
   config = config_lib.from_file(os.path.join(ROOT, 'configs', 'smoke.py'),
