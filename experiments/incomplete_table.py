@@ -45,19 +45,19 @@ _SET = flags.DEFINE_multi_string('set', [], 'key=value config overrides for ever
 _OUT = flags.DEFINE_string('out', None, 'Output folder.', required=True)
 
 
-def settings() -> list[tuple[str, str, list[str]]]:
+def settings(ratios, policies, mnar: str = '') -> list[tuple[str, str, list[str]]]:
   """(setting name, policy, table.py --set items) for every table folder."""
   out = []
-  for ratio in _RATIOS.value:
+  for ratio in ratios:
     if float(ratio) == 0:
       out.append(('r0', 'complete', []))
       continue
-    for policy in _POLICIES.value:
+    for policy in policies:
       out.append((f'r{ratio}', policy,
                   [f'data.missing_ratio={ratio}', f'data.incomplete_examples={policy}']))
-  if _MNAR.value:
-    by_class = json.loads(_MNAR.value)
-    for policy in _POLICIES.value:
+  if mnar:
+    by_class = json.loads(mnar)
+    for policy in policies:
       out.append(('mnar', policy, [f'data.missing_by_class={json.dumps(by_class)}',
                                    f'data.incomplete_examples={policy}']))
   return out
@@ -82,20 +82,21 @@ def cell(values: list[float]) -> str:
   return f'{mean:.3f}, {sd:.3f} [{lo:.3f}, {hi:.3f}]' if len(values) > 1 else f'{mean:.3f}'
 
 
-def tables(record: dict) -> str:
-  """Markdown: per model, setting and policy the metrics over seeds; then masked - dropped."""
+def tables(record: dict, models, setting_list) -> str:
+  """Markdown: per model, setting and policy the metrics over seeds; then masked - dropped.
+  record: {'<setting>_<policy>': {model: [table.py's run entries]}}."""
   head = ' | '.join(f'{m}: mean, sd [95% interval]' for m in METRICS)
   lines = [f'| model | setting | examples | seeds | {head} |', '|---' * (4 + len(METRICS)) + '|']
-  for model in _MODELS.value:
-    for name, policy, _ in settings():
+  for model in models:
+    for name, policy, _ in setting_list:
       runs = record.get(f'{name}_{policy}', {}).get(model, [])
       if runs:
         lines.append(f'| {model} | {name} | {policy} | {len(runs)} | ' + ' | '.join(
             cell([get(r) for r in runs]) for get in METRICS.values()) + ' |')
   lines += ['', 'Masked minus dropped, paired by seed:', '',
             f'| model | setting | seeds | {head} |', '|---' * (3 + len(METRICS)) + '|']
-  for model in _MODELS.value:
-    for name in dict.fromkeys(n for n, p, _ in settings() if p == 'masked'):
+  for model in models:
+    for name in dict.fromkeys(n for n, p, _ in setting_list if p == 'masked'):
       masked = {r['seed']: r for r in record.get(f'{name}_masked', {}).get(model, [])}
       # (settings not run yet are absent from the record)
       dropped = {r['seed']: r for r in record.get(f'{name}_dropped', {}).get(model, [])}
@@ -107,16 +108,15 @@ def tables(record: dict) -> str:
   return '\n'.join(lines)
 
 
-def plot(record: dict, path: str) -> None:
+def plot(record: dict, models, ratios, path: str, title: str) -> None:
   """Cross and joint coherence against the missing ratio: one panel per metric, a line per
   model and policy (mean over seeds, 95% interval bars)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 4), squeeze=False)
-  ratios = [r for r in _RATIOS.value]
   for ax, (metric, get) in zip(axes[0], METRICS.items()):
-    for color, model in enumerate(_MODELS.value):
+    for color, model in enumerate(models):
       for policy, style in (('masked', '-'), ('dropped', '--')):
         xs, means, errs = [], [], []
         for ratio in ratios:
@@ -133,7 +133,7 @@ def plot(record: dict, path: str) -> None:
     ax.set_title(f'{metric} (test data complete; bars: 95% interval over seeds)')
     ax.grid(alpha=0.3)
   axes[0][0].legend(fontsize=7)
-  fig.suptitle(f'Incomplete training data: {os.path.basename(_CONFIG.value)} {_VARIANT.value}')
+  fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -144,7 +144,9 @@ def main(argv):
   log_setup.setup(debug=False)
   os.makedirs(_OUT.value, exist_ok=True)
   record = {}
-  for name, policy, items in settings():
+  setting_list = settings(_RATIOS.value, _POLICIES.value, _MNAR.value)
+  title = f'Incomplete training data: {os.path.basename(_CONFIG.value)} {_VARIANT.value}'
+  for name, policy, items in setting_list:
     folder = os.path.join(_OUT.value, f'{name}_{policy}')
     cmd = [sys.executable, os.path.join(ROOT, 'experiments', 'table.py'),
            f'--config={_CONFIG.value}', f'--variant={_VARIANT.value}',
@@ -164,10 +166,10 @@ def main(argv):
     with open(os.path.join(_OUT.value, 'incomplete.json'), 'w') as f:
       json.dump({'config': _CONFIG.value, 'variant': _VARIANT.value, 'set': _SET.value,
                  'settings': summary}, f, indent=1)
-    text = tables(record)  # After every setting: the table so far.
+    text = tables(record, _MODELS.value, setting_list)  # After every setting: the table so far.
     with open(os.path.join(_OUT.value, 'incomplete.md'), 'w') as f:
       f.write(text + '\n')
-    plot(record, os.path.join(_OUT.value, 'incomplete.png'))
+    plot(record, _MODELS.value, _RATIOS.value, os.path.join(_OUT.value, 'incomplete.png'), title)
   print(text)
 
 

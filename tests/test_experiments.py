@@ -388,3 +388,43 @@ def test_latent_plane_draws_each_post_hoc_priors_samples(tmp_path):
   chain = numbers['post-hoc ebm: its chain against its exp(f_a) p0 / Z']
   assert 0 <= chain['tv_chain'] <= 1 and np.isfinite(chain['log_z'])
   assert out.stat().st_size > 10_000
+
+
+INCOMPLETE_TABLE_CHECK = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+import incomplete_table as module  # Its own process: its flags clash with other scripts'.
+mnar = '{"v1": [0.9, 0.9, 0.1, 0.1]}'
+got = module.settings(['0', '0.5'], ['masked', 'dropped'], mnar)
+assert got == [
+    ('r0', 'complete', []),
+    ('r0.5', 'masked', ['data.missing_ratio=0.5', 'data.incomplete_examples=masked']),
+    ('r0.5', 'dropped', ['data.missing_ratio=0.5', 'data.incomplete_examples=dropped']),
+    ('mnar', 'masked', ['data.missing_by_class=' + mnar, 'data.incomplete_examples=masked']),
+    ('mnar', 'dropped', ['data.missing_by_class=' + mnar, 'data.incomplete_examples=dropped'])], got
+
+def run(seed, cross, tag='q'):
+  return {'seed': seed, 'coherence': {'joint_coherence': 0.5, tag: {'cross_coherence': cross}}}
+
+record = {'r0.5_masked': {'mmvaeplus': [run(0, 0.9), run(1, 0.7)],
+                          'moe_ebm': [run(0, 0.8, 'post_ld')]},
+          'r0.5_dropped': {'mmvaeplus': [run(1, 0.6), run(0, 0.5)],
+                           'moe_ebm': [run(0, 0.8, 'post_ld')]}}
+text = module.tables(record, ['mmvaeplus', 'moe_ebm'], got)
+# Paired by seed, not by position: 0.9 - 0.5 and 0.7 - 0.6.
+assert '| mmvaeplus | r0.5 | 2 | 0.250, 0.212 [' in text, text
+assert '| moe_ebm | r0.5 | 1 | 0.000 | 0.000 |' in text, text  # Its post-LD number, one seed.
+assert '| mmvaeplus | r0.5 | masked | 2 | 0.800, 0.141 [' in text, text
+module.plot(record, ['mmvaeplus', 'moe_ebm'], ['0', '0.5'], sys.argv[2], 'check')
+print('INCOMPLETE_TABLE_OK')
+"""
+
+
+def test_incomplete_table_settings_and_masked_minus_dropped_by_seed(tmp_path):
+  """The settings each table folder gets, and the paired differences of made-up runs."""
+  figure = tmp_path / 'p.png'
+  proc = subprocess.run([sys.executable, '-c', INCOMPLETE_TABLE_CHECK,
+                         os.path.join(ROOT, 'experiments'), str(figure)],
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert 'INCOMPLETE_TABLE_OK' in proc.stdout, proc.stderr[-3000:]
+  assert figure.stat().st_size > 0
