@@ -32,6 +32,7 @@ from moe_ebm_jax import log_setup
 from moe_ebm_jax import workdir as workdir_lib
 from moe_ebm_jax.latent import posthoc
 from moe_ebm_jax.vae import aggregation
+from moe_ebm_jax.data import missing
 
 
 def encode_train(config, model, state, key: jax.Array) -> np.ndarray:
@@ -54,9 +55,7 @@ def encode_train(config, model, state, key: jax.Array) -> np.ndarray:
     if limit is not None and seen >= limit:
       break
     x = jax.tree.map(jnp.asarray, batch['x'])
-    b = len(next(iter(batch['x'].values())))
-    observed = (np.stack([np.asarray(batch['observed'][n], bool) for n in vae.names])
-                if 'observed' in batch else np.ones((vae.num_modalities, b), bool))
+    observed = missing.batch_observed(batch, vae.names)
     out.append(np.asarray(latents(state.vae_params, x, observed, jax.random.fold_in(key, i))))
     seen += len(out[-1])
   z = np.concatenate(out)

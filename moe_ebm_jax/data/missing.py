@@ -197,6 +197,15 @@ def _labels(source) -> np.ndarray:
 INCOMPLETE_EXAMPLES = ('masked', 'dropped')
 
 
+def batch_observed(batch, names: Sequence[str]) -> np.ndarray:
+  """A host batch's observation mask as (M, B) bool in `names`' order; every entry True for a
+  complete batch (one without 'observed')."""
+  b = len(next(iter(batch['x'].values())))
+  if 'observed' not in batch:
+    return np.ones((len(names), b), bool)
+  return np.stack([np.asarray(batch['observed'][n], bool) for n in names])
+
+
 def summary(masks: Masks) -> str:
   """One line: the share of examples that have each modality."""
   return ', '.join(f'{n} {m.mean():.1%}' for n, m in masks.items())

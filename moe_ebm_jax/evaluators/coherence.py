@@ -26,6 +26,7 @@ from absl import logging
 from moe_ebm_jax import metric_logging
 from moe_ebm_jax.evaluators import common
 from moe_ebm_jax.vae import aggregation
+from moe_ebm_jax.data import missing
 
 
 def subsets(num_modalities: int) -> list[tuple[int, ...]]:
@@ -125,8 +126,7 @@ class CoherenceEvaluator:
     names = self.gen.model.vae.names
     for i, batch in enumerate(self.batches):
       x, labels = jax.tree.map(jnp.asarray, batch['x']), np.asarray(batch['label'])
-      observed = (np.stack([np.asarray(batch['observed'][n], bool) for n in names])
-                  if 'observed' in batch else np.ones((m, len(labels)), bool))
+      observed = missing.batch_observed(batch, names)
       for j, s in enumerate(all_subsets):
         has_inputs = observed[list(s)].all(axis=0)  # (B,)
         counts[s] += int(has_inputs.sum())

@@ -9,6 +9,7 @@ import numpy as np
 
 from moe_ebm_jax import generation
 from moe_ebm_jax.generation import LdMode
+from moe_ebm_jax.data import missing
 
 
 class Generators:
@@ -59,4 +60,4 @@ def batch_images(batch, names) -> np.ndarray:
   images = np.stack([np.asarray(batch['x'][n]) for n in names], axis=1)
   if 'observed' not in batch:
     return images
-  return images[np.all([np.asarray(batch['observed'][n], bool) for n in names], axis=0)]
+  return images[missing.batch_observed(batch, names).all(axis=0)]

@@ -18,6 +18,7 @@ import optax
 
 from moe_ebm_jax import generation
 from moe_ebm_jax.vae import aggregation as agg
+from moe_ebm_jax.data import missing
 
 
 def unimodal_means(model, vae_params, x) -> jax.Array:
@@ -110,9 +111,7 @@ def probe(model, state, train_batches: Iterable[dict], test_batches: Iterable[di
       for ld in modes:
         zs[ld].append(np.asarray(latents[ld](state, x, jax.random.fold_in(k, i))))
       ys.append(np.asarray(batch['label']))
-      observed = batch.get('observed')
-      seen.append(np.ones((len(names), len(ys[-1])), bool) if observed is None else
-                  np.stack([np.asarray(observed[n], bool) for n in names]))
+      seen.append(missing.batch_observed(batch, names))
     return ({ld: np.concatenate(z, axis=1) for ld, z in zs.items()}, np.concatenate(ys),
             np.concatenate(seen, axis=1))
 
