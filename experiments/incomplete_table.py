@@ -5,7 +5,7 @@ trained on every example with masks ('masked') against on the complete examples 
   python experiments/incomplete_table.py --config=configs/synthetic_mixture.py \
       --models=mmvaeplus,mopoe,moe_ebm --seeds=0,1,2 --ratios=0,0.2,0.5,0.8 --out=/tmp/inc_mix
   python experiments/incomplete_table.py --config=configs/mnist_label.py --variant=mlp \
-      --mnar='{"label": [0.9, 0.9, 0.9, 0.9, 0.9, 0.1, 0.1, 0.1, 0.1, 0.1]}' --ratios= \
+      --mnar='{"digit": [0.9, 0.9, 0.9, 0.9, 0.9, 0.1, 0.1, 0.1, 0.1, 0.1]}' --ratios= \
       --out=/tmp/inc_mnist_mnar
 
 Each setting is one experiments/table.py folder, <out>/<setting>_<policy> (resumable, as
