@@ -55,6 +55,23 @@ def test_joint_class_share_counts_agreeing_samples_by_class():
   assert coherence.class_balance([], 4) is None and coherence.class_balance([0.0], 4) is None
 
 
+def test_cross_coherence_by_class_counts_each_class_and_its_examples_that_have_the_source():
+  # 2 modalities, 5 examples: classes 0, 0, 1, 1, 2. Source 1 missing from example 3, so class 1
+  # counts example 2 only from source 1; class 2 has no example with source 1: not listed.
+  labels = np.array([0, 0, 1, 1, 2])
+  right = [np.array([[1, 1], [1, 0], [1, 1], [1, 0], [1, 1]], bool),  # Decodes from source 0.
+           np.array([[1, 1], [0, 1], [0, 1], [1, 1], [1, 1]], bool)]  # From source 1.
+  has = [np.ones(5, bool), np.array([1, 1, 1, 0, 0], bool)]
+  out = coherence.cross_coherence_by_class(labels, right, has)
+  # Class 0: 0 -> 1 right on 1 of 2, 1 -> 0 on 1 of 2. Class 1: 0 -> 1 on 1 of 2; 1 -> 0 on
+  # example 2 only, wrong.
+  assert out == {'0': pytest.approx(np.mean([1 / 2, 1 / 2])), '1': pytest.approx(np.mean([1 / 2,
+                                                                                          0.0]))}
+  # A target not scored leaves the other: only target 0 (from source 1) counts.
+  assert coherence.cross_coherence_by_class(labels, right, has, scored=[True, False]) == {
+      '0': 0.5, '1': 0.0}
+
+
 @pytest.fixture(scope='module')
 def trained(polymnist_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('eval_run'))
@@ -240,12 +257,13 @@ def test_coherence_on_incomplete_test_data_counts_the_examples_that_have_the_inp
   config, _, state = trained
   model = model_state.make_model(config)
   right = np.array([True, True, True, False, False, False])
-  classify = lambda decodes: np.where(right[:, None], 0, 1) * np.ones((1, 5), int)
+  labels = np.array([0, 1, 0, 1, 2, 2])
+  classify = lambda decodes: np.where(right[:, None], labels[:, None], 9) * np.ones((1, 5), int)
   images = np.random.default_rng(2).random((6, 5, 28, 28, 3), np.float32)
   observed = {f'm{m}': np.ones(6, bool) for m in range(5)}
   observed['m1'][:2] = False
   observed['m2'][3:] = False
-  batch = {'x': {f'm{m}': images[:, m] for m in range(5)}, 'label': np.zeros(6, int),
+  batch = {'x': {f'm{m}': images[:, m] for m in range(5)}, 'label': labels,
            'observed': observed}
   gen = common.Generators(model, config.eval_batch_size, False)
   out = coherence.CoherenceEvaluator(gen, classify, [batch], cross_only=True).run(
@@ -256,6 +274,11 @@ def test_coherence_on_incomplete_test_data_counts_the_examples_that_have_the_inp
     pairs = np.asarray(out[mode.value]['cross_coherence_matrix'])
     for src, value in expected.items():
       np.testing.assert_allclose(np.delete(pairs[src], src), value, atol=1e-4)
+    # By class: 0 (rows 0, 2) right wherever counted. Class 1 (rows 1, 3): from m1 row 3 only
+    # (wrong), from m2 row 1 only (right), from the others half right: per-source accuracies
+    # 0.5, 0, 1, 0.5, 0.5, whose mean over ordered pairs is 0.5. Class 2 (rows 4-5) has no
+    # example with m2: not listed.
+    assert out[mode.value]['cross_coherence_by_class'] == {'0': 1.0, '1': 0.5}
 
 
 class FakeBank:

@@ -45,6 +45,28 @@ def cross_coherence(correct: np.ndarray, scored=None) -> float:
   return float(np.mean(per_target))
 
 
+def cross_coherence_by_class(labels: np.ndarray, right: list[np.ndarray], has_source:
+                             list[np.ndarray], scored=None) -> dict[str, float]:
+  """Cross coherence over the test examples of each class: which classes a model carries across
+  modalities and which it loses (data missing not at random hides some classes' modalities).
+
+  Args:
+    labels: (N,) int, the examples' classes.
+    right: per source m, (N, M) bool: target d's classifier right on the decode from m.
+    has_source: per source m, (N,) bool: the example has modality m (incomplete test data).
+    scored: as cross_coherence's.
+  Returns:
+    {str(class): cross coherence} for each class whose examples have every source.
+  """
+  out = {}
+  for c in np.unique(labels):
+    rows = [(labels == c) & has for has in has_source]
+    if all(r.any() for r in rows):
+      pairs = np.stack([right[src][rows[src]].mean(axis=0) for src in range(len(right))])
+      out[str(int(c))] = round(cross_coherence(pairs, scored), 4)
+  return out
+
+
 def joint_coherence(predictions: np.ndarray) -> float:
   """Fraction of joint samples whose M predicted digits all agree: (N, M) -> float."""
   return float(np.mean(np.all(predictions == predictions[:, :1], axis=1)))
@@ -105,7 +127,7 @@ class CoherenceEvaluator:
 
   def run(self, state, key: jax.Array) -> dict[str, Any]:
     """{'num_test_examples', per LdMode tag {'cross_coherence', 'cross_coherence_matrix',
-    'subset_coherence'}, and with num_joint 'joint_coherence', 'joint_class_share',
+    'subset_coherence', 'cross_coherence_by_class'}, and with num_joint 'joint_coherence', 'joint_class_share',
     'num_joint_samples'}."""
     results = self._conditional(state, key)
     if self.num_joint:
@@ -121,6 +143,10 @@ class CoherenceEvaluator:
     # the subset (cross coherence from what is there); all of them otherwise.
     hits = {mode: {s: np.zeros(m) for s in all_subsets} for mode in modes}
     counts = {s: 0 for s in all_subsets}
+    # Per class, single sources only: right[mode][source] rows (B, M) per batch, beside the
+    # labels and which examples have the source.
+    right = {mode: {src: [] for src in range(m)} for mode in modes}
+    seen_labels, has_source = [], {src: [] for src in range(m)}
     count = 0
     start = time.time()
     names = self.gen.model.vae.names
@@ -136,6 +162,11 @@ class CoherenceEvaluator:
           decodes, _, _ = self.gen.coherence_conditional[mode](state, x, mask, k)
           predicted = np.asarray(self.classify(decodes))
           hits[mode][s] += ((predicted == labels[:, None]) & has_inputs[:, None]).sum(axis=0)
+          if len(s) == 1:
+            right[mode][s[0]].append(predicted == labels[:, None])
+        if len(s) == 1:
+          has_source[s[0]].append(has_inputs)
+      seen_labels.append(labels)
       count += len(labels)
       elapsed = time.time() - start
       logging.info('coherence: batch %d/%d, %.1f s, ETA %s', i + 1, len(self.batches), elapsed,
@@ -160,6 +191,10 @@ class CoherenceEvaluator:
           'cross_coherence': cross_coherence(pairs, scored),
           'cross_coherence_matrix': pairs.round(4).tolist(),  # [source][target]
           'subset_coherence': {str(k): v for k, v in subset_coherence(accuracy).items()},
+          'cross_coherence_by_class': cross_coherence_by_class(
+              np.concatenate(seen_labels),
+              [np.concatenate(right[mode][src]) for src in range(m)],
+              [np.concatenate(has_source[src]) for src in range(m)], scored),
       }
     return results
 

@@ -72,6 +72,11 @@ def write_report(out_dir: str, metrics: dict[str, Any], figures: dict[str, str])
     lines += ['', 'Joint samples whose modalities agree, by the class they agree on (fractions of '
                   'all joint samples; they sum to the joint coherence): ' +
               ', '.join(f'{k}: {v:.3f}' for k, v in enumerate(c['joint_class_share'])) + '.']
+  for tag in tags:
+    by_class = c[tag].get('cross_coherence_by_class')  # Absent before it existed.
+    if by_class:
+      lines += ['', f'Cross coherence by the test examples\' class ({tag}): ' +
+                ', '.join(f'{k}: {v:.3f}' for k, v in by_class.items()) + '.']
   lines += ['', 'Conditional coherence per number of observed modalities (MoPoE protocol):', '']
   lines += ['| inputs | ' + ' | '.join(tags) + ' |', '|---' * (len(tags) + 1) + '|']
   sizes = list(c[tags[0]]['subset_coherence'])
