@@ -13,8 +13,10 @@ table.py), with data.missing_ratio (or data.missing_by_class, --mnar: missing no
 and data.incomplete_examples set; the ratio 0 is complete data, trained once. Test data stays
 complete (every model is scored on the same test set). Writes <out>/incomplete.json (every
 run's numbers), <out>/incomplete.md (mean, sd and 95% t-interval over seeds per model, setting
-and policy; then masked minus dropped, paired by seed) and <out>/incomplete.png (coherence
-against the ratio).
+and policy; then masked minus dropped, paired by seed; with --mnar, complete data against the
+missing-not-at-random runs per group of classes the mask treats alike: cross coherence over
+their test examples, their share of the agreeing joint samples) and <out>/incomplete.png
+(coherence against the ratio).
 """
 
 import json
@@ -25,6 +27,7 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import numpy as np
 
 from moe_ebm_jax import log_setup
 from moe_ebm_jax.evaluators import comparison
@@ -73,6 +76,65 @@ METRICS = {
     'cross coherence': lambda r: r['coherence'][tag_of(r)]['cross_coherence'],
     'joint coherence': lambda r: r['coherence'].get('joint_coherence'),
 }
+
+
+def class_groups(mnar: str) -> list[tuple[str, list[int]]]:
+  """The classes that a --mnar dict treats alike, with a label: [(label, classes)], e.g.
+  {"digit": [0.9, 0.9, 0.1]} -> [('digit missing 0.9', [0, 1]), ('digit missing 0.1', [2])]."""
+  by_class = json.loads(mnar)
+  names = sorted(by_class)
+  groups: dict[tuple[float, ...], list[int]] = {}
+  for c in range(len(by_class[names[0]])):
+    groups.setdefault(tuple(by_class[n][c] for n in names), []).append(c)
+  return [(', '.join(f'{n} missing {p:g}' for n, p in zip(names, key)), classes)
+          for key, classes in groups.items()]
+
+
+def group_metrics(run: dict, classes: list[int]) -> dict[str, float | None]:
+  """One run's numbers over a group of classes: mean cross coherence over the classes' test
+  examples (None for a run evaluated before cross_coherence_by_class existed) and the share of
+  the agreeing joint samples that agree on one of them."""
+  c = run['coherence']
+  by_class = c[tag_of(run)].get('cross_coherence_by_class')
+  shares = c.get('joint_class_share') or []
+  agreed = sum(shares)
+  return {'cross': (float(np.mean([by_class[str(k)] for k in classes]))
+                    if by_class and all(str(k) in by_class for k in classes) else None),
+          'joint share': (sum(shares[k] for k in classes if k < len(shares)) / agreed
+                          if agreed else None)}
+
+
+def mnar_table(record: dict, models, groups) -> str:
+  """Markdown: complete data against the missing-not-at-random runs, per group of classes the
+  mask treats alike (class_groups): cross coherence over the group's test examples and the
+  share of agreeing joint samples that show one of its classes, mean over seeds."""
+  head = ' | '.join(f'cross coherence, classes {_span(classes)} ({label})'
+                    for label, classes in groups)
+  joint = ' | '.join(f'joint share, classes {_span(classes)}' for _, classes in groups)
+  lines = [f'| model | setting | examples | seeds | {head} | {joint} |',
+           '|---' * (4 + 2 * len(groups)) + '|']
+  for model in models:
+    for key in ('r0_complete', 'mnar_masked', 'mnar_dropped'):
+      runs = record.get(key, {}).get(model, [])
+      if not runs:
+        continue
+      name, policy = key.split('_')
+      cells = [cell([group_metrics(r, classes)[metric] for r in runs])
+               for metric in ('cross', 'joint share') for _, classes in groups]
+      lines.append(f'| {model} | {name} | {policy} | {len(runs)} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def _span(classes: list[int]) -> str:
+  """[0, 1, 2, 5] -> '0-2, 5'."""
+  parts, i = [], 0
+  while i < len(classes):
+    j = i
+    while j + 1 < len(classes) and classes[j + 1] == classes[j] + 1:
+      j += 1
+    parts.append(f'{classes[i]}' if i == j else f'{classes[i]}-{classes[j]}')
+    i = j + 1
+  return ', '.join(parts)
 
 
 def cell(values: list[float]) -> str:
@@ -161,12 +223,19 @@ def main(argv):
     record[f'{name}_{policy}'] = {
         model: [r for r in results.values() if r['model'] == model] for model in _MODELS.value}
     summary = {k: {m: [{'seed': r['seed'], 'seconds': round(r['seconds'], 1),
-                        **{n: g(r) for n, g in METRICS.items()}}
+                        **{n: g(r) for n, g in METRICS.items()},
+                        'cross coherence by class': r['coherence'][tag_of(r)].get(
+                            'cross_coherence_by_class'),
+                        'joint class share': r['coherence'].get('joint_class_share')}
                        for r in runs] for m, runs in v.items()} for k, v in record.items()}
     with open(os.path.join(_OUT.value, 'incomplete.json'), 'w') as f:
       json.dump({'config': _CONFIG.value, 'variant': _VARIANT.value, 'set': _SET.value,
                  'settings': summary}, f, indent=1)
     text = tables(record, _MODELS.value, setting_list)  # After every setting: the table so far.
+    if _MNAR.value:
+      text += ('\n\nMissing not at random, by the classes the mask treats alike (joint share: '
+               'of the agreeing joint samples, the share on those classes):\n\n' +
+               mnar_table(record, _MODELS.value, class_groups(_MNAR.value)))
     with open(os.path.join(_OUT.value, 'incomplete.md'), 'w') as f:
       f.write(text + '\n')
     plot(record, _MODELS.value, _RATIOS.value, os.path.join(_OUT.value, 'incomplete.png'), title)

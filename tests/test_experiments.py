@@ -416,6 +416,30 @@ assert '| mmvaeplus | r0.5 | 2 | 0.250, 0.212 [' in text, text
 assert '| moe_ebm | r0.5 | 1 | 0.000 | 0.000 |' in text, text  # Its post-LD number, one seed.
 assert '| mmvaeplus | r0.5 | masked | 2 | 0.800, 0.141 [' in text, text
 module.plot(record, ['mmvaeplus', 'moe_ebm'], ['0', '0.5'], sys.argv[2], 'check')
+
+# Missing not at random: classes grouped as the mask treats them, labelled with their spans.
+groups = module.class_groups('{"v2": [0.5, 0.5, 0.1, 0.5], "v1": [0.9, 0.9, 0.1, 0.1]}')
+assert groups == [('v1 missing 0.9, v2 missing 0.5', [0, 1]),
+                  ('v1 missing 0.1, v2 missing 0.1', [2]),
+                  ('v1 missing 0.1, v2 missing 0.5', [3])], groups
+assert module._span([0, 1, 2, 5, 7, 8]) == '0-2, 5, 7-8'
+def by_class(seed, per_class, shares, tag='q'):
+  return {'seed': seed, 'coherence': {
+      'joint_coherence': sum(shares), 'joint_class_share': shares,
+      tag: {'cross_coherence': 0.0, 'cross_coherence_by_class': per_class}}}
+two = module.class_groups('{"v1": [0.9, 0.9, 0.1, 0.1]}')
+mnar = {'mnar_masked': {'mmvaeplus': [
+            by_class(0, {'0': 0.2, '1': 0.4, '2': 0.9, '3': 0.7}, [0.1, 0.1, 0.2, 0.2]),
+            by_class(1, {'0': 0.4, '1': 0.6, '2': 0.8, '3': 0.8}, [0.3, 0.1, 0.0, 0.0])]},
+        'r0_complete': {'mmvaeplus': [run(0, 0.9)]}}  # Evaluated before the classes were.
+text = module.mnar_table(mnar, ['mmvaeplus'], two)
+# Classes 0-1: cross 0.3 (seed 0) and 0.5 (seed 1); joint share 0.2 / 0.6 and 0.4 / 0.4.
+# Classes 2-3: cross 0.8 and 0.8; joint share 0.4 / 0.6 and 0 / 0.4.
+assert ('| mmvaeplus | mnar | masked | 2 | 0.400, 0.141 [-0.871, 1.671] | 0.800, 0.000 '
+        '[0.800, 0.800] | 0.667, 0.471 [') in text, text
+assert '| 0.333, 0.471 [' in text, text
+assert '| mmvaeplus | r0 | complete | 1 | - | - | - | - |' in text, text
+assert 'classes 0-1 (v1 missing 0.9)' in text, text
 print('INCOMPLETE_TABLE_OK')
 """
 
