@@ -127,8 +127,8 @@ class CoherenceEvaluator:
 
   def run(self, state, key: jax.Array) -> dict[str, Any]:
     """{'num_test_examples', per LdMode tag {'cross_coherence', 'cross_coherence_matrix',
-    'subset_coherence', 'cross_coherence_by_class'}, and with num_joint 'joint_coherence', 'joint_class_share',
-    'num_joint_samples'}."""
+    'subset_coherence', 'cross_coherence_by_class'}, and with num_joint 'joint_coherence',
+    'joint_class_share', 'num_joint_samples'}."""
     results = self._conditional(state, key)
     if self.num_joint:
       results.update(self._joint(state, key))
