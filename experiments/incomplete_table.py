@@ -78,6 +78,15 @@ METRICS = {
 }
 
 
+def run_summary(run: dict) -> dict:
+  """What incomplete.json keeps of one table.py run: seed, seconds, METRICS, per-class numbers."""
+  c = run['coherence']
+  return {'seed': run['seed'], 'seconds': round(run['seconds'], 1),
+          **{n: g(run) for n, g in METRICS.items()},
+          'cross coherence by class': c[tag_of(run)].get('cross_coherence_by_class'),
+          'joint class share': c.get('joint_class_share')}
+
+
 def class_groups(mnar: str) -> list[tuple[str, list[int]]]:
   """The classes that a --mnar dict treats alike, with a label: [(label, classes)], e.g.
   {"digit": [0.9, 0.9, 0.1]} -> [('digit missing 0.9', [0, 1]), ('digit missing 0.1', [2])]."""
@@ -119,8 +128,9 @@ def mnar_table(record: dict, models, groups) -> str:
       if not runs:
         continue
       name, policy = key.split('_')
-      cells = [cell([group_metrics(r, classes)[metric] for r in runs])
-               for metric in ('cross', 'joint share') for _, classes in groups]
+      per_group = [[group_metrics(r, classes) for r in runs] for _, classes in groups]
+      cells = [cell([g[metric] for g in group]) for metric in ('cross', 'joint share')
+               for group in per_group]
       lines.append(f'| {model} | {name} | {policy} | {len(runs)} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
@@ -222,12 +232,8 @@ def main(argv):
       results = json.load(f)
     record[f'{name}_{policy}'] = {
         model: [r for r in results.values() if r['model'] == model] for model in _MODELS.value}
-    summary = {k: {m: [{'seed': r['seed'], 'seconds': round(r['seconds'], 1),
-                        **{n: g(r) for n, g in METRICS.items()},
-                        'cross coherence by class': r['coherence'][tag_of(r)].get(
-                            'cross_coherence_by_class'),
-                        'joint class share': r['coherence'].get('joint_class_share')}
-                       for r in runs] for m, runs in v.items()} for k, v in record.items()}
+    summary = {k: {m: [run_summary(r) for r in runs] for m, runs in v.items()}
+               for k, v in record.items()}
     with open(os.path.join(_OUT.value, 'incomplete.json'), 'w') as f:
       json.dump({'config': _CONFIG.value, 'variant': _VARIANT.value, 'set': _SET.value,
                  'settings': summary}, f, indent=1)

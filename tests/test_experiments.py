@@ -440,6 +440,11 @@ assert ('| mmvaeplus | mnar | masked | 2 | 0.400, 0.141 [-0.871, 1.671] | 0.800,
 assert '| 0.333, 0.471 [' in text, text
 assert '| mmvaeplus | r0 | complete | 1 | - | - | - | - |' in text, text
 assert 'classes 0-1 (v1 missing 0.9)' in text, text
+kept = module.run_summary({**mnar['mnar_masked']['mmvaeplus'][0], 'seconds': 12.34})
+assert kept == {'seed': 0, 'seconds': 12.3, 'cross coherence': 0.0, 'joint coherence': sum(
+                    [0.1, 0.1, 0.2, 0.2]),
+                'cross coherence by class': {'0': 0.2, '1': 0.4, '2': 0.9, '3': 0.7},
+                'joint class share': [0.1, 0.1, 0.2, 0.2]}, kept
 print('INCOMPLETE_TABLE_OK')
 """
 
