@@ -6,13 +6,16 @@ trained on every example with masks ('masked') against on the complete examples 
       --models=mmvaeplus,mopoe,moe_ebm --seeds=0,1,2 --ratios=0,0.2,0.5,0.8 --out=/tmp/inc_mix
   python experiments/incomplete_table.py --config=configs/mnist_label.py --variant=mlp \
       --mnar='{"digit": [0.9, 0.9, 0.9, 0.9, 0.9, 0.1, 0.1, 0.1, 0.1, 0.1]}' --ratios= \
-      --out=/tmp/inc_mnist_mnar
+      --record=docs/results/incomplete_mnist.json --out=/tmp/inc_mnist
 
 Each setting is one experiments/table.py folder, <out>/<setting>_<policy> (resumable, as
 table.py), with data.missing_ratio (or data.missing_by_class, --mnar: missing not at random)
-and data.incomplete_examples set; the ratio 0 is complete data, trained once. Test data stays
-complete (every model is scored on the same test set). Writes <out>/incomplete.json (every
-run's numbers), <out>/incomplete.md (mean, sd and 95% t-interval over seeds per model, setting
+and data.incomplete_examples set; the ratio 0 is complete data, trained once. Runs go seed by
+seed (seed 0 of every setting and model first), one table.py call each. Test data stays
+complete (every model is scored on the same test set). Writes --record (default
+<out>/incomplete.json: every run's numbers, after every run; a run it already holds is not
+trained again, so a record kept in git carries a long table across machines that lose their
+folders), <out>/incomplete.md (mean, sd and 95% t-interval over seeds per model, setting
 and policy; then masked minus dropped, paired by seed; with --mnar, complete data against the
 missing-not-at-random runs per group of classes the mask treats alike: cross coherence over
 their test examples, their share of the agreeing joint samples) and <out>/incomplete.png
@@ -46,6 +49,8 @@ _MNAR = flags.DEFINE_string('mnar', '', 'A data.missing_by_class dict as JSON: o
 _POLICIES = flags.DEFINE_list('policies', ['masked', 'dropped'], 'data.incomplete_examples.')
 _SET = flags.DEFINE_multi_string('set', [], 'key=value config overrides for every run.')
 _OUT = flags.DEFINE_string('out', None, 'Output folder.', required=True)
+_RECORD = flags.DEFINE_string('record', '', 'The record of finished runs, read and rewritten '
+                              '(default <out>/incomplete.json).')
 
 
 def settings(ratios, policies, mnar: str = '') -> list[tuple[str, str, list[str]]]:
@@ -72,19 +77,48 @@ def tag_of(run: dict) -> str:
   return 'post_ld' if 'post_ld' in c else ('pre_ld' if 'pre_ld' in c else 'q')
 
 
-METRICS = {
-    'cross coherence': lambda r: r['coherence'][tag_of(r)]['cross_coherence'],
-    'joint coherence': lambda r: r['coherence'].get('joint_coherence'),
-}
+METRICS = ('cross coherence', 'joint coherence')
 
 
 def run_summary(run: dict) -> dict:
-  """What incomplete.json keeps of one table.py run: seed, seconds, METRICS, per-class numbers."""
+  """What the record keeps of one table.py run: seed, seconds, METRICS, per-class numbers."""
   c = run['coherence']
   return {'seed': run['seed'], 'seconds': round(run['seconds'], 1),
-          **{n: g(run) for n, g in METRICS.items()},
+          'cross coherence': c[tag_of(run)]['cross_coherence'],
+          'joint coherence': c.get('joint_coherence'),
           'cross coherence by class': c[tag_of(run)].get('cross_coherence_by_class'),
           'joint class share': c.get('joint_class_share')}
+
+
+def pending(record: dict, setting_list, models, seeds) -> list[tuple[str, str, list[str], str,
+                                                                     str]]:
+  """(setting, policy, --set items, model, seed) of every run the record lacks, seed by seed.
+  record['settings']: {'<setting>_<policy>': {model: [run_summary]}}."""
+  done = {(key, model, run['seed']) for key, by_model in record.get('settings', {}).items()
+          for model, runs in by_model.items() for run in runs}
+  return [(name, policy, items, model, seed) for seed in seeds
+          for name, policy, items in setting_list for model in models
+          if (f'{name}_{policy}', model, int(seed)) not in done]
+
+
+def load_record(path: str, experiment: dict) -> dict:
+  """The record at path (a new one if absent), refused if it holds another experiment.
+  experiment: {'config', 'variant', 'set'}; other keys of the file (notes) are kept."""
+  if not os.path.exists(path):
+    return {**experiment, 'settings': {}}
+  with open(path) as f:
+    record = json.load(f)
+  theirs = {k: record.get(k) for k in experiment}
+  if theirs != experiment:
+    raise ValueError(f'{path} holds another experiment: {theirs}, not {experiment}')
+  return record
+
+
+def add_run(record: dict, key: str, model: str, summary: dict) -> None:
+  """Puts a run_summary into record['settings'][key][model], in seed order."""
+  runs = record['settings'].setdefault(key, {}).setdefault(model, [])
+  runs[:] = sorted([r for r in runs if r['seed'] != summary['seed']] + [summary],
+                   key=lambda r: r['seed'])
 
 
 def class_groups(mnar: str) -> list[tuple[str, list[int]]]:
@@ -100,12 +134,11 @@ def class_groups(mnar: str) -> list[tuple[str, list[int]]]:
 
 
 def group_metrics(run: dict, classes: list[int]) -> dict[str, float | None]:
-  """One run's numbers over a group of classes: mean cross coherence over the classes' test
+  """One run's (run_summary's) numbers over a group of classes: mean cross coherence over the classes' test
   examples (None for a run evaluated before cross_coherence_by_class existed) and the share of
   the agreeing joint samples that agree on one of them."""
-  c = run['coherence']
-  by_class = c[tag_of(run)].get('cross_coherence_by_class')
-  shares = c.get('joint_class_share') or []
+  by_class = run['cross coherence by class']
+  shares = run['joint class share'] or []
   agreed = sum(shares)
   return {'cross': (float(np.mean([by_class[str(k)] for k in classes]))
                     if by_class and all(str(k) in by_class for k in classes) else None),
@@ -156,7 +189,7 @@ def cell(values: list[float]) -> str:
 
 def tables(record: dict, models, setting_list) -> str:
   """Markdown: per model, setting and policy the metrics over seeds; then masked - dropped.
-  record: {'<setting>_<policy>': {model: [table.py's run entries]}}."""
+  record: {'<setting>_<policy>': {model: [run_summary]}}."""
   head = ' | '.join(f'{m}: mean, sd [95% interval]' for m in METRICS)
   lines = [f'| model | setting | examples | seeds | {head} |', '|---' * (4 + len(METRICS)) + '|']
   for model in models:
@@ -164,7 +197,7 @@ def tables(record: dict, models, setting_list) -> str:
       runs = record.get(f'{name}_{policy}', {}).get(model, [])
       if runs:
         lines.append(f'| {model} | {name} | {policy} | {len(runs)} | ' + ' | '.join(
-            cell([get(r) for r in runs]) for get in METRICS.values()) + ' |')
+            cell([r[m] for r in runs]) for m in METRICS) + ' |')
   lines += ['', 'Masked minus dropped, paired by seed:', '',
             f'| model | setting | seeds | {head} |', '|---' * (3 + len(METRICS)) + '|']
   for model in models:
@@ -175,7 +208,7 @@ def tables(record: dict, models, setting_list) -> str:
       seeds = sorted(set(masked) & set(dropped))
       if seeds:
         lines.append(f'| {model} | {name} | {len(seeds)} | ' + ' | '.join(
-            cell([get(masked[s]) - get(dropped[s]) for s in seeds]) for get in METRICS.values())
+            cell([masked[s][m] - dropped[s][m] for s in seeds]) for m in METRICS)
                      + ' |')
   return '\n'.join(lines)
 
@@ -187,13 +220,13 @@ def plot(record: dict, models, ratios, path: str, title: str) -> None:
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 4), squeeze=False)
-  for ax, (metric, get) in zip(axes[0], METRICS.items()):
+  for ax, metric in zip(axes[0], METRICS):
     for color, model in enumerate(models):
       for policy, style in (('masked', '-'), ('dropped', '--')):
         xs, means, errs = [], [], []
         for ratio in ratios:
           key = 'r0_complete' if float(ratio) == 0 else f'r{ratio}_{policy}'
-          values = [get(r) for r in record.get(key, {}).get(model, [])]
+          values = [r[metric] for r in record.get(key, {}).get(model, [])]
           if values and None not in values:
             mean, _, lo, hi = comparison.interval(values)
             xs.append(float(ratio)), means.append(mean), errs.append(mean - lo)
@@ -211,40 +244,49 @@ def plot(record: dict, models, ratios, path: str, title: str) -> None:
   plt.close(fig)
 
 
+def write_tables(summaries: dict, setting_list, out: str, title: str) -> str:
+  """<out>/incomplete.md and incomplete.png from the record's settings; returns the markdown."""
+  text = tables(summaries, _MODELS.value, setting_list)
+  if _MNAR.value:
+    text += ('\n\nMissing not at random, by the classes the mask treats alike (joint share: '
+             'of the agreeing joint samples, the share on those classes):\n\n' +
+             mnar_table(summaries, _MODELS.value, class_groups(_MNAR.value)))
+  with open(os.path.join(out, 'incomplete.md'), 'w') as f:
+    f.write(text + '\n')
+  plot(summaries, _MODELS.value, _RATIOS.value, os.path.join(out, 'incomplete.png'), title)
+  return text
+
+
 def main(argv):
   del argv
   log_setup.setup(debug=False)
   os.makedirs(_OUT.value, exist_ok=True)
-  record = {}
+  record_path = _RECORD.value or os.path.join(_OUT.value, 'incomplete.json')
+  try:
+    record = load_record(record_path, {'config': _CONFIG.value, 'variant': _VARIANT.value,
+                                       'set': _SET.value})
+  except ValueError as e:
+    raise SystemExit(str(e)) from None
   setting_list = settings(_RATIOS.value, _POLICIES.value, _MNAR.value)
   title = f'Incomplete training data: {os.path.basename(_CONFIG.value)} {_VARIANT.value}'
-  for name, policy, items in setting_list:
+  todo = pending(record, setting_list, _MODELS.value, _SEEDS.value)
+  logging.info('%d runs to train (the record holds the others)', len(todo))
+  text = write_tables(record['settings'], setting_list, _OUT.value, title)
+  for step, (name, policy, items, model, seed) in enumerate(todo, 1):
     folder = os.path.join(_OUT.value, f'{name}_{policy}')
     cmd = [sys.executable, os.path.join(ROOT, 'experiments', 'table.py'),
-           f'--config={_CONFIG.value}', f'--variant={_VARIANT.value}',
-           f'--models={",".join(_MODELS.value)}', f'--seeds={",".join(_SEEDS.value)}',
-           f'--out={folder}', *[f'--set={s}' for s in _SET.value + items]]
-    logging.info('%s_%s: %s', name, policy, ' '.join(cmd[1:]))
+           f'--config={_CONFIG.value}', f'--variant={_VARIANT.value}', f'--models={model}',
+           f'--seeds={seed}', f'--out={folder}', *[f'--set={s}' for s in _SET.value + items]]
+    logging.info('%d/%d %s_%s: %s', step, len(todo), name, policy, ' '.join(cmd[1:]))
     proc = subprocess.run(cmd, cwd=ROOT, check=False, stdout=subprocess.DEVNULL)
     if proc.returncode:
       raise SystemExit(f'{name}_{policy} failed: see {folder}/*.log')
     with open(os.path.join(folder, 'results.json')) as f:
-      results = json.load(f)
-    record[f'{name}_{policy}'] = {
-        model: [r for r in results.values() if r['model'] == model] for model in _MODELS.value}
-    summary = {k: {m: [run_summary(r) for r in runs] for m, runs in v.items()}
-               for k, v in record.items()}
-    with open(os.path.join(_OUT.value, 'incomplete.json'), 'w') as f:
-      json.dump({'config': _CONFIG.value, 'variant': _VARIANT.value, 'set': _SET.value,
-                 'settings': summary}, f, indent=1)
-    text = tables(record, _MODELS.value, setting_list)  # After every setting: the table so far.
-    if _MNAR.value:
-      text += ('\n\nMissing not at random, by the classes the mask treats alike (joint share: '
-               'of the agreeing joint samples, the share on those classes):\n\n' +
-               mnar_table(record, _MODELS.value, class_groups(_MNAR.value)))
-    with open(os.path.join(_OUT.value, 'incomplete.md'), 'w') as f:
-      f.write(text + '\n')
-    plot(record, _MODELS.value, _RATIOS.value, os.path.join(_OUT.value, 'incomplete.png'), title)
+      run = json.load(f)[f'{model}_s{seed}']
+    add_run(record, f'{name}_{policy}', model, run_summary(run))
+    with open(record_path, 'w') as f:  # After every run: a stop loses at most the one running.
+      json.dump(record, f, indent=1)
+    text = write_tables(record['settings'], setting_list, _OUT.value, title)
   print(text)
 
 

@@ -403,8 +403,9 @@ assert got == [
     ('mnar', 'masked', ['data.missing_by_class=' + mnar, 'data.incomplete_examples=masked']),
     ('mnar', 'dropped', ['data.missing_by_class=' + mnar, 'data.incomplete_examples=dropped'])], got
 
-def run(seed, cross, tag='q'):
-  return {'seed': seed, 'coherence': {'joint_coherence': 0.5, tag: {'cross_coherence': cross}}}
+def run(seed, cross, tag='q'):  # What the record keeps of a table.py run.
+  return module.run_summary({'seed': seed, 'seconds': 1.0, 'coherence': {
+      'joint_coherence': 0.5, tag: {'cross_coherence': cross}}})
 
 record = {'r0.5_masked': {'mmvaeplus': [run(0, 0.9), run(1, 0.7)],
                           'moe_ebm': [run(0, 0.8, 'post_ld')]},
@@ -423,10 +424,12 @@ assert groups == [('v1 missing 0.9, v2 missing 0.5', [0, 1]),
                   ('v1 missing 0.1, v2 missing 0.1', [2]),
                   ('v1 missing 0.1, v2 missing 0.5', [3])], groups
 assert module._span([0, 1, 2, 5, 7, 8]) == '0-2, 5, 7-8'
-def by_class(seed, per_class, shares, tag='q'):
-  return {'seed': seed, 'coherence': {
+def raw_by_class(seed, per_class, shares, tag='q'):
+  return {'seed': seed, 'seconds': 12.34, 'coherence': {
       'joint_coherence': sum(shares), 'joint_class_share': shares,
       tag: {'cross_coherence': 0.0, 'cross_coherence_by_class': per_class}}}
+def by_class(*args):
+  return module.run_summary(raw_by_class(*args))
 two = module.class_groups('{"v1": [0.9, 0.9, 0.1, 0.1]}')
 mnar = {'mnar_masked': {'mmvaeplus': [
             by_class(0, {'0': 0.2, '1': 0.4, '2': 0.9, '3': 0.7}, [0.1, 0.1, 0.2, 0.2]),
@@ -440,11 +443,40 @@ assert ('| mmvaeplus | mnar | masked | 2 | 0.400, 0.141 [-0.871, 1.671] | 0.800,
 assert '| 0.333, 0.471 [' in text, text
 assert '| mmvaeplus | r0 | complete | 1 | - | - | - | - |' in text, text
 assert 'classes 0-1 (v1 missing 0.9)' in text, text
-kept = module.run_summary({**mnar['mnar_masked']['mmvaeplus'][0], 'seconds': 12.34})
+kept = module.run_summary(raw_by_class(0, {'0': 0.2, '1': 0.4, '2': 0.9, '3': 0.7},
+                                        [0.1, 0.1, 0.2, 0.2]))
 assert kept == {'seed': 0, 'seconds': 12.3, 'cross coherence': 0.0, 'joint coherence': sum(
                     [0.1, 0.1, 0.2, 0.2]),
                 'cross coherence by class': {'0': 0.2, '1': 0.4, '2': 0.9, '3': 0.7},
                 'joint class share': [0.1, 0.1, 0.2, 0.2]}, kept
+
+# A record carries the table across machines: what it holds is not trained again; the rest
+# goes seed by seed (seed 0 of every setting and model first).
+record = {'settings': {'r0_complete': {'mmvaeplus': [run(0, 0.9), run(2, 0.9)]},
+                       'r0.5_masked': {'moe_ebm': [run(0, 0.8)]}}}
+todo = module.pending(record, got[:2], ['mmvaeplus', 'moe_ebm'], ['0', '1', '2'])
+assert [(n, p, m, s) for n, p, _, m, s in todo] == [
+    ('r0', 'complete', 'moe_ebm', '0'), ('r0.5', 'masked', 'mmvaeplus', '0'),
+    ('r0', 'complete', 'mmvaeplus', '1'), ('r0', 'complete', 'moe_ebm', '1'),
+    ('r0.5', 'masked', 'mmvaeplus', '1'), ('r0.5', 'masked', 'moe_ebm', '1'),
+    ('r0', 'complete', 'moe_ebm', '2'), ('r0.5', 'masked', 'mmvaeplus', '2'),
+    ('r0.5', 'masked', 'moe_ebm', '2')], todo
+module.add_run(record, 'r0_complete', 'mmvaeplus', run(1, 0.7))
+module.add_run(record, 'r0_complete', 'mmvaeplus', run(2, 0.6))  # Replaces seed 2's entry.
+assert [(r['seed'], r['cross coherence']) for r in record['settings']['r0_complete'][
+    'mmvaeplus']] == [(0, 0.9), (1, 0.7), (2, 0.6)], record
+import json, os, tempfile
+path = os.path.join(tempfile.mkdtemp(), 'incomplete.json')
+mine = {'config': 'configs/mnist_label.py', 'variant': 'mlp', 'set': []}
+assert module.load_record(path, mine) == {**mine, 'settings': {}}
+with open(path, 'w') as f:
+  json.dump({**mine, 'settings': record['settings'], 'note': 'kept'}, f)
+assert module.load_record(path, mine)['note'] == 'kept'
+try:
+  module.load_record(path, {**mine, 'variant': 'conv'})
+  raise AssertionError('a record of another experiment was taken')
+except ValueError as e:
+  assert 'holds another experiment' in str(e), e
 print('INCOMPLETE_TABLE_OK')
 """
 
