@@ -81,13 +81,17 @@ METRICS = ('cross coherence', 'joint coherence')
 
 
 def run_summary(run: dict) -> dict:
-  """What the record keeps of one table.py run: seed, seconds, METRICS, per-class numbers."""
+  """What the record keeps of one table.py run: seed, seconds, METRICS, per-class numbers and
+  the linear probes' accuracy per source modality ({'pre_ld' | 'post_ld' | 'private': {name:
+  accuracy}}; 'private': of the private latent w, absent for runs probed before it existed)."""
   c = run['coherence']
+  probe = run.get('latent_probe') or {}
   return {'seed': run['seed'], 'seconds': round(run['seconds'], 1),
           'cross coherence': c[tag_of(run)]['cross_coherence'],
           'joint coherence': c.get('joint_coherence'),
           'cross coherence by class': c[tag_of(run)].get('cross_coherence_by_class'),
-          'joint class share': c.get('joint_class_share')}
+          'joint class share': c.get('joint_class_share'),
+          'probe': {k: v['per_modality'] for k, v in probe.items() if isinstance(v, dict)}}
 
 
 def pending(record: dict, setting_list, models, seeds) -> list[tuple[str, str, list[str], str,
@@ -213,6 +217,31 @@ def tables(record: dict, models, setting_list) -> str:
   return '\n'.join(lines)
 
 
+PROBES = {'pre_ld': 'z', 'post_ld': 'z post-LD', 'private': 'w'}
+
+
+def probe_table(record: dict, models, setting_list) -> str:
+  """Markdown: the linear probes' accuracy (mean over the seeds that have it) per model, setting,
+  policy, latent and source modality: where each model keeps the label."""
+  runs_of = lambda model, name, policy: record.get(f'{name}_{policy}', {}).get(model, [])
+  columns = sorted({(kind, m) for model in models for name, policy, _ in setting_list
+                    for r in runs_of(model, name, policy)
+                    for kind, per in (r.get('probe') or {}).items() for m in per},
+                   key=lambda c: (list(PROBES).index(c[0]), c[1]))
+  if not columns:
+    return ''
+  lines = ['| model | setting | examples | ' + ' | '.join(
+      f'{PROBES[kind]} from {m}' for kind, m in columns) + ' |', '|---' * (3 + len(columns)) + '|']
+  for model in models:
+    for name, policy, _ in setting_list:
+      runs = [r for r in runs_of(model, name, policy) if r.get('probe')]
+      if runs:
+        lines.append(f'| {model} | {name} | {policy} | ' + ' | '.join(
+            cell([r['probe'][k][m] for r in runs if m in r['probe'].get(k, {})] or [None])
+            for k, m in columns) + ' |')
+  return '\n'.join(lines)
+
+
 def plot(record: dict, models, ratios, path: str, title: str) -> None:
   """Cross and joint coherence against the missing ratio: one panel per metric, a line per
   model and policy (mean over seeds, 95% interval bars)."""
@@ -251,6 +280,10 @@ def write_tables(summaries: dict, setting_list, out: str, title: str) -> str:
     text += ('\n\nMissing not at random, by the classes the mask treats alike (joint share: '
              'of the agreeing joint samples, the share on those classes):\n\n' +
              mnar_table(summaries, _MODELS.value, class_groups(_MNAR.value)))
+  probes = probe_table(summaries, _MODELS.value, setting_list)
+  if probes:
+    text += ('\n\nLinear probe of the label from one modality\'s latent (test accuracy; z: the '
+             'shared latent, w: the private one), mean over the seeds probed:\n\n' + probes)
   with open(os.path.join(out, 'incomplete.md'), 'w') as f:
     f.write(text + '\n')
   plot(summaries, _MODELS.value, _RATIOS.value, os.path.join(out, 'incomplete.png'), title)

@@ -208,7 +208,7 @@ def test_table_runs_every_seed_then_resumes_without_retraining(tmp_path):
   assert sorted(results) == ['moe_ebm_s0', 'moe_ebm_s1']
   for run in results.values():
     assert run['step'] == 4 and [s for s, _ in run['test_loss_curve']] == [2, 4]
-    for mode in ('pre_ld', 'post_ld'):
+    for mode in ('pre_ld', 'post_ld', 'private'):  # MOE-EBM: MMVAE+'s private latents too.
       assert 0 <= run['latent_probe'][mode]['mean'] <= 1
     assert run['latent_probe']['num_train'] == 64
     # Every kept checkpoint (eval and checkpoint every 2 steps) read on 16 test examples.
@@ -427,7 +427,9 @@ assert module._span([0, 1, 2, 5, 7, 8]) == '0-2, 5, 7-8'
 def raw_by_class(seed, per_class, shares, tag='q'):
   return {'seed': seed, 'seconds': 12.34, 'coherence': {
       'joint_coherence': sum(shares), 'joint_class_share': shares,
-      tag: {'cross_coherence': 0.0, 'cross_coherence_by_class': per_class}}}
+      tag: {'cross_coherence': 0.0, 'cross_coherence_by_class': per_class}},
+      'latent_probe': {'num_train': 64, 'pre_ld': {'per_modality': {'v1': 0.9}, 'mean': 0.9},
+                       'private': {'per_modality': {'v1': 0.3}, 'mean': 0.3}}}
 def by_class(*args):
   return module.run_summary(raw_by_class(*args))
 two = module.class_groups('{"v1": [0.9, 0.9, 0.1, 0.1]}')
@@ -448,7 +450,19 @@ kept = module.run_summary(raw_by_class(0, {'0': 0.2, '1': 0.4, '2': 0.9, '3': 0.
 assert kept == {'seed': 0, 'seconds': 12.3, 'cross coherence': 0.0, 'joint coherence': sum(
                     [0.1, 0.1, 0.2, 0.2]),
                 'cross coherence by class': {'0': 0.2, '1': 0.4, '2': 0.9, '3': 0.7},
-                'joint class share': [0.1, 0.1, 0.2, 0.2]}, kept
+                'joint class share': [0.1, 0.1, 0.2, 0.2],
+                'probe': {'pre_ld': {'v1': 0.9}, 'private': {'v1': 0.3}}}, kept
+
+# The probes: a column per latent and source modality, mean over the seeds that have it.
+probed = {'r0.5_masked': {'mmvaeplus': [
+    {'probe': {'pre_ld': {'v1': 0.9, 'v2': 0.5}, 'private': {'v1': 0.3}}},
+    {'probe': {'pre_ld': {'v1': 0.7, 'v2': 0.5}, 'private': {'v1': 0.5}}},
+    {'probe': {}}]}}  # Probed before the probes were kept: left out.
+text = module.probe_table(probed, ['mmvaeplus'], got)
+assert '| model | setting | examples | z from v1 | z from v2 | w from v1 |' in text, text
+assert ('| mmvaeplus | r0.5 | masked | 0.800, 0.141 [-0.471, 2.071] | 0.500, 0.000 [0.500, '
+        '0.500] | 0.400, 0.141 [') in text, text
+assert module.probe_table({}, ['mmvaeplus'], got) == ''
 
 # A record carries the table across machines: what it holds is not trained again; the rest
 # goes seed by seed (seed 0 of every setting and model first).

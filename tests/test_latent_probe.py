@@ -52,6 +52,17 @@ def smoke_mixture(model):
   return config
 
 
+def probed_at_init(config):
+  """(model, state at init, train batches, test batches, the probe of that state)."""
+  model = model_state.make_model(config)
+  vae_tx, ebm_tx = optimizers.make_optimizers(config)
+  state = model_state.init_state(model, vae_tx, ebm_tx, jax.random.PRNGKey(0))
+  train = list(input_pipeline.eval_dataset(config, 'train'))
+  test = list(input_pipeline.eval_dataset(config, 'test'))
+  return model, state, train, test, latent_probe.probe(model, state, train, test, 4,
+                                                       jax.random.PRNGKey(1))
+
+
 @pytest.mark.parametrize('model_name', ['mmvaeplus', 'mvae'])
 def test_unimodal_means_are_the_expert_or_its_product_with_the_prior(model_name):
   config = smoke_mixture(model_name)
@@ -70,16 +81,11 @@ def test_unimodal_means_are_the_expert_or_its_product_with_the_prior(model_name)
 
 @pytest.mark.slow
 def test_probe_reports_pre_and_post_ld_for_moe_ebm_and_matches_a_direct_fit():
-  config = smoke_mixture('moe_ebm')
-  model = model_state.make_model(config)
-  vae_tx, ebm_tx = optimizers.make_optimizers(config)
-  state = model_state.init_state(model, vae_tx, ebm_tx, jax.random.PRNGKey(0))
-  train = list(input_pipeline.eval_dataset(config, 'train'))
-  test = list(input_pipeline.eval_dataset(config, 'test'))
-  result = latent_probe.probe(model, state, train, test, 4, jax.random.PRNGKey(1))
-  assert set(result) == {'pre_ld', 'post_ld', 'num_train', 'num_test'}
+  model, state, train, test, result = probed_at_init(smoke_mixture('moe_ebm'))
+  private = {'private'} if model.vae.latent_w else set()
+  assert set(result) == {'pre_ld', 'post_ld', 'num_train', 'num_test'} | private
   assert result['num_train'] == sum(len(b['label']) for b in train)
-  for mode in ('pre_ld', 'post_ld'):
+  for mode in ('pre_ld', 'post_ld', *private):
     per = result[mode]['per_modality']
     assert list(per) == ['v0', 'v1', 'v2'] and all(0 <= a <= 1 for a in per.values())
   # Pre-LD is the classifier fitted directly on the encoders' means.
@@ -97,12 +103,7 @@ def test_each_modalitys_probe_fits_and_scores_the_examples_that_have_it():
   """Incomplete data: the probe of v1 equals a direct fit on v1's observed rows only."""
   config = smoke_mixture('mmvaeplus')
   config.data.missing_ratio, config.data.missing_in_test = 0.5, True
-  model = model_state.make_model(config)
-  vae_tx, ebm_tx = optimizers.make_optimizers(config)
-  state = model_state.init_state(model, vae_tx, ebm_tx, jax.random.PRNGKey(0))
-  train = list(input_pipeline.eval_dataset(config, 'train'))
-  test = list(input_pipeline.eval_dataset(config, 'test'))
-  result = latent_probe.probe(model, state, train, test, 4, jax.random.PRNGKey(1))
+  model, state, train, test, result = probed_at_init(config)
   cat = lambda batches, f: np.concatenate([f(b) for b in batches], axis=-1)
   means = lambda b: np.asarray(latent_probe.unimodal_means(model, state.vae_params, b['x']))
   seen = lambda b: np.asarray(b['observed']['v1'])
@@ -114,3 +115,20 @@ def test_each_modalitys_probe_fits_and_scores_the_examples_that_have_it():
   classifier = latent_probe.fit_linear_classifier(train_z[:, 1][:, fit].T, train_y[fit], 4)
   direct = np.mean(latent_probe.predict(classifier, test_z[:, 1][:, score].T) == test_y[score])
   assert result['pre_ld']['per_modality']['v1'] == pytest.approx(direct, abs=1e-9)
+
+
+@pytest.mark.parametrize('model_name', ['mmvaeplus', 'mopoe'])
+def test_private_probe_is_a_direct_fit_on_the_private_means_where_there_are_any(model_name):
+  """MMVAE+ (private latents w): the 'private' probe of v2 equals a classifier fitted directly on
+  the mean of q(w_2 | x_2); MoPoE (latent_w = 0) has no private probe."""
+  model, state, train, test, result = probed_at_init(smoke_mixture(model_name))
+  if not model.vae.latent_w:
+    assert 'private' not in result and 'pre_ld' in result
+    return
+  w = lambda batches: np.concatenate(
+      [np.asarray(model.vae.encode(state.vae_params, b['x']).w_loc[2]) for b in batches])
+  y = lambda batches: np.concatenate([b['label'] for b in batches])
+  assert w(test).shape == (sum(len(b['label']) for b in test), model.vae.latent_w)
+  classifier = latent_probe.fit_linear_classifier(w(train), y(train), 4)
+  direct = np.mean(latent_probe.predict(classifier, w(test)) == y(test))
+  assert result['private']['per_modality']['v2'] == pytest.approx(direct, abs=1e-9)

@@ -4,7 +4,9 @@ The protocol of the MMVAE+ and MoPoE papers' code: encode each example from one 
 take the mean of q(z | x_m), fit a multinomial logistic regression from the training set's means
 to the label, report its accuracy on the test set's means, per source modality. For EBM models
 the post-LD variant replaces the mean by the end of the posterior Langevin chain on x_m alone
-(started from a draw of q(z | x_m)): what MOE-EBM's inference returns.
+(started from a draw of q(z | x_m)): what MOE-EBM's inference returns. Models with private
+latents (MMVAE+) also get the probe of the mean of q(w_m | x_m): how much of the label a
+modality keeps to itself, which cross generation cannot use (it draws w from the prior).
 """
 
 from __future__ import annotations
@@ -95,12 +97,16 @@ def probe(model, state, train_batches: Iterable[dict], test_batches: Iterable[di
       incomplete data 'observed' {name: (B,) bool}: each modality's probe is fitted and scored
       on the examples that have it.
   Returns:
-    {'pre_ld': {'per_modality': {name: accuracy}, 'mean': float}, and 'post_ld' likewise for
-    a prior that refines the posterior (the EBM)}; plus 'num_train', 'num_test'.
+    {'pre_ld': {'per_modality': {name: accuracy}, 'mean': float}, 'post_ld' likewise for a
+    prior that refines the posterior (the EBM), 'private' likewise on the mean of q(w_m | x_m)
+    for a model with private latents}; plus 'num_train', 'num_test'.
   """
-  modes = [False] + ([True] if model.prior.refines_posterior else [])
+  modes: list[bool | str] = [False] + ([True] if model.prior.refines_posterior else [])
   latents = {ld: jax.jit(lambda s, x, k, ld=ld: source_latents(s, x, k, model=model, post_ld=ld))
              for ld in modes}
+  if model.vae.latent_w:
+    modes.append('private')
+    latents['private'] = jax.jit(lambda s, x, k: model.vae.encode(s.vae_params, x).w_loc)
 
   names = model.vae.names
 
@@ -125,6 +131,6 @@ def probe(model, state, train_batches: Iterable[dict], test_batches: Iterable[di
       fit, score = train_seen[m], test_seen[m]
       classifier = fit_linear_classifier(train_z[ld][m][fit], train_y[fit], num_classes)
       per[name] = float(np.mean(predict(classifier, test_z[ld][m][score]) == test_y[score]))
-    out['post_ld' if ld else 'pre_ld'] = {'per_modality': per,
-                                          'mean': float(np.mean(list(per.values())))}
+    out[{False: 'pre_ld', True: 'post_ld'}.get(ld, ld)] = {
+        'per_modality': per, 'mean': float(np.mean(list(per.values())))}
   return out
