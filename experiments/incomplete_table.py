@@ -51,6 +51,8 @@ _SET = flags.DEFINE_multi_string('set', [], 'key=value config overrides for ever
 _OUT = flags.DEFINE_string('out', None, 'Output folder.', required=True)
 _RECORD = flags.DEFINE_string('record', '', 'The record of finished runs, read and rewritten '
                               '(default <out>/incomplete.json).')
+_TABLES_ONLY = flags.DEFINE_bool('tables_only', False, 'Write the tables and figure of the '
+                                 'record as it stands; train nothing.')
 
 
 def settings(ratios, policies, mnar: str = '') -> list[tuple[str, str, list[str]]]:
@@ -303,7 +305,10 @@ def main(argv):
   setting_list = settings(_RATIOS.value, _POLICIES.value, _MNAR.value)
   title = f'Incomplete training data: {os.path.basename(_CONFIG.value)} {_VARIANT.value}'
   todo = pending(record, setting_list, _MODELS.value, _SEEDS.value)
-  logging.info('%d runs to train (the record holds the others)', len(todo))
+  logging.info('%d runs to train (the record holds the others)%s', len(todo),
+               '; --tables_only: none trained' if _TABLES_ONLY.value else '')
+  if _TABLES_ONLY.value:
+    todo = []
   text = write_tables(record['settings'], setting_list, _OUT.value, title)
   for step, (name, policy, items, model, seed) in enumerate(todo, 1):
     folder = os.path.join(_OUT.value, f'{name}_{policy}')

@@ -503,3 +503,28 @@ def test_incomplete_table_settings_and_masked_minus_dropped_by_seed(tmp_path):
                         capture_output=True, text=True, timeout=300, check=False)
   assert 'INCOMPLETE_TABLE_OK' in proc.stdout, proc.stderr[-3000:]
   assert figure.stat().st_size > 0
+
+
+def test_incomplete_table_tables_a_record_without_training_and_refuses_another(tmp_path):
+  """--tables_only writes the tables of a kept record and trains nothing (no table folder); a
+  record of another experiment is refused in one line."""
+  summary = lambda seed, cross: {'seed': seed, 'seconds': 1.0, 'cross coherence': cross,
+                                 'joint coherence': 0.5, 'cross coherence by class': None,
+                                 'joint class share': None, 'probe': {}}
+  record = tmp_path / 'kept.json'
+  record.write_text(json.dumps({
+      'config': 'configs/smoke.py', 'variant': 'synthetic_mixture', 'set': [], 'note': 'n',
+      'settings': {'r0.5_masked': {'mmvaeplus': [summary(0, 0.9), summary(1, 0.7)]}}}))
+  out = tmp_path / 'out'
+  cmd = [sys.executable, os.path.join(ROOT, 'experiments', 'incomplete_table.py'),
+         '--config=configs/smoke.py', '--models=mmvaeplus', '--seeds=0,1', '--ratios=0.5',
+         f'--record={record}', f'--out={out}', '--tables_only']
+  proc = subprocess.run(cmd + ['--variant=synthetic_mixture'], capture_output=True, text=True,
+                        timeout=300, cwd=ROOT, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert '| mmvaeplus | r0.5 | masked | 2 | 0.800, 0.141 [' in (out / 'incomplete.md').read_text()
+  assert sorted(p.name for p in out.iterdir()) == ['incomplete.md', 'incomplete.png']
+  assert json.loads(record.read_text())['note'] == 'n'  # Not rewritten: nothing ran.
+  proc = subprocess.run(cmd + ['--variant=mlp'], capture_output=True, text=True, timeout=300,
+                        cwd=ROOT, check=False)
+  assert proc.returncode != 0 and 'holds another experiment' in proc.stderr, proc.stderr[-3000:]
