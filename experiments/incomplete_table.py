@@ -297,9 +297,9 @@ def main(argv):
   log_setup.setup(debug=False)
   os.makedirs(_OUT.value, exist_ok=True)
   record_path = _RECORD.value or os.path.join(_OUT.value, 'incomplete.json')
+  experiment = {'config': _CONFIG.value, 'variant': _VARIANT.value, 'set': _SET.value}
   try:
-    record = load_record(record_path, {'config': _CONFIG.value, 'variant': _VARIANT.value,
-                                       'set': _SET.value})
+    record = load_record(record_path, experiment)
   except ValueError as e:
     raise SystemExit(str(e)) from None
   setting_list = settings(_RATIOS.value, _POLICIES.value, _MNAR.value)
@@ -321,6 +321,8 @@ def main(argv):
       raise SystemExit(f'{name}_{policy} failed: see {folder}/*.log')
     with open(os.path.join(folder, 'results.json')) as f:
       run = json.load(f)[f'{model}_s{seed}']
+    # Read again: notes edited, or runs added by another call, while this run trained are kept.
+    record = load_record(record_path, experiment)
     add_run(record, f'{name}_{policy}', model, run_summary(run))
     with open(record_path, 'w') as f:  # After every run: a stop loses at most the one running.
       json.dump(record, f, indent=1)
