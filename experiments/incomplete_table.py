@@ -140,9 +140,9 @@ def class_groups(mnar: str) -> list[tuple[str, list[int]]]:
 
 
 def group_metrics(run: dict, classes: list[int]) -> dict[str, float | None]:
-  """One run's (run_summary's) numbers over a group of classes: mean cross coherence over the classes' test
-  examples (None for a run evaluated before cross_coherence_by_class existed) and the share of
-  the agreeing joint samples that agree on one of them."""
+  """One run's (run_summary's) numbers over a group of classes: mean cross coherence over the
+  classes' test examples (None for a run evaluated before cross_coherence_by_class existed) and
+  the share of the agreeing joint samples that agree on one of them."""
   by_class = run['cross coherence by class']
   shares = run['joint class share'] or []
   agreed = sum(shares)
