@@ -101,12 +101,13 @@ def probe(model, state, train_batches: Iterable[dict], test_batches: Iterable[di
     prior that refines the posterior (the EBM), 'private' likewise on the mean of q(w_m | x_m)
     for a model with private latents}; plus 'num_train', 'num_test'.
   """
-  modes: list[bool | str] = [False] + ([True] if model.prior.refines_posterior else [])
-  latents = {ld: jax.jit(lambda s, x, k, ld=ld: source_latents(s, x, k, model=model, post_ld=ld))
-             for ld in modes}
+  # {output name: (state, x, key) -> (M, B, D) features}, one jit each.
+  latents = {tag: jax.jit(lambda s, x, k, ld=ld: source_latents(s, x, k, model=model, post_ld=ld))
+             for tag, ld in (('pre_ld', False), ('post_ld', True))
+             if not ld or model.prior.refines_posterior}
   if model.vae.latent_w:
-    modes.append('private')
     latents['private'] = jax.jit(lambda s, x, k: model.vae.encode(s.vae_params, x).w_loc)
+  modes = list(latents)
 
   names = model.vae.names
 
@@ -131,6 +132,5 @@ def probe(model, state, train_batches: Iterable[dict], test_batches: Iterable[di
       fit, score = train_seen[m], test_seen[m]
       classifier = fit_linear_classifier(train_z[ld][m][fit], train_y[fit], num_classes)
       per[name] = float(np.mean(predict(classifier, test_z[ld][m][score]) == test_y[score]))
-    out[{False: 'pre_ld', True: 'post_ld'}.get(ld, ld)] = {
-        'per_modality': per, 'mean': float(np.mean(list(per.values())))}
+    out[ld] = {'per_modality': per, 'mean': float(np.mean(list(per.values())))}
   return out
