@@ -107,30 +107,29 @@ def probe(model, state, train_batches: Iterable[dict], test_batches: Iterable[di
              if not ld or model.prior.refines_posterior}
   if model.vae.latent_w:
     latents['private'] = jax.jit(lambda s, x, k: model.vae.encode(s.vae_params, x).w_loc)
-  modes = list(latents)
 
   names = model.vae.names
 
   def collect(batches, k):
-    zs, ys, seen = {ld: [] for ld in modes}, [], []
+    zs, ys, seen = {tag: [] for tag in latents}, [], []
     for i, batch in enumerate(batches):
       x = jax.tree.map(jnp.asarray, batch['x'])
-      for ld in modes:
-        zs[ld].append(np.asarray(latents[ld](state, x, jax.random.fold_in(k, i))))
+      for tag, fn in latents.items():
+        zs[tag].append(np.asarray(fn(state, x, jax.random.fold_in(k, i))))
       ys.append(np.asarray(batch['label']))
       seen.append(missing.batch_observed(batch, names))
-    return ({ld: np.concatenate(z, axis=1) for ld, z in zs.items()}, np.concatenate(ys),
+    return ({tag: np.concatenate(z, axis=1) for tag, z in zs.items()}, np.concatenate(ys),
             np.concatenate(seen, axis=1))
 
   k_train, k_test = jax.random.split(key)
   train_z, train_y, train_seen = collect(train_batches, k_train)
   test_z, test_y, test_seen = collect(test_batches, k_test)
   out: dict[str, Any] = {'num_train': int(len(train_y)), 'num_test': int(len(test_y))}
-  for ld in modes:
+  for tag in latents:
     per = {}
     for m, name in enumerate(names):
       fit, score = train_seen[m], test_seen[m]
-      classifier = fit_linear_classifier(train_z[ld][m][fit], train_y[fit], num_classes)
-      per[name] = float(np.mean(predict(classifier, test_z[ld][m][score]) == test_y[score]))
-    out[ld] = {'per_modality': per, 'mean': float(np.mean(list(per.values())))}
+      classifier = fit_linear_classifier(train_z[tag][m][fit], train_y[fit], num_classes)
+      per[name] = float(np.mean(predict(classifier, test_z[tag][m][score]) == test_y[score]))
+    out[tag] = {'per_modality': per, 'mean': float(np.mean(list(per.values())))}
   return out
