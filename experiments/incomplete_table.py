@@ -19,7 +19,7 @@ folders), <out>/incomplete.md (mean, sd and 95% t-interval over seeds per model,
 and policy; then masked minus dropped, paired by seed; with --mnar, complete data against the
 missing-not-at-random runs per group of classes the mask treats alike: cross coherence over
 their test examples, their share of the agreeing joint samples) and <out>/incomplete.png
-(coherence against the ratio).
+(coherence against the ratio: each seed a point, a line through the means).
 """
 
 import json
@@ -246,30 +246,44 @@ def probe_table(record: dict, models, setting_list) -> str:
 
 def plot(record: dict, models, ratios, path: str, title: str) -> None:
   """Cross and joint coherence against the missing ratio: one panel per metric, a line per
-  model and policy (mean over seeds, 95% interval bars)."""
+  model and policy through the means over seeds, each seed a point of its own.
+
+  Seeds are drawn rather than interval bars: with 2-3 seeds a t-interval spans more than the
+  [0, 1] a coherence lives in and hides what the seeds did.
+  """
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 4), squeeze=False)
+  lines = [(model, policy) for model in models for policy in ('masked', 'dropped')]
+  step = min(np.diff(sorted(float(r) for r in ratios)), default=1.0)
+
+  def shift(j):  # Line j's points sit a little apart from the other lines'.
+    return (j - (len(lines) - 1) / 2) * 0.12 * step / len(lines)
+
   for ax, metric in zip(axes[0], METRICS):
-    for color, model in enumerate(models):
-      for policy, style in (('masked', '-'), ('dropped', '--')):
-        xs, means, errs = [], [], []
-        for ratio in ratios:
-          key = 'r0_complete' if float(ratio) == 0 else f'r{ratio}_{policy}'
-          values = [r[metric] for r in record.get(key, {}).get(model, [])]
-          if values and None not in values:
-            mean, _, lo, hi = comparison.interval(values)
-            xs.append(float(ratio)), means.append(mean), errs.append(mean - lo)
-        if xs:
-          ax.errorbar(xs, means, yerr=errs, linestyle=style, marker='o', capsize=3,
-                      color=f'C{color}', label=f'{model}, {policy}')
+    for i, (model, policy) in enumerate(lines):
+      color, style = f'C{models.index(model)}', '-' if policy == 'masked' else '--'
+      xs, means = [], []
+      for ratio in ratios:
+        key = 'r0_complete' if float(ratio) == 0 else f'r{ratio}_{policy}'
+        values = [r[metric] for r in record.get(key, {}).get(model, [])]
+        if values and None not in values:
+          complete = float(ratio) == 0  # Both policies' lines start from the same runs.
+          x = float(ratio) + shift(i - (policy == 'dropped' and complete))
+          xs.append(x), means.append(float(np.mean(values)))
+          if not (complete and policy == 'dropped'):
+            ax.scatter([x] * len(values), values, s=12, color=color, alpha=0.6,
+                       marker='o' if policy == 'masked' else 'x')
+      if xs:
+        ax.plot(xs, means, linestyle=style, color=color, label=f'{model}, {policy}')
     ax.set_xlabel('missing ratio (each modality but the first)')
     ax.set_ylabel(metric)
+    ax.set_ylim(0, 1)
     ax.set_title(metric)
     ax.grid(alpha=0.3)
   axes[0][0].legend(fontsize=7)
-  fig.suptitle(f'{title}\n(test data complete; mean over seeds, bars: 95% interval)')
+  fig.suptitle(f'{title}\n(test data complete; lines: mean over seeds, points: seeds)')
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
